@@ -1,0 +1,1 @@
+//! formats crate of deit-pipe.

@@ -1,0 +1,1 @@
+//! pipeline crate of deit-pipe.

@@ -1,0 +1,1 @@
+//! trainer crate of deit-pipe.
