@@ -21,6 +21,29 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     // Each variant names its module in `cmd/`; add new ones one line at a time.
+    /// Write a procedural, learnable ImageFolder data set (train/ and val/).
+    Synth(cmd::synth::Args),
+    /// Turn an ImageFolder tree or list file into record shards with index and manifest.
+    Shard(cmd::shard::Args),
+    /// Summarize a shard data set; --verify checksums; --dump records as images.
+    Inspect(cmd::inspect::Args),
+    /// Benchmark `shard` against a bare decode+resize+encode loop on the same files.
+    BenchShard(cmd::bench_shard::Args),
+    /// Benchmarks: `bench loader` (training loader vs decode-only, per-stage breakdown),
+    /// `bench model` (model forward / train-step images/s).
+    Bench(cmd::bench_loader::BenchArgs),
+    /// Classify image files with a DeiT / ResNet / RegNetY checkpoint: top-5 per image.
+    Predict(cmd::predict::Args),
+    /// Train a DeiT student (or a ConvNet teacher) with DeiT's recipe; resumable.
+    Train(Box<cmd::train::Args>),
+    /// Evaluate weights (a run's checkpoint or official DeiT/timm weights) on a split.
+    Eval(cmd::eval::Args),
+    /// Draw a run's loss, accuracy and lr curves to a PNG and print a summary table.
+    Report(cmd::report::Args),
+    /// Run the teacher once per view of the trainer's epoch plans; write top-K targets as Parquet.
+    TeacherCache(cmd::teacher_cache::Args),
+    /// Teacher caches: `cache inspect` (coverage, bytes per view, label agreement).
+    Cache(cmd::cache_inspect::CacheArgs),
 }
 
 fn main() {
@@ -28,7 +51,19 @@ fn main() {
     let cli = Cli::parse();
     progress::init(cli.quiet);
     init_logging();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Synth(args) => cmd::synth::run(args),
+        Command::Shard(args) => cmd::shard::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
+        Command::BenchShard(args) => cmd::bench_shard::run(args),
+        Command::Bench(args) => cmd::bench_loader::run(args),
+        Command::Predict(args) => cmd::predict::run(args),
+        Command::Train(args) => cmd::train::run(*args),
+        Command::Eval(args) => cmd::eval::run(args),
+        Command::Report(args) => cmd::report::run(args),
+        Command::TeacherCache(args) => cmd::teacher_cache::run(args),
+        Command::Cache(args) => cmd::cache_inspect::run(args),
+    };
     if let Err(err) = result {
         // One-line cause first, then the chain for context.
         eprintln!("error: {err}");

@@ -1,1 +1,16 @@
-//! cache crate of deit-pipe.
+//! Teacher-cache runs: replay the trainer's epoch plans, run the teacher once per view
+//! (eval mode, in batches) and write the answers as Parquet through
+//! `formats::cache_schema`.
+//!
+//! - [`run::CacheJob`] / [`run::run`]: `deit-pipe teacher-cache`, resumable and splittable
+//!   into parts (`--part i/N`).
+//! - [`binding`]: the cache binding of a job, built with the trainer's own
+//!   `data_binding`, so writer and reader agree by construction.
+//! - [`inspect`]: `deit-pipe cache inspect` (summary plus teacher-vs-label agreement).
+
+pub mod binding;
+pub mod inspect;
+pub mod run;
+
+pub use inspect::{inspect, InspectReport};
+pub use run::{parse_epochs, run, CacheJob, JobProgress, JobReport, NoProgress};

@@ -1,1 +1,6 @@
 //! formats crate of deit-pipe.
+
+pub mod atomic;
+#[cfg(feature = "parquet")]
+pub mod cache_schema;
+pub mod shard;

@@ -1,0 +1,315 @@
+//! Read-only access to a shard set: memory-mapped data files, O(1) record lookup through the
+//! index, checksum verification. Every offset read from disk is checked before use, so
+//! truncated or corrupted files give errors, never panics or out-of-bounds reads.
+
+use super::layout::{
+    parse_data_header, parse_index_header, Encoding, IndexEntry, DATA_HEADER_LEN, ENTRY_LEN,
+    INDEX_HEADER_LEN,
+};
+use super::manifest::{fingerprint, Manifest};
+use super::FormatError;
+use memmap2::Mmap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// One record, borrowed from the memory map (no copy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Class label (index into `Manifest::classes`).
+    pub label: u32,
+    /// Width of the source image before any resize.
+    pub orig_width: u32,
+    /// Height of the source image before any resize.
+    pub orig_height: u32,
+    /// Width of the stored image.
+    pub width: u32,
+    /// Height of the stored image.
+    pub height: u32,
+    /// How `bytes` encode the pixels.
+    pub encoding: Encoding,
+    /// The stored bytes (a JPEG file or a zstd frame of RGB8 pixels).
+    pub bytes: &'a [u8],
+}
+
+struct OpenShard {
+    data_path: PathBuf,
+    data: Mmap,
+    index: Mmap,
+}
+
+/// An opened split directory (e.g. `SHARDS/train`).
+pub struct ShardSet {
+    dir: PathBuf,
+    manifest: Manifest,
+    shards: Vec<OpenShard>,
+    /// Global index of each shard's first record; `starts.len() == shards.len()`.
+    starts: Vec<usize>,
+    len: usize,
+}
+
+/// The outcome of [`ShardSet::verify_all`].
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// Records whose checksum or index entry is bad, one error each (names file and record).
+    pub bad_records: Vec<FormatError>,
+    /// Shards whose recomputed content digest differs from the manifest.
+    pub bad_shards: Vec<String>,
+    /// Fingerprint recomputed from the data.
+    pub recomputed_fingerprint: String,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.bad_records.is_empty() && self.bad_shards.is_empty()
+    }
+}
+
+fn map_file(path: &Path, min_len: usize) -> Result<Mmap, FormatError> {
+    let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
+    if len < min_len as u64 {
+        return Err(FormatError::corrupt(
+            path,
+            format!("file is {len} bytes, shorter than its {min_len}-byte header (truncated)"),
+        ));
+    }
+    // SAFETY: the map is read-only. Shard files are written once (temp + rename) and never
+    // modified in place; truncating a file while it is mapped is outside the contract.
+    unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))
+}
+
+impl ShardSet {
+    /// Open a split directory: read the manifest, map every shard and check headers, sizes
+    /// and index hashes against it.
+    pub fn open(split_dir: &Path) -> Result<ShardSet, FormatError> {
+        let manifest = Manifest::read(split_dir)?;
+        let mut shards = Vec::with_capacity(manifest.shards.len());
+        let mut starts = Vec::with_capacity(manifest.shards.len());
+        let mut len: usize = 0;
+        for info in &manifest.shards {
+            let data_path = split_dir.join(&info.data);
+            let index_path = split_dir.join(&info.index);
+            let data = map_file(&data_path, DATA_HEADER_LEN)?;
+            let index = map_file(&index_path, INDEX_HEADER_LEN)?;
+            if data.len() as u64 != info.data_bytes {
+                return Err(FormatError::corrupt(
+                    &data_path,
+                    format!(
+                        "file is {} bytes, the manifest says {} (truncated or damaged)",
+                        data.len(),
+                        info.data_bytes
+                    ),
+                ));
+            }
+            let dh = parse_data_header(&data_path, &data)?;
+            let ih = parse_index_header(&index_path, &index)?;
+            if dh.count != info.records || ih.count != info.records {
+                return Err(FormatError::corrupt(
+                    &index_path,
+                    format!(
+                        "record counts disagree: manifest {}, data header {}, index {}",
+                        info.records, dh.count, ih.count
+                    ),
+                ));
+            }
+            if ih.data_len != data.len() as u64 {
+                return Err(FormatError::corrupt(
+                    &index_path,
+                    format!(
+                        "index describes a data file of {} bytes, {} is {}",
+                        ih.data_len,
+                        info.data,
+                        data.len()
+                    ),
+                ));
+            }
+            let hash = blake3::hash(&index[INDEX_HEADER_LEN..]);
+            if hash.as_bytes() != &ih.entries_hash {
+                return Err(FormatError::corrupt(
+                    &index_path,
+                    "index entries do not match their hash (damaged index)",
+                ));
+            }
+            let records = usize::try_from(info.records)
+                .map_err(|_| FormatError::corrupt(&index_path, "too many records"))?;
+            starts.push(len);
+            len = len
+                .checked_add(records)
+                .ok_or_else(|| FormatError::corrupt(&index_path, "too many records"))?;
+            shards.push(OpenShard {
+                data_path,
+                data,
+                index,
+            });
+        }
+        Ok(ShardSet {
+            dir: split_dir.to_path_buf(),
+            manifest,
+            shards,
+            starts,
+            len,
+        })
+    }
+
+    /// The split directory this set was opened from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the set holds no records.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.manifest.classes.len()
+    }
+
+    /// The dataset fingerprint (hex).
+    pub fn fingerprint(&self) -> &str {
+        &self.manifest.fingerprint
+    }
+
+    /// Number of shards.
+    pub fn num_shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn locate(&self, i: usize) -> Result<(usize, usize), FormatError> {
+        if i >= self.len {
+            return Err(FormatError::OutOfRange {
+                index: i,
+                len: self.len,
+            });
+        }
+        // Last shard whose start is <= i; empty shards are skipped by this search.
+        let s = self.starts.partition_point(|&start| start <= i) - 1;
+        Ok((s, i - self.starts[s]))
+    }
+
+    /// The index entry of record `i`, checked against the data file and class list.
+    pub fn entry(&self, i: usize) -> Result<IndexEntry, FormatError> {
+        let (s, local) = self.locate(i)?;
+        let shard = &self.shards[s];
+        let bad = |msg: String| FormatError::BadRecord {
+            path: shard.data_path.clone(),
+            index: i,
+            msg,
+        };
+        let at = INDEX_HEADER_LEN + local * ENTRY_LEN;
+        let raw = shard
+            .index
+            .get(at..at + ENTRY_LEN)
+            .ok_or_else(|| bad("index entry past the end of the index".into()))?;
+        let e = IndexEntry::parse(raw).map_err(&bad)?;
+        let end = e.offset.checked_add(e.length);
+        if e.offset < DATA_HEADER_LEN as u64 || end.is_none_or(|end| end > shard.data.len() as u64)
+        {
+            return Err(bad(format!(
+                "bytes {}..+{} lie outside the data file of {} bytes",
+                e.offset,
+                e.length,
+                shard.data.len()
+            )));
+        }
+        if e.label as usize >= self.manifest.classes.len() {
+            return Err(bad(format!(
+                "label {} but the set has {} classes",
+                e.label,
+                self.manifest.classes.len()
+            )));
+        }
+        Ok(e)
+    }
+
+    fn bytes_of(&self, i: usize, e: &IndexEntry) -> &[u8] {
+        // `entry` checked the range against this shard's map.
+        let (s, _) = self.locate(i).unwrap_or((0, 0));
+        let data = &self.shards[s].data;
+        data.get(e.offset as usize..(e.offset + e.length) as usize)
+            .unwrap_or(&[])
+    }
+
+    /// Record `i` in O(1) (one index lookup, no copy). Does not verify the checksum.
+    pub fn record(&self, i: usize) -> Result<RecordRef<'_>, FormatError> {
+        let e = self.entry(i)?;
+        Ok(RecordRef {
+            label: e.label,
+            orig_width: e.orig_width,
+            orig_height: e.orig_height,
+            width: e.width,
+            height: e.height,
+            encoding: e.encoding,
+            bytes: self.bytes_of(i, &e),
+        })
+    }
+
+    /// Record `i`, after checking its CRC-32 against the index.
+    pub fn verify_record(&self, i: usize) -> Result<RecordRef<'_>, FormatError> {
+        let e = self.entry(i)?;
+        let bytes = self.bytes_of(i, &e);
+        let crc = crc32fast::hash(bytes);
+        if crc != e.crc32 {
+            let (s, _) = self.locate(i)?;
+            return Err(FormatError::BadRecord {
+                path: self.shards[s].data_path.clone(),
+                index: i,
+                msg: format!("checksum mismatch (index {:08x}, data {crc:08x})", e.crc32),
+            });
+        }
+        Ok(RecordRef {
+            label: e.label,
+            orig_width: e.orig_width,
+            orig_height: e.orig_height,
+            width: e.width,
+            height: e.height,
+            encoding: e.encoding,
+            bytes,
+        })
+    }
+
+    /// Re-check every record's checksum and recompute every shard digest and the fingerprint.
+    /// `progress` is called with the number of records checked so far.
+    pub fn verify_all(&self, mut progress: impl FnMut(usize)) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        let mut digests = Vec::with_capacity(self.shards.len());
+        for (s, info) in self.manifest.shards.iter().enumerate() {
+            let start = self.starts[s];
+            let mut hasher = blake3::Hasher::new();
+            for i in start..start + info.records as usize {
+                match self.verify_record(i) {
+                    Ok(_) => {}
+                    Err(err) => report.bad_records.push(err),
+                }
+                // Hash whatever the index points at, so the digest reflects the data as it is.
+                if let Ok(e) = self.entry(i) {
+                    e.hash_into(&mut hasher, self.bytes_of(i, &e));
+                }
+                progress(i + 1);
+            }
+            let digest = hasher.finalize().to_hex().to_string();
+            if digest != info.digest {
+                report.bad_shards.push(format!(
+                    "{}: content digest {digest} differs from the manifest's {}",
+                    self.shards[s].data_path.display(),
+                    info.digest
+                ));
+            }
+            digests.push(digest);
+        }
+        report.recomputed_fingerprint = fingerprint(&self.manifest.classes, &digests);
+        report
+    }
+}

@@ -1,0 +1,388 @@
+//! The streaming loader: decodes and augments on its own rayon pool (never the global
+//! one, which candle uses), assembles batches in slot order into reused buffers, and
+//! prefetches up to `prefetch` batches through a bounded channel. Memory is bounded by
+//! (prefetch + 2) batches. Errors (a bad record names its shard and index) come through
+//! the iterator and end it; dropping the loader stops the workers and joins the thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use rayon::prelude::*;
+
+use crate::error::PipelineError;
+use crate::plan::EpochPlan;
+use crate::source::RecordSource;
+use crate::transforms::eval::eval_view;
+use crate::transforms::mix::mixed_target;
+use crate::view::{build_pair_into, view_hash, ViewBuilder};
+
+/// Loader settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoaderOptions {
+    /// Images per batch (even for training: pairs never straddle batches).
+    pub batch_size: usize,
+    /// Worker threads of the loader's own pool.
+    pub threads: usize,
+    /// Finished batches queued ahead of the consumer.
+    pub prefetch: usize,
+    /// Drop the last partial batch (training default, as DeiT).
+    pub drop_last: bool,
+}
+
+impl Default for LoaderOptions {
+    fn default() -> Self {
+        LoaderOptions {
+            batch_size: 64,
+            threads: 2,
+            prefetch: 2,
+            drop_last: true,
+        }
+    }
+}
+
+impl LoaderOptions {
+    fn validate(&self, train: bool) -> Result<(), PipelineError> {
+        if self.batch_size == 0 || (train && !self.batch_size.is_multiple_of(2)) {
+            return Err(PipelineError::Loader(format!(
+                "batch_size = {} must be {}",
+                self.batch_size,
+                if train {
+                    "even and > 0 (pairs stay together)"
+                } else {
+                    "> 0"
+                }
+            )));
+        }
+        if self.threads == 0 || self.threads > 512 {
+            return Err(PipelineError::Loader(format!(
+                "threads = {} out of 1..=512",
+                self.threads
+            )));
+        }
+        if self.prefetch == 0 {
+            return Err(PipelineError::Loader("prefetch must be >= 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// One batch: images in slot order with their labels, lams, ids and view hashes.
+#[derive(Debug)]
+pub struct Batch {
+    /// Epoch of the slots (0 for eval).
+    pub epoch: u64,
+    /// Index of this batch in the loader's sequence.
+    pub index: usize,
+    /// Side of each image.
+    pub size: u32,
+    /// Images, shape (N, 3, size, size), f32, normalized (and erased, mixed in training).
+    pub images: Vec<f32>,
+    /// Slot of each image (dataset index for eval).
+    pub slots: Vec<u32>,
+    /// Dataset index of each image.
+    pub samples: Vec<u32>,
+    /// Each image's own label.
+    pub label_a: Vec<u32>,
+    /// The partner's label (= `label_a` when not mixed).
+    pub label_b: Vec<u32>,
+    /// Weight of `label_a` (1 when not mixed).
+    pub lam: Vec<f32>,
+    /// [`view_hash`] of each image.
+    pub view_hash: Vec<u64>,
+    recycle: Option<Sender<Vec<f32>>>,
+}
+
+impl Batch {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Shape of `images`: `[N, 3, size, size]`.
+    pub fn shape(&self) -> [usize; 4] {
+        let s = self.size as usize;
+        [self.len(), 3, s, s]
+    }
+
+    /// Image `i` as a 3 x size x size slice.
+    pub fn image(&self, i: usize) -> &[f32] {
+        let n = 3 * (self.size as usize).pow(2);
+        &self.images[i * n..(i + 1) * n]
+    }
+
+    /// Dense targets (N x num_classes, row-major): smoothed one-hots mixed by lam,
+    /// exactly timm's `mixup_target`.
+    pub fn dense_targets(&self, num_classes: usize, smoothing: f64) -> Vec<f32> {
+        let mut out = vec![0f32; self.len() * num_classes];
+        if num_classes == 0 {
+            return out;
+        }
+        for (i, row) in out.chunks_exact_mut(num_classes).enumerate() {
+            mixed_target(
+                self.label_a[i],
+                self.label_b[i],
+                self.lam[i],
+                smoothing,
+                row,
+            );
+        }
+        out
+    }
+
+    /// Takes the image buffer out (the batch then holds an empty one).
+    pub fn take_images(&mut self) -> Vec<f32> {
+        std::mem::take(&mut self.images)
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(tx) = self.recycle.take() {
+            let buf = std::mem::take(&mut self.images);
+            if buf.capacity() > 0 {
+                let _ = tx.try_send(buf);
+            }
+        }
+    }
+}
+
+type Item = Result<Batch, PipelineError>;
+
+/// (slot, sample, label, lam, view hash) of one finished view.
+type SlotRow = (u32, u32, u32, f32, u64);
+
+/// Iterator over batches produced by a background thread with its own rayon pool.
+pub struct Loader {
+    rx: Option<Receiver<Item>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    num_batches: usize,
+}
+
+impl Loader {
+    /// The training loader of rank `rank` of `world` over an epoch plan.
+    pub fn train(
+        source: Arc<dyn RecordSource>,
+        plan: Arc<EpochPlan>,
+        builder: Arc<ViewBuilder>,
+        rank: usize,
+        world: usize,
+        opts: &LoaderOptions,
+    ) -> Result<Loader, PipelineError> {
+        opts.validate(true)?;
+        if plan.dataset_len() != source.len() {
+            return Err(PipelineError::Loader(format!(
+                "plan is for {} images but the source has {}",
+                plan.dataset_len(),
+                source.len()
+            )));
+        }
+        let pairs = Arc::new(plan.rank_pairs(rank, world)?);
+        let pairs_per_batch = opts.batch_size / 2;
+        let num_batches = if opts.drop_last {
+            pairs.len() / pairs_per_batch
+        } else {
+            pairs.len().div_ceil(pairs_per_batch)
+        };
+        let view_len = builder.view_len();
+        let size = builder.size();
+        let epoch = plan.epoch();
+        let make = move |b: usize, mut buf: Vec<f32>, stop: &AtomicBool| -> Item {
+            let start = b * pairs_per_batch;
+            let end = (start + pairs_per_batch).min(pairs.len());
+            let my_pairs = &pairs[start..end];
+            let n = 2 * my_pairs.len();
+            buf.resize(n * view_len, 0.0);
+            let results: Vec<Result<[SlotRow; 2], PipelineError>> = buf
+                .par_chunks_mut(2 * view_len)
+                .zip(my_pairs.par_iter())
+                .map(|(chunk, &pair)| {
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(PipelineError::Loader("stopped".into()));
+                    }
+                    let (a, bb) = chunk.split_at_mut(view_len);
+                    let (ia, ib, lam) =
+                        build_pair_into(source.as_ref(), &plan, &builder, pair, a, bb)?;
+                    let (ha, hb) = (view_hash(a), view_hash(bb));
+                    let (sa, sb) = (2 * pair, 2 * pair + 1);
+                    Ok([
+                        (sa as u32, plan.sample(sa), ia.label, lam, ha),
+                        (sb as u32, plan.sample(sb), ib.label, lam, hb),
+                    ])
+                })
+                .collect();
+            let mut batch = Batch {
+                epoch,
+                index: b,
+                size,
+                images: buf,
+                slots: Vec::with_capacity(n),
+                samples: Vec::with_capacity(n),
+                label_a: Vec::with_capacity(n),
+                label_b: Vec::with_capacity(n),
+                lam: Vec::with_capacity(n),
+                view_hash: Vec::with_capacity(n),
+                recycle: None,
+            };
+            for r in results {
+                let [x, y] = r?;
+                for (me, other) in [(x, y), (y, x)] {
+                    batch.slots.push(me.0);
+                    batch.samples.push(me.1);
+                    batch.label_a.push(me.2);
+                    batch.label_b.push(other.2);
+                    batch.lam.push(me.3);
+                    batch.view_hash.push(me.4);
+                }
+            }
+            Ok(batch)
+        };
+        Self::spawn(num_batches, opts, make)
+    }
+
+    /// The eval loader: every record of `source` in order, eval transform, no mixing
+    /// (`slots` = dataset indices, `lam` = 1, `label_b` = `label_a`). Keeps the last
+    /// partial batch unless `drop_last`.
+    pub fn eval(
+        source: Arc<dyn RecordSource>,
+        builder: Arc<ViewBuilder>,
+        opts: &LoaderOptions,
+    ) -> Result<Loader, PipelineError> {
+        opts.validate(false)?;
+        let total = source.len();
+        let bs = opts.batch_size;
+        let num_batches = if opts.drop_last {
+            total / bs
+        } else {
+            total.div_ceil(bs)
+        };
+        let view_len = builder.view_len();
+        let size = builder.size();
+        let make = move |b: usize, mut buf: Vec<f32>, stop: &AtomicBool| -> Item {
+            let start = b * bs;
+            let end = (start + bs).min(total);
+            let n = end - start;
+            buf.resize(n * view_len, 0.0);
+            let results: Vec<Result<(u32, u64), PipelineError>> = buf
+                .par_chunks_mut(view_len)
+                .zip((start..end).into_par_iter())
+                .map(|(out, i)| {
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(PipelineError::Loader("stopped".into()));
+                    }
+                    let info = source.info(i)?;
+                    let img = source.decode(i)?;
+                    eval_view(&img, builder.config(), builder.normalizer(), out).map_err(|e| {
+                        PipelineError::Record {
+                            index: i,
+                            location: "eval transform".into(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                    Ok((info.label, view_hash(out)))
+                })
+                .collect();
+            let mut batch = Batch {
+                epoch: 0,
+                index: b,
+                size,
+                images: buf,
+                slots: (start as u32..end as u32).collect(),
+                samples: (start as u32..end as u32).collect(),
+                label_a: Vec::with_capacity(n),
+                label_b: Vec::with_capacity(n),
+                lam: vec![1.0; n],
+                view_hash: Vec::with_capacity(n),
+                recycle: None,
+            };
+            for r in results {
+                let (label, h) = r?;
+                batch.label_a.push(label);
+                batch.label_b.push(label);
+                batch.view_hash.push(h);
+            }
+            Ok(batch)
+        };
+        Self::spawn(num_batches, opts, make)
+    }
+
+    fn spawn(
+        num_batches: usize,
+        opts: &LoaderOptions,
+        make: impl Fn(usize, Vec<f32>, &AtomicBool) -> Item + Send + Sync + 'static,
+    ) -> Result<Loader, PipelineError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .thread_name(|i| format!("deit-loader-{i}"))
+            .build()
+            .map_err(|e| PipelineError::Loader(format!("cannot start the worker pool: {e}")))?;
+        let (tx, rx) = bounded::<Item>(opts.prefetch);
+        let (recycle_tx, recycle_rx) = bounded::<Vec<f32>>(opts.prefetch + 2);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_w = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("deit-loader".into())
+            .spawn(move || {
+                for b in 0..num_batches {
+                    if stop_w.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let buf = recycle_rx.try_recv().unwrap_or_default();
+                    let item = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        pool.install(|| make(b, buf, &stop_w))
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(PipelineError::Loader(format!(
+                            "a worker panicked in batch {b}"
+                        )))
+                    });
+                    let failed = item.is_err();
+                    let item = item.map(|mut batch| {
+                        batch.recycle = Some(recycle_tx.clone());
+                        batch
+                    });
+                    if stop_w.load(Ordering::Relaxed) || tx.send(item).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| PipelineError::Loader(format!("cannot start the loader thread: {e}")))?;
+        Ok(Loader {
+            rx: Some(rx),
+            stop,
+            handle: Some(handle),
+            num_batches,
+        })
+    }
+
+    /// Number of batches this loader yields when nothing fails.
+    pub fn num_batches(&self) -> usize {
+        self.num_batches
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch, PipelineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the receiver unblocks a producer waiting to send.
+        self.rx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

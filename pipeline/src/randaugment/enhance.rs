@@ -1,0 +1,143 @@
+//! `PIL.ImageEnhance` (Color, Contrast, Brightness, Sharpness), bit-exact with Pillow 11.
+//!
+//! Every enhancer is `Image.blend(degenerate, image, factor)`. Pillow's `ImagingBlend`
+//! takes the factor as a C `float` and computes, per byte, in single precision:
+//! `t = (float)d + factor * (float)(v - d)`, then clips `t` to [0, 255] and truncates
+//! (the in-range branch truncates too). Rust's saturating `f32 as u8` is exactly that.
+//! The degenerate images:
+//! - Color: the image converted to L and back: `L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16`
+//!   (Pillow's `L24` fixed point, `Convert.c`), replicated to all three channels;
+//! - Contrast: a constant `int(mean(L) + 0.5)`, mean over the L image (f64, as `ImageStat`);
+//! - Brightness: black;
+//! - Sharpness: `ImageFilter.SMOOTH` = 3x3 kernel `[[1,1,1],[1,5,1],[1,1,1]] / 13` in f32
+//!   (kernel entries divided by 13 in f32, rows summed bottom row first, `+ 0.5` folded into
+//!   the start value, clipped and truncated); the one-pixel border keeps its input values.
+
+use image::RgbImage;
+
+/// One blended byte, exactly as Pillow's `ImagingBlend`.
+#[inline(always)]
+fn blend(degenerate: u8, value: u8, factor: f32) -> u8 {
+    let d = degenerate as i32;
+    (d as f32 + factor * (value as i32 - d) as f32) as u8
+}
+
+/// A 256-entry table of `blend(d, v, factor)` over `v` for a constant degenerate `d`.
+fn blend_lut(degenerate: u8, factor: f32) -> [u8; 256] {
+    std::array::from_fn(|v| blend(degenerate, v as u8, factor))
+}
+
+/// Pillow's RGB -> L conversion of one pixel.
+#[inline(always)]
+pub(crate) fn luma(r: u8, g: u8, b: u8) -> u8 {
+    ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
+}
+
+/// `ImageEnhance.Color(img).enhance(factor)`, in place.
+pub fn color(img: &mut RgbImage, factor: f64) {
+    let f = factor as f32;
+    for px in img.as_mut().chunks_exact_mut(3) {
+        let l = luma(px[0], px[1], px[2]);
+        px[0] = blend(l, px[0], f);
+        px[1] = blend(l, px[1], f);
+        px[2] = blend(l, px[2], f);
+    }
+}
+
+/// `ImageEnhance.Contrast(img).enhance(factor)`, in place.
+pub fn contrast(img: &mut RgbImage, factor: f64) {
+    let n = u64::from(img.width()) * u64::from(img.height());
+    if n == 0 {
+        return;
+    }
+    let sum: u64 = img
+        .as_raw()
+        .chunks_exact(3)
+        .map(|p| u64::from(luma(p[0], p[1], p[2])))
+        .sum();
+    let mean = sum as f64 / n as f64;
+    let lut = blend_lut((mean + 0.5) as u8, factor as f32);
+    for v in img.as_mut().iter_mut() {
+        *v = lut[*v as usize];
+    }
+}
+
+/// `ImageEnhance.Brightness(img).enhance(factor)`, in place.
+pub fn brightness(img: &mut RgbImage, factor: f64) {
+    let lut = blend_lut(0, factor as f32);
+    for v in img.as_mut().iter_mut() {
+        *v = lut[*v as usize];
+    }
+}
+
+/// `ImageEnhance.Sharpness(img).enhance(factor)`: blends the SMOOTH-filtered image
+/// with the input. Returns a new image (the filter reads neighbours).
+pub fn sharpness(img: RgbImage, factor: f64) -> RgbImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w < 3 || h < 3 {
+        // Pillow copies images smaller than the kernel; blend(x, x) = x.
+        return img;
+    }
+    let f = factor as f32;
+    let k1 = 1.0f32 / 13.0f32;
+    let k5 = 5.0f32 / 13.0f32;
+    let src = img.as_raw();
+    let stride = w * 3;
+    let mut out = img.clone();
+    let dst: &mut [u8] = out.as_mut();
+    for y in 1..h - 1 {
+        let above = &src[(y - 1) * stride..y * stride];
+        let row = &src[y * stride..(y + 1) * stride];
+        let below = &src[(y + 1) * stride..(y + 2) * stride];
+        let out_row = &mut dst[y * stride..(y + 1) * stride];
+        for i in 3..stride - 3 {
+            let tap =
+                |r: &[u8], kc: f32| r[i - 3] as f32 * k1 + r[i] as f32 * kc + r[i + 3] as f32 * k1;
+            let mut ss = 0.5f32;
+            ss += tap(below, k1);
+            ss += tap(row, k5);
+            ss += tap(above, k1);
+            out_row[i] = blend(ss as u8, row[i], f);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blend_matches_pillow_formula() {
+        // factor 1.9, d = 100, v = 200: 100 + 1.9 * 100 = 290 -> 255
+        assert_eq!(blend(100, 200, 1.9), 255);
+        // factor 1.9, d = 200, v = 100: 200 - 190 = 10
+        assert_eq!(blend(200, 100, 1.9), 10);
+        // truncation: 0 + 0.73 * 3 = 2.19 -> 2
+        assert_eq!(blend(0, 3, 0.73), 2);
+        assert_eq!(blend(7, 9, 0.0), 7);
+        assert_eq!(blend(7, 9, 1.0), 9);
+    }
+
+    #[test]
+    fn luma_of_gray_is_gray() {
+        for v in 0..=255u8 {
+            assert_eq!(luma(v, v, v), v);
+        }
+        assert_eq!(luma(255, 0, 0), 76);
+        assert_eq!(luma(0, 255, 0), 150);
+        assert_eq!(luma(0, 0, 255), 29);
+    }
+
+    #[test]
+    fn sharpness_border_and_flat() {
+        let img = RgbImage::from_fn(5, 4, |x, y| image::Rgb([(x * 40) as u8, (y * 50) as u8, 9]));
+        let out = sharpness(img.clone(), 1.9);
+        for x in 0..5 {
+            assert_eq!(out.get_pixel(x, 0), img.get_pixel(x, 0));
+            assert_eq!(out.get_pixel(x, 3), img.get_pixel(x, 3));
+        }
+        // the flat blue channel stays flat
+        assert!(out.pixels().all(|p| p[2] == 9));
+    }
+}

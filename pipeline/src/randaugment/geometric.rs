@@ -1,0 +1,269 @@
+//! Geometric ops: Pillow's `Image.transform(size, AFFINE, matrix, BICUBIC, fillcolor=fill)`
+//! and `Image.rotate(deg, BICUBIC, fillcolor=fill)`, replicating `libImaging/Geometry.c`
+//! operation for operation in f64, so the output is bit-exact with Pillow on x86-64.
+//!
+//! For output pixel (x, y) the source point is
+//! `xs = a0·(x+0.5) + a1·(y+0.5) + a2`, `ys = a3·(x+0.5) + a4·(y+0.5) + a5`
+//! (evaluated as `(a0·xin + a1·yin) + a2`). If `xs ∉ [0, w)` or `ys ∉ [0, h)` the pixel
+//! keeps the fill colour. Otherwise, with `x = floor(xs - 0.5)`, `dx = xs - 0.5 - x` (same
+//! for y), the 4x4 neighbourhood rows/columns `x-1..x+2` are clamped to the image and
+//! interpolated with Pillow's cubic (a = -1): `p1 = v2, p2 = v3 - v1,
+//! p3 = 2(v1 - v2) + v3 - v4, p4 = -v1 + v2 - v3 + v4, v = p1 + d(p2 + d(p3 + d·p4))`, first
+//! along x for each of the 4 rows (exact integer p's), then along y; the result is clipped
+//! to [0, 255] and truncated (not rounded).
+//!
+//! Rotate builds Pillow's inverse matrix: `angle = -radians(deg mod 360)`,
+//! `[round(cos, 15), round(sin, 15), 0, round(-sin, 15), round(cos, 15), 0]`, centre
+//! `(w/2, h/2)`; angles of exactly 0 / 180 (and 90 / 270 on square images) take Pillow's
+//! lossless transpose paths. cos/sin come from the pure-Rust `libm`; the rounding to 15
+//! decimals (as Python's `round`) absorbs any last-ulp difference from glibc's, so the
+//! matrix equals Pillow's except when a value sits within an ulp of a 15-digit rounding
+//! boundary. Where the C compiler fuses multiply-adds (not done on x86-64 baseline builds
+//! of Pillow), Pillow itself can differ from this by one level on rare pixels.
+
+use image::RgbImage;
+
+/// Python's `round(x, 15)` for a float: correctly rounded decimal rounding, read back.
+fn round15(x: f64) -> f64 {
+    format!("{x:.15}").parse::<f64>().unwrap_or(x)
+}
+
+/// Python's float `%` with a positive divisor (result in `[0, d)`, `+0.0` for zero).
+fn py_mod(x: f64, d: f64) -> f64 {
+    let m = x % d;
+    if m == 0.0 {
+        0.0
+    } else if m < 0.0 {
+        m + d
+    } else {
+        m
+    }
+}
+
+/// The affine matrix `Image.rotate(deg)` passes to `transform` for a `w`x`h` image, or
+/// `None` when Pillow takes a transpose fast path (0, 180, or 90/270 on a square image;
+/// see [`rotate`]).
+pub fn rotate_matrix(deg: f64, w: u32, h: u32) -> Option<[f64; 6]> {
+    let angle = py_mod(deg, 360.0);
+    if angle == 0.0 || angle == 180.0 || ((angle == 90.0 || angle == 270.0) && w == h) {
+        return None;
+    }
+    let (cx, cy) = (f64::from(w) / 2.0, f64::from(h) / 2.0);
+    let a = -(angle * (std::f64::consts::PI / 180.0));
+    let (sin, cos) = (libm::sin(a), libm::cos(a));
+    let mut m = [
+        round15(cos),
+        round15(sin),
+        0.0,
+        round15(-sin),
+        round15(cos),
+        0.0,
+    ];
+    // Python: matrix[2], matrix[5] = transform(-cx, -cy, matrix), then += centre.
+    let (x, y, c, f) = (-cx, -cy, m[2], m[5]);
+    m[2] = m[0] * x + m[1] * y + c;
+    m[5] = m[3] * x + m[4] * y + f;
+    m[2] += cx;
+    m[5] += cy;
+    Some(m)
+}
+
+/// `Image.rotate(deg, resample=BICUBIC, fillcolor=fill)` (counter-clockwise, no expand).
+pub fn rotate(img: RgbImage, deg: f64, fill: [u8; 3]) -> RgbImage {
+    match rotate_matrix(deg, img.width(), img.height()) {
+        Some(m) => affine(&img, m, fill),
+        None => {
+            let angle = py_mod(deg, 360.0);
+            if angle == 180.0 {
+                image::imageops::rotate180(&img)
+            } else if angle == 90.0 {
+                // Pillow's ROTATE_90 is counter-clockwise; image's rotate270 is too.
+                image::imageops::rotate270(&img)
+            } else if angle == 270.0 {
+                image::imageops::rotate90(&img)
+            } else {
+                img
+            }
+        }
+    }
+}
+
+/// Pillow's bicubic interpolation of four samples at fraction `d`.
+#[inline(always)]
+fn cubic(v1: f64, v2: f64, v3: f64, v4: f64, d: f64) -> f64 {
+    let p1 = v2;
+    let p2 = -v1 + v3;
+    let p3 = 2.0 * (v1 - v2) + v3 - v4;
+    let p4 = -v1 + v2 - v3 + v4;
+    p1 + d * (p2 + d * (p3 + d * p4))
+}
+
+/// `v.floor()` without the libm call baseline x86-64 needs (no SSE4.1 `roundsd`);
+/// exact for |v| < 2^52, which sample coordinates always are.
+#[inline(always)]
+fn floor(v: f64) -> f64 {
+    let t = v as i64 as f64;
+    if t > v {
+        t - 1.0
+    } else {
+        t
+    }
+}
+
+/// Pillow's horizontal cubic pass of one source row at columns `cols` (byte offsets of
+/// the 4 clamped pixels), for the 3 channels; the p's are exact integers as in C.
+#[inline(always)]
+fn h_pass(row: &[u8], cols: &[usize; 4], dx: f64) -> [f64; 3] {
+    if dx == 0.0 {
+        return std::array::from_fn(|b| row[cols[1] + b] as f64);
+    }
+    std::array::from_fn(|b| {
+        let s = |c: usize| row[cols[c] + b] as i32;
+        let (v1, v2, v3, v4) = (s(0), s(1), s(2), s(3));
+        let p1 = v2 as f64;
+        let p2 = (-v1 + v3) as f64;
+        let p3 = (2 * (v1 - v2) + v3 - v4) as f64;
+        let p4 = (-v1 + v2 - v3 + v4) as f64;
+        p1 + dx * (p2 + dx * (p3 + dx * p4))
+    })
+}
+
+/// `Image.transform(img.size, AFFINE, a, resample=BICUBIC, fillcolor=fill)`.
+/// `a` maps output pixel centres to input coordinates (Pillow's convention).
+pub fn affine(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut out = RgbImage::from_pixel(img.width(), img.height(), image::Rgb(fill));
+    if w == 0 || h == 0 {
+        return out;
+    }
+    let (wf, hf) = (w as f64, h as f64);
+    let src = img.as_raw();
+    let stride = w * 3;
+    // Per-column products a0·xin and a3·xin, computed once (same values as per pixel).
+    let col: Vec<(f64, f64)> = (0..w)
+        .map(|x| {
+            let xin = x as f64 + 0.5;
+            (a[0] * xin, a[3] * xin)
+        })
+        .collect();
+    let dst: &mut [u8] = out.as_mut();
+    for (y, out_row) in dst.chunks_exact_mut(stride).enumerate() {
+        let yin = y as f64 + 0.5;
+        let (ry, ry2) = (a[1] * yin, a[4] * yin);
+        for (x, &(cx, cx2)) in col.iter().enumerate() {
+            let xs = cx + ry + a[2];
+            let ys = cx2 + ry2 + a[5];
+            if !(xs >= 0.0 && xs < wf && ys >= 0.0 && ys < hf) {
+                continue;
+            }
+            let (xs, ys) = (xs - 0.5, ys - 0.5);
+            let (xf, yf) = (floor(xs), floor(ys));
+            let (dx, dy) = (xs - xf, ys - yf);
+            let (xi, yi) = (xf as isize - 1, yf as isize - 1);
+            let clamp_x = |v: isize| v.clamp(0, w as isize - 1) as usize * 3;
+            let clamp_y = |v: isize| v.clamp(0, h as isize - 1) as usize * stride;
+            let cols = [
+                clamp_x(xi),
+                clamp_x(xi + 1),
+                clamp_x(xi + 2),
+                clamp_x(xi + 3),
+            ];
+            let rows = [
+                clamp_y(yi),
+                clamp_y(yi + 1),
+                clamp_y(yi + 2),
+                clamp_y(yi + 3),
+            ];
+            // With d == 0 Pillow's cubic is `p1 + 0·(…) = p1` exactly, so a zero fraction
+            // needs only the middle sample: shears and translations hit this on one axis.
+            let row = |ri: usize| &src[rows[ri]..rows[ri] + stride];
+            let px: [f64; 3] = if dy == 0.0 {
+                h_pass(row(1), &cols, dx)
+            } else if dx == 0.0 {
+                let c = cols[1];
+                std::array::from_fn(|b| {
+                    let s = |ri: usize| src[rows[ri] + c + b] as f64;
+                    cubic(s(0), s(1), s(2), s(3), dy)
+                })
+            } else {
+                // 4 rows x 3 channels as 12 independent lanes (vectorizes), each lane
+                // exactly Pillow's scalar expression; then the vertical pass.
+                let mut p = [[0.0f64; 12]; 4];
+                for ri in 0..4 {
+                    let r = row(ri);
+                    for b in 0..3 {
+                        let s = |c: usize| r[cols[c] + b] as i32;
+                        let (v1, v2, v3, v4) = (s(0), s(1), s(2), s(3));
+                        let k = ri * 3 + b;
+                        p[0][k] = v2 as f64;
+                        p[1][k] = (-v1 + v3) as f64;
+                        p[2][k] = (2 * (v1 - v2) + v3 - v4) as f64;
+                        p[3][k] = (-v1 + v2 - v3 + v4) as f64;
+                    }
+                }
+                let v: [f64; 12] = std::array::from_fn(|k| {
+                    p[0][k] + dx * (p[1][k] + dx * (p[2][k] + dx * p[3][k]))
+                });
+                std::array::from_fn(|b| cubic(v[b], v[3 + b], v[6 + b], v[9 + b], dy))
+            };
+            for (o, v) in out_row[x * 3..x * 3 + 3].iter_mut().zip(px) {
+                *o = v as u8;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_mod_and_round() {
+        assert_eq!(py_mod(-27.0, 360.0), 333.0);
+        assert_eq!(py_mod(-0.0, 360.0).to_bits(), 0.0f64.to_bits());
+        assert_eq!(py_mod(27.0, 360.0), 27.0);
+        assert_eq!(round15(1.0 / 3.0), 0.333333333333333);
+        assert_eq!(round15(2.0 / 3.0), 0.666666666666667);
+        assert_eq!(round15(-1.0), -1.0);
+    }
+
+    #[test]
+    fn identity_affine_is_exact() {
+        let img = RgbImage::from_fn(9, 7, |x, y| {
+            image::Rgb([(x * 25) as u8, (y * 31) as u8, (x * y) as u8])
+        });
+        let out = affine(&img, [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [1, 2, 3]);
+        assert_eq!(out, img);
+    }
+
+    #[test]
+    fn integer_translate_shifts_and_fills() {
+        let img = RgbImage::from_fn(6, 4, |x, y| {
+            image::Rgb([(x * 40) as u8, (y * 60) as u8, 200])
+        });
+        // Pillow's matrix maps output -> input: +2 px in x reads from x + 2 (moves content left).
+        let out = affine(&img, [1.0, 0.0, 2.0, 0.0, 1.0, 0.0], [1, 2, 3]);
+        for y in 0..4 {
+            for x in 0..4 {
+                assert_eq!(out.get_pixel(x, y), img.get_pixel(x + 2, y));
+            }
+            for x in 4..6 {
+                assert_eq!(out.get_pixel(x, y).0, [1, 2, 3]);
+            }
+        }
+    }
+
+    #[test]
+    fn rotate_fast_paths() {
+        let img = RgbImage::from_fn(5, 5, |x, y| image::Rgb([(x * 40) as u8, (y * 40) as u8, 0]));
+        assert_eq!(rotate(img.clone(), 0.0, [0; 3]), img);
+        assert_eq!(rotate(img.clone(), 360.0, [0; 3]), img);
+        let r90 = rotate(img.clone(), 90.0, [0; 3]);
+        // counter-clockwise: the top-right pixel moves to the top-left
+        assert_eq!(r90.get_pixel(0, 0), img.get_pixel(4, 0));
+        let r180 = rotate(img.clone(), -180.0, [0; 3]);
+        assert_eq!(r180.get_pixel(0, 0), img.get_pixel(4, 4));
+        assert!(rotate_matrix(90.0, 6, 5).is_some());
+    }
+}

@@ -1,0 +1,156 @@
+//! Where the loader gets decoded images: [`RecordSource`], implemented for record shards
+//! ([`ShardSource`]) and for images in memory ([`MemorySource`], for tests and tools).
+
+use std::path::Path;
+
+use image::RgbImage;
+
+use crate::error::PipelineError;
+
+/// What the loader needs to know about a record before decoding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordInfo {
+    /// Class index.
+    pub label: u32,
+    /// Stored (decoded) width.
+    pub width: u32,
+    /// Stored (decoded) height.
+    pub height: u32,
+}
+
+/// A random-access set of labelled images.
+pub trait RecordSource: Send + Sync {
+    /// Number of records.
+    fn len(&self) -> usize;
+    /// Whether there are no records.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Number of classes.
+    fn num_classes(&self) -> usize;
+    /// Label and stored size of record `index`, without decoding.
+    fn info(&self, index: usize) -> Result<RecordInfo, PipelineError>;
+    /// Decodes record `index` to RGB. Errors name the shard and record.
+    fn decode(&self, index: usize) -> Result<RgbImage, PipelineError>;
+}
+
+/// Record shards of one split, read through `formats::shard`.
+pub struct ShardSource {
+    set: formats::shard::ShardSet,
+}
+
+impl ShardSource {
+    /// Opens the shards of a split directory.
+    pub fn open(split_dir: &Path) -> Result<Self, PipelineError> {
+        let set = formats::shard::ShardSet::open(split_dir).map_err(|e| PipelineError::Io {
+            path: split_dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(ShardSource { set })
+    }
+
+    /// Wraps an open shard set.
+    pub fn new(set: formats::shard::ShardSet) -> Self {
+        ShardSource { set }
+    }
+
+    /// The underlying shard set.
+    pub fn shards(&self) -> &formats::shard::ShardSet {
+        &self.set
+    }
+
+    fn record_error(&self, index: usize, message: String) -> PipelineError {
+        PipelineError::Record {
+            index,
+            location: format!("shards in {}", self.set.dir().display()),
+            message,
+        }
+    }
+}
+
+impl RecordSource for ShardSource {
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+    fn num_classes(&self) -> usize {
+        self.set.num_classes()
+    }
+    fn info(&self, index: usize) -> Result<RecordInfo, PipelineError> {
+        let r = self
+            .set
+            .record(index)
+            .map_err(|e| self.record_error(index, e.to_string()))?;
+        Ok(RecordInfo {
+            label: r.label,
+            width: r.width,
+            height: r.height,
+        })
+    }
+    fn decode(&self, index: usize) -> Result<RgbImage, PipelineError> {
+        let r = self
+            .set
+            .record(index)
+            .map_err(|e| self.record_error(index, e.to_string()))?;
+        crate::ingest::decode_record(&r).map_err(|e| self.record_error(index, e.to_string()))
+    }
+}
+
+/// Labelled images held in memory. Records listed in `bad` fail to decode (for tests).
+#[derive(Clone, Debug, Default)]
+pub struct MemorySource {
+    images: Vec<(u32, RgbImage)>,
+    num_classes: usize,
+    bad: Vec<usize>,
+}
+
+impl MemorySource {
+    /// A source over `(label, image)` pairs.
+    pub fn new(images: Vec<(u32, RgbImage)>, num_classes: usize) -> Self {
+        MemorySource {
+            images,
+            num_classes,
+            bad: Vec::new(),
+        }
+    }
+
+    /// Makes record `index` fail to decode, as a corrupt record would.
+    pub fn with_bad_record(mut self, index: usize) -> Self {
+        self.bad.push(index);
+        self
+    }
+
+    fn get(&self, index: usize) -> Result<&(u32, RgbImage), PipelineError> {
+        self.images.get(index).ok_or_else(|| PipelineError::Record {
+            index,
+            location: "memory".into(),
+            message: format!("index out of range (len {})", self.images.len()),
+        })
+    }
+}
+
+impl RecordSource for MemorySource {
+    fn len(&self) -> usize {
+        self.images.len()
+    }
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    fn info(&self, index: usize) -> Result<RecordInfo, PipelineError> {
+        let (label, img) = self.get(index)?;
+        Ok(RecordInfo {
+            label: *label,
+            width: img.width(),
+            height: img.height(),
+        })
+    }
+    fn decode(&self, index: usize) -> Result<RgbImage, PipelineError> {
+        if self.bad.contains(&index) {
+            return Err(PipelineError::Record {
+                index,
+                location: format!("memory record {index}"),
+                message: "corrupt image data".into(),
+            });
+        }
+        Ok(self.get(index)?.1.clone())
+    }
+}

@@ -1,0 +1,222 @@
+//! RandomResizedCrop (timm `RandomResizedCropAndInterpolation.get_params`), RandomCrop
+//! with zero padding (torchvision, DeiT's small-image path) and horizontal flip.
+
+use image::RgbImage;
+
+use super::py_round;
+use crate::config::{CropConfig, Interpolation};
+use crate::error::PipelineError;
+use crate::rng::Draws;
+
+/// An integer crop rectangle in source pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CropRect {
+    /// Left edge (x of the first column).
+    pub left: u32,
+    /// Top edge (y of the first row).
+    pub top: u32,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+}
+
+/// timm's RandomResizedCrop parameters for a `width` x `height` image: up to 10 tries of
+/// area ~ U(scale) * W*H and log-uniform aspect; w = round(sqrt(area*aspect)),
+/// h = round(sqrt(area/aspect)) (round half to even, as Python); accepted when w <= W and
+/// h <= H, then top ~ randint[0, H-h], left ~ randint[0, W-w]. Fallback: centre crop with
+/// the aspect clamped to the ratio range.
+pub fn rrc_params(
+    width: u32,
+    height: u32,
+    scale: [f64; 2],
+    ratio: [f64; 2],
+    draws: &mut impl Draws,
+) -> CropRect {
+    let (img_w, img_h) = (width as i64, height as i64);
+    let area = (img_w * img_h) as f64;
+    let log_ratio = (libm::log(ratio[0]), libm::log(ratio[1]));
+    for _ in 0..10 {
+        let target_area = draws.uniform(scale[0], scale[1]) * area;
+        let aspect = libm::exp(draws.uniform(log_ratio.0, log_ratio.1));
+        let w = py_round(libm::sqrt(target_area * aspect));
+        let h = py_round(libm::sqrt(target_area / aspect));
+        if w <= img_w && h <= img_h {
+            let top = draws.randint(0, img_h - h);
+            let left = draws.randint(0, img_w - w);
+            return CropRect {
+                left: left as u32,
+                top: top as u32,
+                width: w as u32,
+                height: h as u32,
+            };
+        }
+    }
+    let in_ratio = img_w as f64 / img_h as f64;
+    let (min_r, max_r) = (ratio[0].min(ratio[1]), ratio[0].max(ratio[1]));
+    let (w, h) = if in_ratio < min_r {
+        (img_w, py_round(img_w as f64 / min_r))
+    } else if in_ratio > max_r {
+        (py_round(img_h as f64 * max_r), img_h)
+    } else {
+        (img_w, img_h)
+    };
+    CropRect {
+        left: ((img_w - w) / 2) as u32,
+        top: ((img_h - h) / 2) as u32,
+        width: w as u32,
+        height: h as u32,
+    }
+}
+
+/// torchvision `RandomCrop(size, padding)` offsets in the padded image: `(top, left)`,
+/// top ~ randint[0, H + 2p - size] first, then left. Errors if the padded image is
+/// smaller than `size`.
+pub fn random_crop_pad_params(
+    width: u32,
+    height: u32,
+    size: u32,
+    padding: u32,
+    draws: &mut impl Draws,
+) -> Result<(u32, u32), PipelineError> {
+    let (pw, ph) = (width + 2 * padding, height + 2 * padding);
+    if pw < size || ph < size {
+        return Err(PipelineError::Resize(format!(
+            "image {width}x{height} with padding {padding} is smaller than the crop {size}"
+        )));
+    }
+    if pw == size && ph == size {
+        return Ok((0, 0));
+    }
+    let top = draws.randint(0, (ph - size) as i64) as u32;
+    let left = draws.randint(0, (pw - size) as i64) as u32;
+    Ok((top, left))
+}
+
+/// Crops `size` x `size` at `(top, left)` of the image zero-padded by `padding`.
+pub fn apply_crop_pad(img: &RgbImage, size: u32, padding: u32, top: u32, left: u32) -> RgbImage {
+    let mut out = RgbImage::new(size, size);
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    for y in 0..size {
+        let sy = (y + top) as i64 - padding as i64;
+        if sy < 0 || sy >= h {
+            continue;
+        }
+        for x in 0..size {
+            let sx = (x + left) as i64 - padding as i64;
+            if sx >= 0 && sx < w {
+                out.put_pixel(x, y, *img.get_pixel(sx as u32, sy as u32));
+            }
+        }
+    }
+    out
+}
+
+/// The training crop of one sample: RRC parameters (or RandomCrop offsets) drawn first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainCrop {
+    /// Crop this rectangle and resize it to `size` x `size`.
+    Resized(CropRect),
+    /// Pad by `padding` and crop `size` x `size` at (top, left) of the padded image.
+    Padded {
+        /// Top offset in the padded image.
+        top: u32,
+        /// Left offset in the padded image.
+        left: u32,
+    },
+}
+
+/// Draws the training crop for a `width` x `height` image.
+pub fn train_crop_params(
+    cfg: &CropConfig,
+    size: u32,
+    width: u32,
+    height: u32,
+    draws: &mut impl Draws,
+) -> Result<TrainCrop, PipelineError> {
+    match cfg.mode {
+        crate::config::CropMode::RandomResizedCrop => Ok(TrainCrop::Resized(rrc_params(
+            width, height, cfg.scale, cfg.ratio, draws,
+        ))),
+        crate::config::CropMode::RandomCropPad => {
+            let (top, left) = random_crop_pad_params(width, height, size, cfg.padding, draws)?;
+            Ok(TrainCrop::Padded { top, left })
+        }
+    }
+}
+
+/// Applies a drawn training crop, giving a `size` x `size` image.
+pub fn apply_train_crop(
+    img: &RgbImage,
+    crop: TrainCrop,
+    size: u32,
+    padding: u32,
+    interpolation: Interpolation,
+) -> Result<RgbImage, PipelineError> {
+    match crop {
+        TrainCrop::Resized(rect) => {
+            super::resize::crop_resize(img, rect, size, size, interpolation)
+        }
+        TrainCrop::Padded { top, left } => Ok(apply_crop_pad(img, size, padding, top, left)),
+    }
+}
+
+/// Mirrors the image left-right in place.
+pub fn hflip(img: &mut RgbImage) {
+    image::imageops::flip_horizontal_in_place(img);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{rng_from_seed, ReplayDraws};
+
+    #[test]
+    fn rrc_fallback_clamps_aspect() {
+        // Draws that always ask for the whole area at the extreme aspect fail 10 times.
+        let mut d = ReplayDraws::new(vec![0.9999; 20]);
+        let r = rrc_params(1000, 100, [0.9, 1.0], [0.75, 4.0 / 3.0], &mut d);
+        assert_eq!(d.consumed(), 20);
+        // in_ratio 10 > 4/3: h = 100, w = round(100 * 4/3) = 133, centred.
+        assert_eq!(
+            r,
+            CropRect {
+                left: 433,
+                top: 0,
+                width: 133,
+                height: 100
+            }
+        );
+    }
+
+    #[test]
+    fn rrc_area_and_aspect_distribution() {
+        let mut rng = rng_from_seed(5);
+        let (mut n, mut sum_log_aspect, mut sum_area) = (0usize, 0.0f64, 0.0f64);
+        for _ in 0..20_000 {
+            let r = rrc_params(2000, 2000, [0.08, 1.0], [0.75, 4.0 / 3.0], &mut rng);
+            let area = (r.width * r.height) as f64 / 4e6;
+            let aspect = r.width as f64 / r.height as f64;
+            assert!(r.left + r.width <= 2000 && r.top + r.height <= 2000);
+            assert!((0.07..=1.01).contains(&area), "{area}");
+            assert!((0.74..=1.34).contains(&aspect), "{aspect}");
+            n += 1;
+            sum_log_aspect += aspect.ln();
+            sum_area += area;
+        }
+        // log-aspect symmetric around 0; area mean below 0.54 (large areas get rejected
+        // at extreme aspects, so slightly less than U(0.08,1)'s mean).
+        assert!((sum_log_aspect / n as f64).abs() < 0.01);
+        let mean_area = sum_area / n as f64;
+        assert!((0.45..0.55).contains(&mean_area), "{mean_area}");
+    }
+
+    #[test]
+    fn crop_pad_places_pixels() {
+        let mut img = RgbImage::new(4, 4);
+        img.put_pixel(0, 0, image::Rgb([9, 8, 7]));
+        let out = apply_crop_pad(&img, 4, 2, 1, 1);
+        assert_eq!(out.get_pixel(1, 1).0, [9, 8, 7]);
+        assert_eq!(out.get_pixel(0, 0).0, [0, 0, 0]);
+    }
+}

@@ -1,0 +1,179 @@
+//! `deit-pipe shard`: turn an ImageFolder tree or a list file into record shards
+//! (see `pipeline::ingest::job`).
+
+use crate::progress;
+use anyhow::{bail, Context};
+use formats::shard::Encoding;
+use pipeline::ingest::inputs::{read_list, scan_root, SplitInput};
+use pipeline::ingest::job::{shard_split, JobConfig, ABORT_AFTER_ENV};
+use pipeline::ingest::process::{IngestOptions, DEFAULT_MAX_PIXELS};
+use std::path::PathBuf;
+
+/// Stored image format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// JPEG: small inputs kept as they are, resized ones re-encoded at --quality.
+    Jpeg,
+    /// RGB u8 pixels, zstd-compressed.
+    Raw,
+}
+
+/// Parse a byte size such as `1GiB`, `512MiB`, `64M`, `100000`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "bad size unit in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    let v = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))?;
+    if v < 4096 {
+        return Err(format!("shard size {s:?} is below 4 KiB"));
+    }
+    Ok(v)
+}
+
+/// Arguments of `deit-pipe shard`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// ImageFolder root with train/ and/or val/ (class folders sorted give label ids).
+    #[arg(long, conflicts_with = "list", required_unless_present = "list")]
+    pub input: Option<PathBuf>,
+    /// List file of `path<TAB>label` lines (relative paths from the list's folder).
+    #[arg(long)]
+    pub list: Option<PathBuf>,
+    /// Split name for --list input (the output goes to OUT/<split>).
+    #[arg(long, default_value = "train", requires = "list")]
+    pub split: String,
+    /// Output dataset folder (one subfolder per split).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Images whose shorter side exceeds this are resized to it (Lanczos3).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(8..=65535))]
+    pub max_side: u32,
+    /// Stored format.
+    #[arg(long, value_enum, default_value_t = Format::Jpeg)]
+    pub format: Format,
+    /// JPEG quality for re-encoded images.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub quality: u8,
+    /// Target size of one shard file (e.g. 1GiB, 256MiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub shard_bytes: u64,
+    /// Decode/resize/encode threads (default: all cores). The output does not depend on it.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seed of the write-time shuffle.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Skip images with more pixels than this (decompression-bomb guard).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
+
+/// Run `deit-pipe shard`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let (splits, kind): (Vec<SplitInput>, &str) = match (&args.input, &args.list) {
+        (Some(root), None) => (
+            scan_root(root).with_context(|| format!("reading input tree {}", root.display()))?,
+            "imagefolder",
+        ),
+        (None, Some(list)) => (
+            vec![read_list(list, &args.split)
+                .with_context(|| format!("reading list file {}", list.display()))?],
+            "list",
+        ),
+        _ => bail!("give exactly one of --input and --list"),
+    };
+    let abort_after = match std::env::var(ABORT_AFTER_ENV) {
+        Ok(v) => Some(
+            v.parse::<u64>()
+                .with_context(|| format!("{ABORT_AFTER_ENV}={v:?} is not a number"))?,
+        ),
+        Err(_) => None,
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let cfg = JobConfig {
+        ingest: IngestOptions {
+            format: match args.format {
+                Format::Jpeg => Encoding::Jpeg,
+                Format::Raw => Encoding::RawRgbZstd,
+            },
+            max_side: args.max_side,
+            quality: args.quality,
+            max_pixels: args.max_pixels,
+        },
+        shard_bytes: args.shard_bytes,
+        seed: args.seed,
+        threads,
+        input_kind: kind.to_string(),
+        abort_after,
+    };
+    for split in &splits {
+        let dir = args.out.join(&split.name);
+        let bar = progress::bar(split.items.len() as u64, &split.name, "img");
+        let outcome = shard_split(split, &dir, &cfg, &mut |done, _| bar.set_position(done))
+            .with_context(|| format!("sharding split {:?} into {}", split.name, dir.display()))?;
+        bar.finish();
+        let m = &outcome.manifest;
+        for s in m.skipped.iter().take(20) {
+            tracing::warn!("skipped {}: {}", s.path, s.reason);
+        }
+        if m.skipped.len() > 20 {
+            tracing::warn!(
+                "... and {} more skipped files (see {}/manifest.json)",
+                m.skipped.len() - 20,
+                dir.display()
+            );
+        }
+        let state = if outcome.already_complete {
+            " (already complete)".to_string()
+        } else if outcome.resumed_shards > 0 {
+            format!(" (resumed: {} shards reused)", outcome.resumed_shards)
+        } else {
+            String::new()
+        };
+        println!(
+            "{}: {} records, {} classes, {} shards, {:.1} MiB, {} skipped, fingerprint {}{state}",
+            split.name,
+            m.num_records,
+            m.classes.len(),
+            m.shards.len(),
+            m.total_bytes as f64 / (1 << 20) as f64,
+            m.skipped.len(),
+            m.fingerprint
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("64M"), Ok(64_000_000));
+        assert_eq!(parse_size("100000"), Ok(100_000));
+        assert!(parse_size("12parsecs").is_err());
+        assert!(parse_size("10").is_err());
+    }
+}

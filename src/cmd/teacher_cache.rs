@@ -1,0 +1,99 @@
+//! `deit-pipe teacher-cache`: run the teacher once per view of the trainer's epoch plans
+//! and write its top-K answers as Parquet (resumable, splittable with `--part i/N`).
+
+use anyhow::{Context, Result};
+use cache::run::{parse_epochs, run as run_job, CacheJob, JobProgress};
+use clap::Args as ClapArgs;
+use formats::cache_schema::PartSpec;
+use indicatif::ProgressBar;
+use std::path::PathBuf;
+use trainer::train::config::TrainConfig;
+
+/// Arguments of `deit-pipe teacher-cache`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Dataset directory from `deit-pipe shard` (its `train/` split is used), or a split.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Teacher weights (.safetensors / .pth).
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// Teacher architecture (timm name), e.g. regnety_160.
+    #[arg(long)]
+    pub teacher_arch: String,
+    /// The student's training config (TOML): seed, repeats, augmentation and plan must be
+    /// the ones `train` will use.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override `run.seed` of the config.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Epochs: `A..B` (half-open), `A..=B` (inclusive) or `A`.
+    #[arg(long)]
+    pub epochs: String,
+    /// Classes kept per view.
+    #[arg(long, default_value_t = 10)]
+    pub top_k: usize,
+    /// Cache directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Write part i of N of every epoch (a job array fills one directory).
+    #[arg(long, default_value = "1/1")]
+    pub part: String,
+    /// Views per teacher forward pass.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+struct Bar(Option<ProgressBar>);
+
+impl JobProgress for Bar {
+    fn start(&mut self, total: u64) {
+        self.0 = Some(crate::progress::bar(total, "teacher-cache", "view"));
+    }
+    fn advance(&mut self, views: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(views);
+        }
+    }
+}
+
+/// Run `deit-pipe teacher-cache`.
+pub fn run(args: Args) -> Result<()> {
+    let mut config = TrainConfig::from_file(&args.config)?;
+    if let Some(s) = args.seed {
+        config.run.seed = s;
+    }
+    let job = CacheJob {
+        data: args.data,
+        teacher_weights: args.teacher,
+        teacher_arch: args.teacher_arch,
+        config,
+        epochs: parse_epochs(&args.epochs)?,
+        top_k: args.top_k,
+        out: args.out,
+        part: PartSpec::parse(&args.part).context("--part")?,
+        batch_size: args.batch_size,
+        device: args.device,
+    };
+    let mut bar = Bar(None);
+    let report = run_job(&job, &mut bar)?;
+    if let Some(b) = bar.0 {
+        b.finish_and_clear();
+    }
+    let rate = report.rows as f64 / report.total_seconds.max(1e-9);
+    eprintln!(
+        "teacher-cache {}: wrote epochs {:?}, skipped (already finished) {:?}; {} views in \
+         {:.1} s ({rate:.1} views/s, {:.1} s building views + teacher)",
+        job.out.display(),
+        report.written,
+        report.skipped,
+        report.rows,
+        report.total_seconds,
+        report.forward_seconds
+    );
+    Ok(())
+}

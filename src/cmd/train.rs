@@ -1,0 +1,331 @@
+//! `deit-pipe train`: train a DeiT student (or a ConvNet teacher) with DeiT's recipe.
+//! The config file gives the recipe; flags named as the official DeiT `main.py` flags
+//! override single fields; `--set section.key=value` overrides any other field.
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use std::path::PathBuf;
+use trainer::train::config::{DistillationType, Overrides, TrainConfig};
+
+/// Arguments of `deit-pipe train`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Recipe (TOML), e.g. configs/deit_tiny.toml. Without it: DeiT-Ti defaults, or the
+    /// run directory's config.toml with --resume.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Dataset directory from `deit-pipe shard` (holds train/ and val/).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run directory: config.toml, metrics.jsonl, checkpoints.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from the run directory's last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Distillation type: none, hard or soft (DeiT --distillation-type).
+    #[arg(long, alias = "distillation-type", value_parser = parse_distill)]
+    pub distillation: Option<DistillationType>,
+    /// Teacher-cache directory (from `deit-pipe teacher-cache`).
+    #[arg(long, conflicts_with = "teacher")]
+    pub teacher_targets: Option<PathBuf>,
+    /// Teacher weights for online distillation (DeiT --teacher-path).
+    #[arg(long, alias = "teacher-path")]
+    pub teacher: Option<PathBuf>,
+    /// Teacher architecture, a timm name (DeiT --teacher-model).
+    #[arg(long, alias = "teacher-model")]
+    pub teacher_arch: Option<String>,
+    /// On a cached view hash that differs from the rebuilt view: count and continue.
+    #[arg(long)]
+    pub allow_replay_drift: bool,
+    /// cpu, cuda or cuda:N (cuda needs a build with --features cuda).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Model name (timm), e.g. deit_small_distilled_patch16_224 or resnet_small.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Number of classes (default: the dataset's).
+    #[arg(long)]
+    pub nb_classes: Option<usize>,
+    /// Input size in pixels.
+    #[arg(long)]
+    pub input_size: Option<u32>,
+    /// Base learning rate at batch 512 (scaled by global batch / 512).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Use --lr as is, without batch scaling.
+    #[arg(long)]
+    pub unscale_lr: bool,
+    /// Images per forward/backward pass.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    #[arg(long)]
+    pub accum_steps: Option<usize>,
+    /// Epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Warmup epochs.
+    #[arg(long)]
+    pub warmup_epochs: Option<usize>,
+    /// Warmup start learning rate.
+    #[arg(long)]
+    pub warmup_lr: Option<f64>,
+    /// Final learning rate of the cosine.
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// AdamW epsilon.
+    #[arg(long)]
+    pub opt_eps: Option<f64>,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long)]
+    pub clip_grad: Option<f64>,
+    /// Stochastic depth rate.
+    #[arg(long)]
+    pub drop_path: Option<f64>,
+    /// Label smoothing.
+    #[arg(long)]
+    pub smoothing: Option<f64>,
+    /// Mixup alpha (0: off).
+    #[arg(long)]
+    pub mixup: Option<f64>,
+    /// CutMix alpha (0: off).
+    #[arg(long)]
+    pub cutmix: Option<f64>,
+    /// Probability of mixing a pair.
+    #[arg(long)]
+    pub mixup_prob: Option<f64>,
+    /// Probability of CutMix when both are on.
+    #[arg(long)]
+    pub mixup_switch_prob: Option<f64>,
+    /// Random erasing probability.
+    #[arg(long)]
+    pub reprob: Option<f64>,
+    /// RandAugment policy (timm string) or none.
+    #[arg(long)]
+    pub aa: Option<String>,
+    /// Repeated augmentation on (x3).
+    #[arg(long, conflicts_with = "no_repeated_aug")]
+    pub repeated_aug: bool,
+    /// Repeated augmentation off.
+    #[arg(long)]
+    pub no_repeated_aug: bool,
+    /// Distillation loss weight.
+    #[arg(long)]
+    pub distillation_alpha: Option<f64>,
+    /// Soft distillation temperature.
+    #[arg(long)]
+    pub distillation_tau: Option<f64>,
+    /// Keep an EMA of the weights.
+    #[arg(long, conflicts_with = "no_model_ema")]
+    pub model_ema: bool,
+    /// No EMA.
+    #[arg(long)]
+    pub no_model_ema: bool,
+    /// EMA decay.
+    #[arg(long)]
+    pub model_ema_decay: Option<f64>,
+    /// Seed of every random choice.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override any config field: section.key=value (TOML value), repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+fn parse_distill(s: &str) -> Result<DistillationType, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+impl Args {
+    /// The overrides these flags carry.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            model: self.model.clone(),
+            nb_classes: self.nb_classes,
+            input_size: self.input_size,
+            lr: self.lr,
+            unscale_lr: self.unscale_lr,
+            batch_size: self.batch_size,
+            accum_steps: self.accum_steps,
+            epochs: self.epochs,
+            warmup_epochs: self.warmup_epochs,
+            warmup_lr: self.warmup_lr,
+            min_lr: self.min_lr,
+            weight_decay: self.weight_decay,
+            opt_eps: self.opt_eps,
+            clip_grad: self.clip_grad,
+            drop_path: self.drop_path,
+            smoothing: self.smoothing,
+            mixup: self.mixup,
+            cutmix: self.cutmix,
+            mixup_prob: self.mixup_prob,
+            mixup_switch_prob: self.mixup_switch_prob,
+            reprob: self.reprob,
+            aa: self.aa.clone(),
+            repeated_aug: match (self.repeated_aug, self.no_repeated_aug) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            distillation_type: self.distillation,
+            distillation_alpha: self.distillation_alpha,
+            distillation_tau: self.distillation_tau,
+            teacher_targets: self.teacher_targets.clone(),
+            teacher: self.teacher.clone(),
+            teacher_arch: self.teacher_arch.clone(),
+            allow_replay_drift: self.allow_replay_drift,
+            model_ema: match (self.model_ema, self.no_model_ema) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            model_ema_decay: self.model_ema_decay,
+            seed: self.seed,
+            device: self.device.clone(),
+            set: self.set.clone(),
+        }
+    }
+
+    /// The resolved config: file (or the run's saved config on resume, or defaults),
+    /// then the overrides.
+    pub fn resolve_config(&self) -> Result<TrainConfig> {
+        let saved = self.out.join(trainer::train::CONFIG_FILE);
+        let mut cfg = match (&self.config, self.resume && saved.is_file()) {
+            (Some(path), _) => TrainConfig::from_file(path)?,
+            (None, true) => TrainConfig::from_file(&saved)
+                .with_context(|| format!("the run's saved config {}", saved.display()))?,
+            (None, false) => TrainConfig::default(),
+        };
+        cfg.apply(&self.overrides())?;
+        Ok(cfg)
+    }
+}
+
+/// Environment variable that makes the process abort right after the given optimizer
+/// step (crash tests of `--resume`; never set it otherwise).
+pub const ABORT_AT_STEP_ENV: &str = "DEIT_PIPE_ABORT_AT_STEP";
+
+/// Progress bars: one per epoch (img/s, loss, lr, ETA) and one per evaluation.
+struct Bars {
+    bar: Option<indicatif::ProgressBar>,
+    loss: f64,
+    batches: usize,
+}
+
+impl trainer::train::TrainProgress for Bars {
+    fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize, skip: usize) {
+        let bar = crate::progress::bar(
+            batches as u64,
+            &format!("ep {}/{epochs}", epoch + 1),
+            "batch",
+        );
+        bar.set_position(skip as u64);
+        bar.reset_eta();
+        self.bar = Some(bar);
+        self.loss = 0.0;
+        self.batches = 0;
+    }
+    fn batch(&mut self, images: usize, loss: f64, lr: f64) {
+        self.loss += loss;
+        self.batches += 1;
+        if let Some(b) = &self.bar {
+            b.inc(1);
+            let per_s = b.per_sec() * images as f64;
+            b.set_message(format!(
+                "{per_s:.1} img/s loss {:.4} (mean {:.4}) lr {lr:.3e}",
+                loss,
+                self.loss / self.batches as f64
+            ));
+        }
+    }
+    fn eval_start(&mut self, images: usize) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        self.bar = Some(crate::progress::bar(images as u64, "eval", "img"));
+    }
+    fn eval_batch(&mut self, images: usize) {
+        if let Some(b) = &self.bar {
+            b.inc(images as u64);
+        }
+    }
+    fn epoch_end(&mut self, r: &trainer::train::metrics::EpochRecord) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        match &r.val {
+            Some(v) => tracing::info!(
+                "epoch {}: lr {:.3e} train loss {:.4} | val loss {:.4} top-1 {:.2} top-5 {:.2} \
+                 (cls {:.2}, dist {}) | {:.1} img/s",
+                r.epoch,
+                r.lr,
+                r.train_loss,
+                v.loss,
+                v.top1,
+                v.top5,
+                v.top1_cls,
+                v.top1_dist.map_or("-".into(), |d| format!("{d:.2}")),
+                r.img_per_s
+            ),
+            None => tracing::info!(
+                "epoch {}: lr {:.3e} train loss {:.4} | {:.1} img/s",
+                r.epoch,
+                r.lr,
+                r.train_loss,
+                r.img_per_s
+            ),
+        }
+    }
+}
+
+/// Run `deit-pipe train`.
+pub fn run(args: Args) -> Result<()> {
+    let cfg = args.resolve_config()?;
+    let mut job = trainer::train::TrainJob::new(cfg, &args.data, &args.out, args.resume);
+    if let Ok(v) = std::env::var(ABORT_AT_STEP_ENV) {
+        job.abort_at_step = Some(
+            v.parse()
+                .with_context(|| format!("{ABORT_AT_STEP_ENV}={v:?} is not a number"))?,
+        );
+    }
+    let mut bars = Bars {
+        bar: None,
+        loss: 0.0,
+        batches: 0,
+    };
+    let summary = trainer::train::train(&job, &mut bars)?;
+    if let Some(b) = bars.bar.take() {
+        b.finish_and_clear();
+    }
+    println!(
+        "trained {} epochs ({} steps) into {}",
+        summary.epochs_done,
+        summary.global_step,
+        args.out.display()
+    );
+    if let Some(v) = &summary.last_eval {
+        println!(
+            "last val: loss {:.4} top-1 {:.2}% top-5 {:.2}% (cls head {:.2}%{})",
+            v.loss,
+            v.top1,
+            v.top5,
+            v.top1_cls,
+            v.top1_dist
+                .map_or(String::new(), |d| format!(", dist head {d:.2}%"))
+        );
+    }
+    if let Some(b) = &summary.best {
+        println!("best val top-1 {:.2}% at epoch {}", b.top1, b.epoch);
+    }
+    if summary.replay_drift > 0 {
+        println!(
+            "warning: {} views differed from the teacher cache (replay drift)",
+            summary.replay_drift
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! `deit-pipe train / eval / report` end to end through the binary: a kill (abort) in the
+//! middle of epoch 2 and `--resume` end with the same weights as a straight run; the
+//! report and eval commands read the run; refusals name what is wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_deit-pipe"))
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.arg("--quiet").output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn shards(root: &Path) -> PathBuf {
+    let folder = root.join("folder");
+    let data = root.join("shards");
+    run_ok(
+        bin()
+            .args([
+                "synth",
+                "--classes",
+                "4",
+                "--train-per-class",
+                "12",
+                "--val-per-class",
+                "4",
+            ])
+            .arg("--out")
+            .arg(&folder),
+    );
+    run_ok(
+        bin()
+            .args(["shard", "--max-side", "40", "--format", "raw"])
+            .arg("--input")
+            .arg(&folder)
+            .arg("--out")
+            .arg(&data),
+    );
+    data
+}
+
+fn train_cmd(data: &Path, out: &Path) -> Command {
+    let mut c = bin();
+    c.arg("train")
+        .arg("--config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/configs/small_image.toml"
+        ))
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--epochs",
+            "2",
+            "--warmup-epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--model-ema",
+        ])
+        .args(["--set", "model.depth=2", "--set", "model.embed_dim=48"])
+        .args([
+            "--set",
+            "run.max_batches_per_epoch=3",
+            "--set",
+            "data.workers=2",
+        ]);
+    c
+}
+
+fn last_model(run: &Path) -> PathBuf {
+    let ptr: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("last.json")).unwrap()).unwrap();
+    run.join(ptr["dir"].as_str().unwrap())
+        .join("model.safetensors")
+}
+
+#[test]
+fn kill_and_resume_equals_straight_run_and_report_eval_read_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shards(tmp.path());
+
+    let straight = tmp.path().join("straight");
+    run_ok(&mut train_cmd(&data, &straight));
+
+    // Abort right after step 4 (the first step of epoch 2): a crash, no clean-up.
+    let killed = tmp.path().join("killed");
+    let out = train_cmd(&data, &killed)
+        .arg("--quiet")
+        .env("DEIT_PIPE_ABORT_AT_STEP", "4")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the abort hook did not fire");
+    run_ok(train_cmd(&data, &killed).arg("--resume"));
+
+    let a =
+        candle_core::safetensors::load(last_model(&straight), &candle_core::Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load(last_model(&killed), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (name, x) in &a {
+        let y = &b[name];
+        let d = (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        assert_eq!(
+            d.to_scalar::<f32>().unwrap(),
+            0.0,
+            "{name} differs after kill + resume"
+        );
+    }
+
+    // A second run into the same directory without --resume is refused.
+    let out = train_cmd(&data, &straight).arg("--quiet").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+
+    let rep = run_ok(bin().arg("report").arg(&killed));
+    let text = String::from_utf8_lossy(&rep.stdout);
+    assert!(text.contains("top1_cls"), "{text}");
+    assert!(killed.join("report.png").is_file());
+
+    let ev = run_ok(
+        bin()
+            .arg("eval")
+            .arg("--weights")
+            .arg(&killed)
+            .arg("--data")
+            .arg(&data)
+            .arg("--json"),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert_eq!(v["images"], 16);
+    assert!(v["top1_dist"].is_number());
+}
+
+#[test]
+fn cuda_without_the_feature_is_a_clear_error() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["--quiet", "train", "--device", "cuda"])
+        .arg("--data")
+        .arg(tmp.path())
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--features cuda"), "{err}");
+}

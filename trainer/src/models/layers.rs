@@ -1,0 +1,324 @@
+//! Differentiable building blocks. candle's fused `softmax_last_dim` and `LayerNorm`
+//! drop gradients silently (see PLATFORM.md), so everything here either is written
+//! with differentiable tensor ops, or is a fused CPU kernel with its own backward
+//! ([`crate::models::layers::fused`]).
+
+use candle_core::{DType, Module, Result, Tensor, Var, D};
+use candle_nn::VarBuilder;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+pub mod fused;
+
+/// Fully connected layer `y = x W^T + b`, weight `[out, in]` (timm / PyTorch layout).
+/// Inputs of any rank are flattened to 2-D for one GEMM (no broadcast of the weight).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `weight` `[out, in]` and `bias` `[out]` under `vb`.
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / in_dim.max(1);
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = x2.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => add_bias(&y, b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// `y + b` for a 2-D `y` (rows, D) and `b` (D), differentiable (fused on CPU).
+pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused::enabled(y) {
+        fused::add_bias(y, b)
+    } else {
+        y.broadcast_add(b)
+    }
+}
+
+/// LayerNorm over the last dimension with a differentiable forward (fused CPU kernel
+/// with hand-written backward, or plain tensor ops on other devices).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` `[dim]` under `vb`.
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fused::enabled(x) {
+            fused::layer_norm(x, &self.weight, &self.bias, self.eps)
+        } else {
+            layer_norm_composite(x, &self.weight, &self.bias, self.eps)
+        }
+    }
+}
+
+/// LayerNorm written with differentiable tensor ops (reference path).
+pub fn layer_norm_composite(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xn.broadcast_mul(w)?.broadcast_add(b)
+}
+
+/// Softmax over the last dimension, differentiable.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fused::enabled(x) {
+        fused::softmax_last_dim(x)
+    } else {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
+}
+
+/// Exact (erf) GELU, differentiable.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fused::enabled(x) {
+        fused::gelu(x)
+    } else {
+        x.gelu_erf()
+    }
+}
+
+/// Stochastic depth: drops whole samples of a residual branch with probability `p`
+/// and scales kept ones by `1 / (1 - p)` (timm `drop_path`, `scale_by_keep`).
+/// `x` is `(B, ...)`; the mask is drawn from `rng`, one uniform per sample.
+pub fn drop_path(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let b = x.dim(0)?;
+    let mask: Vec<f32> = (0..b)
+        .map(|_| {
+            if rng.random::<f64>() < keep {
+                (1.0 / keep) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mut shape = vec![b];
+    shape.extend(std::iter::repeat_n(1, x.rank() - 1));
+    let mask = Tensor::from_vec(mask, shape, x.device())?.to_dtype(x.dtype())?;
+    x.broadcast_mul(&mask)
+}
+
+/// 2-D convolution without bias (ResNet / RegNet convs), weight `[out, in/groups, k, k]`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+}
+
+impl Conv2d {
+    /// Loads `weight` (and `bias` when asked) under `vb`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        in_ch: usize,
+        out_ch: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get((out_ch, in_ch / groups, k, k), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_ch, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+            groups,
+        })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, kh, kw) = self.weight.dims4()?;
+        let y = if kh == 1 && kw == 1 && self.groups == 1 && self.padding == 0 {
+            // 1x1 convolution as one GEMM over channels.
+            let x = if self.stride > 1 {
+                subsample(x, self.stride)?
+            } else {
+                x.clone()
+            };
+            let (b, c, h, w) = x.dims4()?;
+            let o = self.weight.dim(0)?;
+            let xr = x.permute((0, 2, 3, 1))?.reshape((b * h * w, c))?;
+            let wr = self.weight.reshape((o, c))?;
+            xr.matmul(&wr.t()?)?
+                .reshape((b, h, w, o))?
+                .permute((0, 3, 1, 2))?
+        } else {
+            x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Takes every `s`-th row and column starting at 0 (`x[:, :, ::s, ::s]`), differentiable.
+fn subsample(x: &Tensor, s: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let ho = h.div_ceil(s);
+    let wo = w.div_ceil(s);
+    let x = x.pad_with_zeros(2, 0, ho * s - h)?;
+    let x = x.pad_with_zeros(3, 0, wo * s - w)?;
+    x.reshape((b, c, ho, s, wo, s))?
+        .narrow(3, 0, 1)?
+        .narrow(5, 0, 1)?
+        .reshape((b, c, ho, wo))
+}
+
+/// BatchNorm2d (eps 1e-5, momentum 0.1) with PyTorch semantics: train mode normalizes
+/// with the batch statistics (biased variance) and updates the running statistics
+/// (unbiased variance); eval mode uses the running statistics.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    /// Loads `weight`, `bias`, `running_mean`, `running_var` `[ch]` under `vb`.
+    pub fn new(ch: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(ch, "weight", candle_nn::Init::Const(1.0))?;
+        let bias = vb.get_with_hints(ch, "bias", candle_nn::Init::Const(0.0))?;
+        let rm = vb.get_with_hints(ch, "running_mean", candle_nn::Init::Const(0.0))?;
+        let rv = vb.get_with_hints(ch, "running_var", candle_nn::Init::Const(1.0))?;
+        // From a VarMap these share storage with the map's variables, so the running
+        // statistics updated in train mode are what gets saved.
+        Ok(Self {
+            weight,
+            bias,
+            running_mean: Var::from_tensor(&rm)?,
+            running_var: Var::from_tensor(&rv)?,
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+
+    /// Normalizes `x` `(B, C, H, W)`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let c = x.dim(1)?;
+        let shape = (1, c, 1, 1);
+        if train {
+            let n = x.elem_count() / c;
+            let mean = x.mean_keepdim((0, 2, 3))?;
+            let xc = x.broadcast_sub(&mean)?;
+            let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
+            let inv = (var.clone() + self.eps)?.sqrt()?.recip()?;
+            let scale = inv.broadcast_mul(&self.weight.reshape(shape)?)?;
+            let y = xc
+                .broadcast_mul(&scale)?
+                .broadcast_add(&self.bias.reshape(shape)?)?;
+            // running stats (no gradient)
+            let m = self.momentum;
+            let unbiased = if n > 1 {
+                n as f64 / (n - 1) as f64
+            } else {
+                1.0
+            };
+            let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))?
+                + (mean.detach().flatten_all()? * m)?)?;
+            let new_var = ((self.running_var.as_tensor() * (1.0 - m))?
+                + (var.detach().flatten_all()? * (m * unbiased))?)?;
+            self.running_mean.set(&new_mean.to_dtype(DType::F32)?)?;
+            self.running_var.set(&new_var.to_dtype(DType::F32)?)?;
+            Ok(y)
+        } else {
+            let inv = (self.running_var.as_tensor() + self.eps)?.sqrt()?.recip()?;
+            let scale = (inv * &self.weight)?;
+            let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+            x.broadcast_mul(&scale.reshape(shape)?)?
+                .broadcast_add(&shift.reshape(shape)?)
+        }
+    }
+}
+
+/// Max pool 3x3, stride 2, padding 1 (the ResNet stem) on non-negative inputs
+/// (it follows a ReLU, so zero padding equals PyTorch's -inf padding).
+/// Written as the maximum of 9 strided views so it is differentiable.
+pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let ho = (h - 1) / 2 + 1;
+    let wo = (w - 1) / 2 + 1;
+    let xp = x.pad_with_zeros(2, 1, 2)?.pad_with_zeros(3, 1, 2)?;
+    let mut out: Option<Tensor> = None;
+    for dy in 0..3 {
+        let rows = xp
+            .narrow(2, dy, 2 * ho)?
+            .reshape((b, c, ho, 2, w + 3))?
+            .narrow(3, 0, 1)?
+            .reshape((b, c, ho, w + 3))?;
+        for dx in 0..3 {
+            let v = rows
+                .narrow(3, dx, 2 * wo)?
+                .reshape((b, c, ho, wo, 2))?
+                .narrow(4, 0, 1)?
+                .reshape((b, c, ho, wo))?;
+            out = Some(match out {
+                None => v,
+                Some(o) => o.maximum(&v)?,
+            });
+        }
+    }
+    out.ok_or_else(|| candle_core::Error::Msg("empty max pool".into()))
+}
+
+/// Global average pool `(B, C, H, W) -> (B, C)`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.mean((2, 3))
+}

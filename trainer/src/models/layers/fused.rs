@@ -1,0 +1,425 @@
+//! Fused CPU kernels (f32, contiguous) with hand-written backward passes:
+//! LayerNorm, softmax over the last dimension, and exact GELU.
+//!
+//! candle's generic graph runs these as 5-10 separate ops each (every one a full
+//! pass over memory, several of them single-threaded reductions over broadcast
+//! dimensions in backward); here each is one pass forward and one pass backward,
+//! parallel over rows with rayon. Other devices or dtypes use the composite
+//! tensor-op versions in [`super`]. [`set_enabled`] switches them off (tests compare
+//! both paths; benchmarks measure both).
+
+// Index loops over several equally long rows read clearer than zipped iterators here.
+#![allow(clippy::needless_range_loop)]
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+use std::cell::Cell;
+
+thread_local! {
+    static ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Turns the fused kernels on or off for forward passes run by the calling thread
+/// (default: on). Thread-local, so concurrent tests do not affect each other.
+pub fn set_enabled(on: bool) {
+    ENABLED.with(|e| e.set(on));
+}
+
+/// True when `x` can take the fused kernels (CPU, f32, fused kernels enabled).
+pub fn enabled(x: &Tensor) -> bool {
+    ENABLED.with(|e| e.get()) && x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Rows per rayon task: enough work per task to amortize scheduling.
+fn rows_per_task(dim: usize) -> usize {
+    (16384 / dim.max(1)).max(1)
+}
+
+fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+// ---------------------------------------------------------------- LayerNorm
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * w + b`.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    x.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        LayerNormOp { eps: eps as f32 },
+    )
+}
+
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let d = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / d;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, "layer_norm x")?;
+        let w = slice_f32(s2, l2, "layer_norm weight")?;
+        let b = slice_f32(s3, l3, "layer_norm bias")?;
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        let chunk = rows_per_task(d) * d;
+        out.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(|(o, xi)| {
+                for (orow, xrow) in o.chunks_mut(d).zip(xi.chunks(d)) {
+                    let (mean, rstd) = row_stats(xrow, self.eps);
+                    for j in 0..d {
+                        orow[j] = (xrow[j] - mean) * rstd * w[j] + b[j];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.dim(0)?;
+        let rows = x.elem_count() / d;
+        let g = grad.contiguous()?;
+        let all = x.apply_op3_no_bwd(w, &g, &LayerNormBwd { eps: self.eps })?;
+        let dx = all.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = all.narrow(0, rows, 1)?.reshape(d)?;
+        let db = all.narrow(0, rows + 1, 1)?.reshape(d)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Backward of LayerNorm: returns `(rows + 2, D)`: dx rows, then dw, then db.
+struct LayerNormBwd {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormBwd {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, "layer_norm_bwd x")?;
+        let w = slice_f32(s2, l2, "layer_norm_bwd weight")?;
+        let g = slice_f32(s3, l3, "layer_norm_bwd grad")?;
+        let d = w.len();
+        let rows = x.len() / d;
+        let mut out = vec![0f32; (rows + 2) * d];
+        let (dx_all, dwb) = out.split_at_mut(rows * d);
+        let chunk = rows_per_task(d) * d;
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_all
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
+            .map(|(dx, (xi, gi))| {
+                let mut dw = vec![0f32; d];
+                let mut db = vec![0f32; d];
+                let mut xhat = vec![0f32; d];
+                for ((dxr, xr), gr) in dx.chunks_mut(d).zip(xi.chunks(d)).zip(gi.chunks(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let mut sum_g = 0f32;
+                    let mut sum_gx = 0f32;
+                    for j in 0..d {
+                        let xh = (xr[j] - mean) * rstd;
+                        xhat[j] = xh;
+                        dw[j] += gr[j] * xh;
+                        db[j] += gr[j];
+                        let gw = gr[j] * w[j];
+                        sum_g += gw;
+                        sum_gx += gw * xh;
+                    }
+                    let mg = sum_g / d as f32;
+                    let mgx = sum_gx / d as f32;
+                    for j in 0..d {
+                        dxr[j] = rstd * (gr[j] * w[j] - mg - xhat[j] * mgx);
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let (dw_out, db_out) = dwb.split_at_mut(d);
+        for (dw, db) in partials {
+            for j in 0..d {
+                dw_out[j] += dw[j];
+                db_out[j] += db[j];
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, d))))
+    }
+}
+
+// ---------------------------------------------------------------- softmax
+
+struct SoftmaxOp;
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(SoftmaxOp)
+}
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s, l, "softmax x")?;
+        let d = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; x.len()];
+        let chunk = rows_per_task(d) * d;
+        out.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(|(o, xi)| {
+                for (orow, xrow) in o.chunks_mut(d).zip(xi.chunks(d)) {
+                    let max = xrow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for (ov, xv) in orow.iter_mut().zip(xrow) {
+                        *ov = (xv - max).exp();
+                        sum += *ov;
+                    }
+                    let inv = 1.0 / sum;
+                    for ov in orow.iter_mut() {
+                        *ov *= inv;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.contiguous()?;
+        Ok(Some(res.apply_op2_no_bwd(&g, &SoftmaxBwd)?))
+    }
+}
+
+/// dx = y * (dy - sum(dy * y)) per row.
+struct SoftmaxBwd;
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "fused-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = slice_f32(s1, l1, "softmax_bwd y")?;
+        let g = slice_f32(s2, l2, "softmax_bwd grad")?;
+        let d = l1.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; y.len()];
+        let chunk = rows_per_task(d) * d;
+        out.par_chunks_mut(chunk)
+            .zip(y.par_chunks(chunk).zip(g.par_chunks(chunk)))
+            .for_each(|(o, (yi, gi))| {
+                for ((orow, yrow), grow) in o.chunks_mut(d).zip(yi.chunks(d)).zip(gi.chunks(d)) {
+                    let dot: f32 = yrow.iter().zip(grow).map(|(a, b)| a * b).sum();
+                    for j in 0..d {
+                        orow[j] = yrow[j] * (grow[j] - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- GELU
+
+struct GeluOp;
+
+/// Exact GELU `0.5 x (1 + erf(x / sqrt 2))`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(GeluOp)
+}
+
+fn erf(x: f32) -> f32 {
+    candle_core::cpu::erf::erf_f32(x)
+}
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "fused-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s, l, "gelu x")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(16384)
+            .zip(x.par_chunks(16384))
+            .for_each(|(o, xi)| {
+                for (ov, &v) in o.iter_mut().zip(xi) {
+                    *ov = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.contiguous()?;
+        Ok(Some(arg.apply_op2_no_bwd(&g, &GeluBwd)?))
+    }
+}
+
+/// dx = dy * (Phi(x) + x * phi(x)).
+struct GeluBwd;
+
+impl CustomOp2 for GeluBwd {
+    fn name(&self) -> &'static str {
+        "fused-gelu-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, "gelu_bwd x")?;
+        let g = slice_f32(s2, l2, "gelu_bwd grad")?;
+        let mut out = vec![0f32; x.len()];
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        out.par_chunks_mut(16384)
+            .zip(x.par_chunks(16384).zip(g.par_chunks(16384)))
+            .for_each(|(o, (xi, gi))| {
+                for ((ov, &v), &gv) in o.iter_mut().zip(xi).zip(gi) {
+                    let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+                    let pdf = INV_SQRT_2PI * (-0.5 * v * v).exp();
+                    *ov = gv * (cdf + v * pdf);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- bias add
+
+struct AddBiasOp;
+
+/// `y + b` with `b` broadcast over the rows of the 2-D `y` (rows, D); the backward
+/// sums the gradient over rows in parallel (candle's broadcast backward reduces on
+/// one thread).
+pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    y.contiguous()?.apply_op2(&b.contiguous()?, AddBiasOp)
+}
+
+impl CustomOp2 for AddBiasOp {
+    fn name(&self) -> &'static str {
+        "fused-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = slice_f32(s1, l1, "add_bias y")?;
+        let b = slice_f32(s2, l2, "add_bias bias")?;
+        let d = b.len();
+        if d == 0 || y.len() % d != 0 {
+            candle_core::bail!("add_bias: {} values do not fill rows of {d}", y.len());
+        }
+        let mut out = y.to_vec();
+        let chunk = rows_per_task(d) * d;
+        out.par_chunks_mut(chunk).for_each(|o| {
+            for row in o.chunks_mut(d) {
+                for (v, bv) in row.iter_mut().zip(b) {
+                    *v += bv;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        let db = g.apply_op1_no_bwd(&ColumnSum { d: b.elem_count() })?;
+        Ok((Some(g), Some(db)))
+    }
+}
+
+/// Sum of the rows of a contiguous (rows, d) tensor, in parallel.
+struct ColumnSum {
+    d: usize,
+}
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "fused-column-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = slice_f32(s, l, "column_sum")?;
+        let d = self.d;
+        let chunk = rows_per_task(d) * d * 4;
+        let partials: Vec<Vec<f32>> = g
+            .par_chunks(chunk)
+            .map(|gi| {
+                let mut acc = vec![0f32; d];
+                for row in gi.chunks(d) {
+                    for (a, v) in acc.iter_mut().zip(row) {
+                        *a += v;
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f32; d];
+        for p in partials {
+            for (o, v) in out.iter_mut().zip(p) {
+                *o += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(d)))
+    }
+}

@@ -1,0 +1,129 @@
+//! Image classifiers in candle, numerically equal to timm: the DeiT student
+//! ([`deit`]) and the ConvNet teachers ([`resnet`], [`regnet`]).
+//!
+//! Every model is built from a [`ModelSpec`] (parsed from a timm model name or given
+//! free dimensions) and a [`candle_nn::VarBuilder`]; parameter names are timm's
+//! checkpoint keys, so [`crate::weights`] loads official DeiT / timm / torchvision
+//! checkpoints and saves files timm loads back.
+//!
+//! Randomness (stochastic depth) comes only from [`ForwardCtx::seed`], never from
+//! candle's RNG.
+
+pub mod deit;
+pub mod init;
+pub mod layers;
+pub mod regnet;
+pub mod resnet;
+mod spec;
+
+pub use init::init_weights;
+pub use spec::{Arch, DeitConfig, ModelSpec, RegNetConfig, RegStage, ResNetBlock, ResNetConfig};
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Per-call forward settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ForwardCtx {
+    /// Train mode: stochastic depth on, BatchNorm uses batch statistics and updates its
+    /// running statistics, a distilled DeiT returns both heads.
+    pub train: bool,
+    /// Seed of the ChaCha8 stream that draws this call's drop-path masks (use a
+    /// different seed per step, e.g. derived from run seed, epoch and step).
+    pub seed: u64,
+}
+
+impl ForwardCtx {
+    /// Evaluation context (no randomness used).
+    pub fn eval() -> Self {
+        Self {
+            train: false,
+            seed: 0,
+        }
+    }
+
+    /// Training context with the seed of this step's drop-path masks.
+    pub fn train(seed: u64) -> Self {
+        Self { train: true, seed }
+    }
+}
+
+/// Logits of a forward pass.
+#[derive(Debug, Clone)]
+pub struct ModelOutput {
+    /// Class-token head logits `(B, C)`. In eval mode of a distilled DeiT: the mean of
+    /// both heads' logits.
+    pub cls: Tensor,
+    /// Distillation-token head logits `(B, C)`: only in train mode of a distilled DeiT.
+    pub dist: Option<Tensor>,
+}
+
+/// A trained or trainable image classifier.
+pub trait Classifier: Send + Sync {
+    /// Logits for a batch of normalized images `(B, 3, H, W)` (f32).
+    fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<ModelOutput>;
+    /// Number of output classes.
+    fn num_classes(&self) -> usize;
+    /// The model's name (timm name, or `deit_custom` for free dimensions).
+    fn arch(&self) -> &str;
+}
+
+/// Builds the model described by `spec`, taking its parameters from `vb`
+/// (a `VarMap`-backed builder for training, or loaded tensors for inference).
+pub fn build(spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+    Ok(match &spec.arch {
+        Arch::Deit(cfg) => Box::new(deit::Deit::new(spec, cfg, vb)?),
+        Arch::ResNet(cfg) => Box::new(resnet::ResNet::new(spec, cfg, vb)?),
+        Arch::RegNet(cfg) => Box::new(regnet::RegNet::new(spec, cfg, vb)?),
+    })
+}
+
+/// True for parameters timm excludes from weight decay: biases, 1-D parameters
+/// (LayerNorm / BatchNorm weights), `pos_embed`, `cls_token`, `dist_token`.
+/// Buffers (BatchNorm running statistics) are not parameters at all: see [`is_buffer`].
+pub fn no_weight_decay(name: &str) -> bool {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if matches!(last, "bias" | "pos_embed" | "cls_token" | "dist_token") {
+        return true;
+    }
+    if last != "weight" {
+        return false;
+    }
+    // 1-D weights: normalization layers.
+    let owner = name[..name.len() - ".weight".len()]
+        .rsplit('.')
+        .next()
+        .unwrap_or("");
+    owner.starts_with("norm")
+        || owner.starts_with("bn")
+        // ResNet shortcut BatchNorm: `layerX.Y.downsample.1.weight`
+        || (owner == "1" && name.contains(".downsample."))
+}
+
+/// True for non-trainable state (BatchNorm running statistics). The optimizer must
+/// skip these names; they are still saved and loaded with the weights.
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with(".running_mean")
+        || name.ends_with(".running_var")
+        || name.ends_with(".num_batches_tracked")
+}
+
+/// Trainable variables of a `VarMap`, sorted by name (buffers left out).
+pub fn trainable_vars(varmap: &candle_nn::VarMap) -> Vec<(String, candle_core::Var)> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut vars: Vec<(String, candle_core::Var)> = data
+        .iter()
+        .filter(|(name, _)| !is_buffer(name))
+        .map(|(name, var)| (name.clone(), var.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// Number of trainable scalar parameters (what timm's `sum(p.numel())` counts).
+pub fn param_count(varmap: &candle_nn::VarMap) -> usize {
+    trainable_vars(varmap)
+        .iter()
+        .map(|(_, v)| v.as_tensor().elem_count())
+        .sum()
+}

@@ -1,0 +1,210 @@
+//! `deit-pipe eval`: evaluate any weights file on a split: a run's checkpoint (its
+//! config.toml gives model and eval transform), or foreign timm/official DeiT weights
+//! (model named with `--model`, or inferred from the DeiT tensor shapes).
+
+use anyhow::{bail, Context, Result};
+use pipeline::source::{RecordSource, ShardSource};
+use pipeline::view::ViewBuilder;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::checkpoint::resolve_weights;
+use super::config::TrainConfig;
+use super::eval::{evaluate, EvalModel, EvalSummary};
+use super::run::{eval_twin, select_device};
+use super::CONFIG_FILE;
+use crate::models::ModelSpec;
+use crate::weights::{load_state_dict_into, read_state_dict, LoadOptions};
+use candle_core::{DType, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use pipeline::loader::LoaderOptions;
+
+/// What to evaluate.
+#[derive(Clone, Debug, Default)]
+pub struct EvalJob {
+    /// Weights file, checkpoint directory or run directory.
+    pub weights: PathBuf,
+    /// Dataset directory (holds `split/`).
+    pub data_dir: PathBuf,
+    /// Split to evaluate (`val`).
+    pub split: String,
+    /// Model name (timm); default: the run's config, else inferred from the weights.
+    pub model: Option<String>,
+    /// Config giving the eval transform; default: the run's config.toml, else DeiT's.
+    pub config: Option<TrainConfig>,
+    /// Input size; default: the config's, else the model's.
+    pub input_size: Option<u32>,
+    /// Eval crop fraction; default: the config's (0.875).
+    pub crop_pct: Option<f64>,
+    /// Batch size (default 128).
+    pub batch_size: Option<usize>,
+    /// Evaluate the EMA weights of a checkpoint.
+    pub ema: bool,
+    /// Device name.
+    pub device: String,
+}
+
+/// The result with what was evaluated.
+#[derive(Clone, Debug)]
+pub struct EvalReport {
+    /// The weights file read.
+    pub weights: PathBuf,
+    /// The model name.
+    pub model: String,
+    /// The figures.
+    pub summary: EvalSummary,
+}
+
+fn find_run_config(weights: &Path) -> Option<PathBuf> {
+    weights
+        .ancestors()
+        .take(4)
+        .map(|d| d.join(CONFIG_FILE))
+        .find(|p| p.is_file())
+}
+
+/// A timm name for DeiT weights from tensor shapes (`cls_token`, `pos_embed`,
+/// `patch_embed.proj.weight`, `blocks.N`, `dist_token`).
+pub fn infer_deit_name(tensors: &BTreeMap<String, Tensor>) -> Result<String> {
+    let dims = |k: &str| -> Result<Vec<usize>> {
+        Ok(tensors
+            .get(k)
+            .with_context(|| {
+                format!("no tensor {k}: not DeiT weights; name the model with --model")
+            })?
+            .dims()
+            .to_vec())
+    };
+    let d = dims("cls_token")?[2];
+    let p = dims("patch_embed.proj.weight")?[2];
+    let tokens = dims("pos_embed")?[1];
+    let distilled = tensors.contains_key("dist_token");
+    let prefix = if distilled { 2 } else { 1 };
+    let grid = ((tokens - prefix) as f64).sqrt().round() as usize;
+    if grid * grid + prefix != tokens {
+        bail!("pos_embed has {tokens} tokens, not a square grid; name the model with --model");
+    }
+    let depth = tensors
+        .keys()
+        .filter_map(|k| {
+            k.strip_prefix("blocks.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |m| m + 1);
+    let size = match (d, depth) {
+        (192, 12) => "tiny",
+        (384, 12) => "small",
+        (768, 12) => "base",
+        _ => bail!(
+            "DeiT weights of width {d} and depth {depth} are not a timm model; evaluate them \
+             with their run's config (--config)"
+        ),
+    };
+    Ok(format!(
+        "deit_{size}{}_patch{p}_{}",
+        if distilled { "_distilled" } else { "" },
+        grid * p
+    ))
+}
+
+/// Evaluate weights on a split.
+pub fn evaluate_weights(job: &EvalJob, on_batch: &mut dyn FnMut(usize)) -> Result<EvalReport> {
+    let device = select_device(&job.device)?;
+    let weights = resolve_weights(&job.weights, job.ema)?;
+    let run_cfg = match &job.config {
+        Some(c) => Some(c.clone()),
+        None => find_run_config(&weights)
+            .map(|p| TrainConfig::from_file(&p))
+            .transpose()?,
+    };
+    let split = if job.split.is_empty() {
+        "val"
+    } else {
+        &job.split
+    };
+    let split_dir = job.data_dir.join(split);
+    let source = Arc::new(
+        ShardSource::open(&split_dir)
+            .with_context(|| format!("opening {}", split_dir.display()))?,
+    );
+    let tensors = read_state_dict(&weights)?;
+    let head_classes = tensors.get("head.weight").map(|t| t.dims()[0]);
+    let (spec, mut cfg) = match (&job.model, run_cfg) {
+        (None, Some(cfg)) => {
+            let classes = cfg
+                .model
+                .num_classes
+                .or(head_classes)
+                .unwrap_or(source.num_classes());
+            let size = job.input_size.unwrap_or(cfg.augment.input_size) as usize;
+            (cfg.model.spec(classes, size)?, cfg)
+        }
+        (name, cfg) => {
+            let name = match name {
+                Some(n) => n.clone(),
+                None => infer_deit_name(&tensors)?,
+            };
+            let base = ModelSpec::parse(&name)?;
+            let classes = head_classes
+                .or(tensors.get("fc.weight").map(|t| t.dims()[0]))
+                .unwrap_or(base.num_classes);
+            let mut cfg = cfg.unwrap_or_default();
+            let size = job
+                .input_size
+                .map_or_else(|| base.img_size(), |s| s as usize);
+            cfg.augment
+                .set_timm_arg("input-size", &size.to_string())
+                .context("--input-size")?;
+            (base.with_num_classes(classes).with_img_size(size)?, cfg)
+        }
+    };
+    if let Some(s) = job.input_size {
+        cfg.augment.input_size = s;
+    }
+    if let Some(c) = job.crop_pct {
+        cfg.augment.eval_crop_pct = c;
+    }
+    cfg.augment.validate().context("eval transform")?;
+    if source.num_classes() > spec.num_classes {
+        bail!(
+            "{} has {} classes but the model {} predicts {}",
+            split_dir.display(),
+            source.num_classes(),
+            spec.name,
+            spec.num_classes
+        );
+    }
+    let spec = spec.with_drop_path(0.0);
+    let varmap = VarMap::new();
+    let model = crate::models::build(&spec, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    load_state_dict_into(
+        &varmap,
+        &spec,
+        &tensors,
+        &LoadOptions::default(),
+        &weights.display().to_string(),
+    )?;
+    let twin = eval_twin(&spec, &varmap, &device)?;
+    let m = EvalModel {
+        model: twin.as_deref().unwrap_or(model.as_ref()),
+        both_heads: twin.is_some(),
+    };
+    let builder = Arc::new(ViewBuilder::new(&cfg.augment)?);
+    let opts = LoaderOptions {
+        batch_size: job.batch_size.unwrap_or(128),
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        prefetch: 2,
+        drop_last: false,
+    };
+    let summary = evaluate(&m, source, builder, &opts, &device, on_batch)?;
+    Ok(EvalReport {
+        weights,
+        model: spec.name.clone(),
+        summary,
+    })
+}

@@ -1,0 +1,775 @@
+//! The training loop: DeiT's recipe over the streaming loader, with per-epoch lr,
+//! AdamW groups, stochastic depth seeded per step, optional EMA and clipping, gradient
+//! accumulation, evaluation each epoch, atomic checkpoints and exact resumption.
+//!
+//! Determinism: the epoch plan and every view derive from (run seed, epoch, slot), the
+//! drop-path masks from (run seed, epoch, micro-batch); the optimizer and EMA state are
+//! checkpointed exactly. A checkpoint marks an optimizer-step boundary, so resuming from
+//! it replays the same sequence of operations as an uninterrupted run.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use pipeline::loader::{Loader, LoaderOptions};
+use pipeline::plan::EpochPlan;
+use pipeline::source::{RecordSource, ShardSource};
+use pipeline::view::ViewBuilder;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::checkpoint::{
+    write_atomic, BestMetric, CheckpointStore, TrainState, EMA_FILE, MODEL_FILE, OPTIMIZER_FILE,
+    STATE_VERSION,
+};
+use super::config::{DistillationType, TrainConfig};
+use super::eval::{evaluate, EvalModel, EvalSummary};
+use super::metrics::{EpochRecord, MetricRecord, MetricsWriter, StepRecord};
+use super::teacher::{data_binding, TeacherSource};
+use super::CONFIG_FILE;
+use crate::clip::clip_grad_norm;
+use crate::ema::ModelEma;
+use crate::grads::{GradAccumulator, NamedGrads};
+use crate::loss::{BaseCriterion, DistillationKind, DistillationLoss, Targets};
+use crate::models::{self, Arch, Classifier, ForwardCtx, ModelSpec};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::weights::{load_into, save_safetensors, LoadOptions};
+
+/// One training run.
+#[derive(Clone, Debug)]
+pub struct TrainJob {
+    /// The resolved configuration.
+    pub config: TrainConfig,
+    /// Dataset directory with `train/` and `val/` shards.
+    pub data_dir: PathBuf,
+    /// Run directory.
+    pub run_dir: PathBuf,
+    /// Continue from the run directory's last checkpoint.
+    pub resume: bool,
+    /// Return after this many epochs were finished by this call (checkpoint written), as
+    /// if the process had been stopped there; for tests and time-boxed jobs.
+    pub stop_after_epochs: Option<usize>,
+    /// Return right after this global optimizer step (inside an epoch), with a checkpoint
+    /// written there, as if the process had been stopped; for tests.
+    pub stop_at_step: Option<u64>,
+    /// Abort the process (no clean-up, like a kill) right after this global optimizer
+    /// step; for crash tests only.
+    pub abort_at_step: Option<u64>,
+}
+
+impl TrainJob {
+    /// A job with no early stop.
+    pub fn new(config: TrainConfig, data_dir: &Path, run_dir: &Path, resume: bool) -> Self {
+        TrainJob {
+            config,
+            data_dir: data_dir.to_path_buf(),
+            run_dir: run_dir.to_path_buf(),
+            resume,
+            stop_after_epochs: None,
+            stop_at_step: None,
+            abort_at_step: None,
+        }
+    }
+}
+
+/// Progress callbacks (the CLI draws a bar); every method has an empty default.
+pub trait TrainProgress {
+    /// An epoch starts: `batches` micro-batches, of which the first `skip` are replayed
+    /// without training (mid-epoch resume).
+    fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize, _skip: usize) {}
+    /// A micro-batch was trained.
+    fn batch(&mut self, _images: usize, _loss: f64, _lr: f64) {}
+    /// Evaluation starts over `images` images.
+    fn eval_start(&mut self, _images: usize) {}
+    /// An eval batch of `images` images is done.
+    fn eval_batch(&mut self, _images: usize) {}
+    /// An epoch ended (training, evaluation and checkpoint).
+    fn epoch_end(&mut self, _record: &EpochRecord) {}
+}
+
+/// Progress that shows nothing.
+pub struct NoProgress;
+impl TrainProgress for NoProgress {}
+
+/// What a finished (or stopped) run reports.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    /// Epochs finished in all (including those before a resume).
+    pub epochs_done: usize,
+    /// Optimizer steps in all.
+    pub global_step: u64,
+    /// Last evaluation.
+    pub last_eval: Option<EvalSummary>,
+    /// Best evaluation.
+    pub best: Option<BestMetric>,
+    /// Whether `stop_after_epochs` ended the call before the last epoch.
+    pub stopped_early: bool,
+    /// Views whose cached hash differed (`--allow-replay-drift`).
+    pub replay_drift: u64,
+    /// The last checkpoint directory.
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// Pick the device: `cpu`, `cuda` or `cuda:N` (CUDA needs the `cuda` feature).
+pub fn select_device(name: &str) -> Result<Device> {
+    let ordinal = match name {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => n,
+            None => bail!("device '{other}': expected cpu, cuda or cuda:N"),
+        },
+    };
+    if !cfg!(feature = "cuda") {
+        bail!(
+            "device '{name}': this binary was built without CUDA support; rebuild with \
+             `cargo build --release --features cuda` (see tools/build-cuda.sh) or use --device cpu"
+        );
+    }
+    Device::new_cuda(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))
+}
+
+/// Seed of the drop-path masks of micro-batch `batch` of `epoch`.
+pub fn step_seed(run_seed: u64, epoch: usize, batch: usize) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"deit-pipe drop-path v1");
+    h.update(&run_seed.to_le_bytes());
+    h.update(&(epoch as u64).to_le_bytes());
+    h.update(&(batch as u64).to_le_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// Whether a spec is a DeiT with the distillation head.
+pub fn is_distilled(spec: &ModelSpec) -> bool {
+    matches!(&spec.arch, Arch::Deit(c) if c.distilled)
+}
+
+/// The model for evaluation: a distilled DeiT is rebuilt over the same variables with
+/// drop path 0, so that its train-mode forward gives both heads without randomness.
+pub fn eval_twin(
+    spec: &ModelSpec,
+    varmap: &VarMap,
+    device: &Device,
+) -> Result<Option<Box<dyn Classifier>>> {
+    if !is_distilled(spec) {
+        return Ok(None);
+    }
+    let twin = spec.clone().with_drop_path(0.0);
+    let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
+    Ok(Some(
+        models::build(&twin, vb).context("building the eval model")?,
+    ))
+}
+
+fn open_split(data_dir: &Path, split: &str) -> Result<Arc<ShardSource>> {
+    let dir = data_dir.join(split);
+    let src = ShardSource::open(&dir)
+        .with_context(|| format!("opening the {split} split {}", dir.display()))?;
+    Ok(Arc::new(src))
+}
+
+fn loader_threads(workers: usize) -> usize {
+    if workers > 0 {
+        workers
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+}
+
+/// Every variable finite (checked before a checkpoint is written).
+fn check_finite(varmap: &VarMap) -> Result<()> {
+    for (name, var) in models::trainable_vars(varmap) {
+        let s = var
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .abs()?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        if !s.is_finite() {
+            bail!("parameter {name} holds non-finite values");
+        }
+    }
+    Ok(())
+}
+
+/// Run (or continue) training.
+pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSummary> {
+    let cfg = &job.config;
+    cfg.validate()?;
+    let device = select_device(&cfg.run.device)?;
+    let seed = cfg.run.seed;
+
+    // Data.
+    let train_src = open_split(&job.data_dir, "train")?;
+    let fingerprint = train_src.shards().fingerprint().to_string();
+    let data_classes = train_src.num_classes();
+    let num_classes = match cfg.model.num_classes {
+        Some(n) if n < data_classes => bail!(
+            "model.num_classes = {n} but the dataset {} has {data_classes} classes",
+            job.data_dir.display()
+        ),
+        Some(n) => n,
+        None => data_classes,
+    };
+    let val_src = if cfg.run.eval_every > 0 {
+        let v = open_split(&job.data_dir, "val")?;
+        if v.shards().manifest().classes != train_src.shards().manifest().classes {
+            bail!(
+                "{}: the val split's class list differs from the train split's",
+                job.data_dir.display()
+            );
+        }
+        Some(v)
+    } else {
+        None
+    };
+    let img_size = cfg.augment.input_size as usize;
+    let spec = cfg.model.spec(num_classes, img_size)?;
+    let kind = cfg.distillation.kind;
+    if kind != DistillationType::None && !is_distilled(&spec) {
+        bail!(
+            "distillation type {kind:?} needs a model with a distillation head; {} has none \
+             (use a *_distilled_* DeiT or model.distilled = true)",
+            spec.name
+        );
+    }
+
+    // Run directory, config, checkpoints.
+    std::fs::create_dir_all(&job.run_dir)
+        .with_context(|| format!("creating {}", job.run_dir.display()))?;
+    let store = CheckpointStore::open(&job.run_dir)?;
+    let config_path = job.run_dir.join(CONFIG_FILE);
+    let last = store.last()?;
+    let resume_from = match (job.resume, last) {
+        (false, Some(ck)) => bail!(
+            "{} already holds a run (last checkpoint {}); pass --resume to continue it or \
+             choose another --out",
+            job.run_dir.display(),
+            ck.dir.display()
+        ),
+        (true, None) => {
+            tracing::warn!(
+                "--resume: {} has no checkpoint yet; starting from the beginning",
+                job.run_dir.display()
+            );
+            None
+        }
+        (true, Some(ck)) => Some(ck),
+        (false, None) => None,
+    };
+    if let Some(ck) = &resume_from {
+        if config_path.is_file() {
+            let saved = TrainConfig::from_file(&config_path)?;
+            if let Some((field, was, now)) = saved.first_difference(cfg) {
+                bail!(
+                    "--resume: {field} is {was} in {} but {now} now; resume with the run's settings",
+                    config_path.display()
+                );
+            }
+        }
+        if ck.state.config_hash != cfg.hash_hex() {
+            bail!(
+                "--resume: checkpoint {} was written by config {} but this config hashes to {}",
+                ck.dir.display(),
+                ck.state.config_hash,
+                cfg.hash_hex()
+            );
+        }
+        if !ck.state.dataset_fingerprint.is_empty() && ck.state.dataset_fingerprint != fingerprint {
+            bail!(
+                "--resume: checkpoint {} was trained on dataset {} but {} is {}",
+                ck.dir.display(),
+                ck.state.dataset_fingerprint,
+                job.data_dir.display(),
+                fingerprint
+            );
+        }
+    } else {
+        write_atomic(&config_path, cfg.to_toml()?.as_bytes())?;
+    }
+
+    // Model, optimizer, EMA.
+    let varmap = VarMap::new();
+    let model = models::build(&spec, VarBuilder::from_varmap(&varmap, DType::F32, &device))
+        .with_context(|| format!("building {}", spec.name))?;
+    models::init_weights(&spec, &varmap, seed)?;
+    if let (Some(p), None) = (&cfg.model.init_weights, &resume_from) {
+        let opts = LoadOptions {
+            partial: cfg.model.init_partial,
+        };
+        load_into(&varmap, &spec, p, &opts)?;
+    }
+    let twin = eval_twin(&spec, &varmap, &device)?;
+    let params = models::trainable_vars(&varmap);
+    let sched = cfg.schedule();
+    sched.validate()?;
+    let mut opt = AdamW::new(
+        params.clone(),
+        AdamWConfig {
+            lr: sched.initial_lr(),
+            betas: (cfg.optim.opt_betas[0], cfg.optim.opt_betas[1]),
+            eps: cfg.optim.opt_eps,
+            weight_decay: cfg.optim.weight_decay,
+        },
+    )?;
+    let mut ema = if cfg.ema.enabled {
+        Some(ModelEma::from_varmap(cfg.ema.decay, &varmap)?)
+    } else {
+        None
+    };
+
+    let mut state = TrainState {
+        version: STATE_VERSION,
+        epoch: 0,
+        batch_in_epoch: 0,
+        global_step: 0,
+        images_seen: 0,
+        best: None,
+        config_hash: cfg.hash_hex(),
+        dataset_fingerprint: fingerprint.clone(),
+        epoch_loss_sum: 0.0,
+        epoch_batches: 0,
+    };
+    let mut last_checkpoint = None;
+    if let Some(ck) = &resume_from {
+        load_into(&varmap, &spec, &ck.model_path(), &LoadOptions::default())
+            .with_context(|| format!("resuming from {}", ck.dir.display()))?;
+        opt.load(&ck.optimizer_path())?;
+        if let Some(e) = ema.as_mut() {
+            *e = ModelEma::load(&ck.ema_path(), &device)?;
+        }
+        state = ck.state.clone();
+        last_checkpoint = Some(ck.dir.clone());
+        tracing::info!(
+            "resuming {} at epoch {} batch {} (step {})",
+            job.run_dir.display(),
+            state.epoch,
+            state.batch_in_epoch,
+            state.global_step
+        );
+    }
+    let mut metrics = MetricsWriter::open(
+        &job.run_dir,
+        resume_from.as_ref().map(|c| c.state.global_step),
+    )?;
+
+    // Teacher.
+    let epochs = cfg.schedule.epochs;
+    let binding = data_binding(&fingerprint, &cfg.augment, seed, &cfg.plan, num_classes);
+    let mut teacher = TeacherSource::open(
+        &cfg.distillation,
+        &binding,
+        state.epoch as u32..epochs as u32,
+        img_size,
+        &device,
+    )?;
+    let criterion = DistillationLoss {
+        base: BaseCriterion::for_recipe(cfg.augment.mix.enabled(), cfg.augment.mix.label_smoothing),
+        kind: match kind {
+            DistillationType::None => DistillationKind::None,
+            DistillationType::Hard => DistillationKind::Hard,
+            DistillationType::Soft => DistillationKind::Soft,
+        },
+        alpha: cfg.distillation.alpha,
+        tau: cfg.distillation.tau,
+    };
+
+    let builder = Arc::new(ViewBuilder::new(&cfg.augment).context("[augment]")?);
+    let threads = loader_threads(cfg.data.workers);
+    let train_opts = LoaderOptions {
+        batch_size: cfg.data.batch_size,
+        threads,
+        prefetch: cfg.data.prefetch.max(1),
+        drop_last: true,
+    };
+    let eval_opts = LoaderOptions {
+        batch_size: cfg.data.eval_batch(),
+        threads,
+        prefetch: cfg.data.prefetch.max(1),
+        drop_last: false,
+    };
+
+    let mut last_eval = None;
+    let mut epochs_this_call = 0usize;
+    let params_ref: &[(String, candle_core::Var)] = &params;
+    while state.epoch < epochs {
+        let epoch = state.epoch;
+        let lr = sched.lr_for_epoch(epoch);
+        opt.set_lr(lr);
+        let plan = Arc::new(
+            EpochPlan::new(seed, epoch as u64, train_src.len(), &cfg.plan)
+                .with_context(|| format!("epoch {epoch} plan"))?,
+        );
+        teacher.start_epoch(epoch, plan.len())?;
+        let source: Arc<dyn RecordSource> = train_src.clone();
+        let loader = Loader::train(source, plan, builder.clone(), 0, 1, &train_opts)
+            .context("starting the training loader")?;
+        let mut total = loader.num_batches();
+        if cfg.run.max_batches_per_epoch > 0 {
+            total = total.min(cfg.run.max_batches_per_epoch);
+        }
+        if total == 0 {
+            bail!(
+                "epoch {epoch} has no full batch of {} images (dataset of {} images)",
+                cfg.data.batch_size,
+                train_src.len()
+            );
+        }
+        let skip = state.batch_in_epoch;
+        progress.epoch_start(epoch, epochs, total, skip);
+        let mut acc = GradAccumulator::new(cfg.data.accum_steps)?;
+        let epoch_start = Instant::now();
+        let mut epoch_images = 0u64;
+        let mut window = Window::new();
+        for (b, batch) in loader.enumerate().take(total) {
+            let mut batch = batch.with_context(|| format!("epoch {epoch} batch {b}"))?;
+            if b < skip {
+                continue;
+            }
+            let n = batch.len();
+            let shape = batch.shape();
+            let dense = (criterion.base == BaseCriterion::SoftTarget)
+                .then(|| batch.dense_targets(num_classes, cfg.augment.mix.label_smoothing));
+            let images = Tensor::from_vec(batch.take_images(), shape.as_slice(), &device)?;
+            let teacher_targets =
+                teacher.targets(kind, &batch, &images, cfg.distillation.allow_replay_drift)?;
+            let targets_t = match dense {
+                Some(d) => Tensor::from_vec(d, (n, num_classes), &device)?,
+                None => Tensor::from_vec(batch.label_a.clone(), n, &device)?,
+            };
+            let targets = match criterion.base {
+                BaseCriterion::SoftTarget => Targets::Dense(&targets_t),
+                _ => Targets::Labels(&targets_t),
+            };
+            let out = model
+                .forward(&images, &ForwardCtx::train(step_seed(seed, epoch, b)))
+                .with_context(|| format!("forward pass, epoch {epoch} batch {b}"))?;
+            let loss_teacher = teacher_targets.as_ref().map(|t| t.as_loss_teacher());
+            let parts =
+                criterion.compute(&out.cls, out.dist.as_ref(), &targets, loss_teacher.as_ref())?;
+            // Without a teacher, a distillation head learns from the labels too, so that
+            // the eval output (mean of heads) is trained (DeiT would leave it untrained).
+            let (total_loss, base_v) = match (&out.dist, kind) {
+                (Some(d), DistillationType::None) => {
+                    let base2 = criterion.base.loss(d, &targets)?;
+                    let t = ((&parts.base + &base2)? * 0.5)?;
+                    let v = scalar(&t)?;
+                    (t, v)
+                }
+                _ => (parts.total.clone(), scalar(&parts.base)?),
+            };
+            let loss_v = scalar(&total_loss)?;
+            let distill_v = parts.distill.as_ref().map(scalar).transpose()?;
+            if !loss_v.is_finite() {
+                bail!(
+                    "non-finite loss ({loss_v}) at epoch {epoch}, batch {b}, step {}; training \
+                     stopped. The last good checkpoint is left as it was: {}",
+                    state.global_step + 1,
+                    last_checkpoint
+                        .as_ref()
+                        .map_or("none yet".to_string(), |p| p.display().to_string())
+                );
+            }
+            let grad_store = total_loss.backward().context("backward pass")?;
+            let grads = NamedGrads::from_store(&grad_store, params_ref);
+            drop(grad_store);
+            acc.add(&grads)?;
+            state.images_seen += n as u64;
+            epoch_images += n as u64;
+            state.epoch_loss_sum += loss_v;
+            state.epoch_batches += 1;
+            window.add(n, loss_v, base_v, distill_v);
+            progress.batch(n, loss_v, lr);
+            let last_of_epoch = b + 1 == total;
+            if acc.is_complete() || last_of_epoch {
+                let mut g = if acc.is_complete() {
+                    acc.take()?
+                } else {
+                    acc.take_partial()?
+                };
+                let grad_norm = match cfg.optim.clip_grad {
+                    Some(max) => Some(clip_grad_norm(&mut g, max)?),
+                    None => None,
+                };
+                if let Some(gn) = grad_norm.filter(|g| !g.is_finite()) {
+                    bail!(
+                        "non-finite gradient norm ({gn}) at epoch {epoch}, step {}; training \
+                         stopped. The last good checkpoint is left as it was.",
+                        state.global_step + 1
+                    );
+                }
+                opt.step(&g)?;
+                drop(g);
+                if let Some(e) = ema.as_mut() {
+                    e.update_from_varmap(&varmap)?;
+                }
+                state.global_step += 1;
+                state.batch_in_epoch = b + 1;
+                if state.global_step % cfg.run.log_every as u64 == 0 || last_of_epoch {
+                    let rec =
+                        window.record(epoch, state.global_step, lr, grad_norm, state.images_seen);
+                    metrics.write(&MetricRecord::Step(rec))?;
+                }
+                if job.abort_at_step == Some(state.global_step) {
+                    std::process::abort();
+                }
+                let stop_here = job.stop_at_step == Some(state.global_step) && !last_of_epoch;
+                if (cfg.run.ckpt_every_steps > 0
+                    && state.global_step % cfg.run.ckpt_every_steps as u64 == 0
+                    && !last_of_epoch)
+                    || stop_here
+                {
+                    check_finite(&varmap)?;
+                    last_checkpoint = Some(save_checkpoint(
+                        &store,
+                        &state,
+                        false,
+                        &varmap,
+                        &opt,
+                        ema.as_ref(),
+                    )?);
+                }
+                if stop_here {
+                    return Ok(TrainSummary {
+                        epochs_done: state.epoch,
+                        global_step: state.global_step,
+                        last_eval,
+                        best: state.best.clone(),
+                        stopped_early: true,
+                        replay_drift: teacher.drift_count(),
+                        last_checkpoint,
+                    });
+                }
+            }
+        }
+        let seconds = epoch_start.elapsed().as_secs_f64();
+        let train_loss = state.epoch_loss_sum / state.epoch_batches.max(1) as f64;
+
+        // Evaluation.
+        let is_last = epoch + 1 == epochs;
+        let due = cfg.run.eval_every > 0 && ((epoch + 1) % cfg.run.eval_every == 0 || is_last);
+        let (mut val, mut val_ema) = (None, None);
+        if let (true, Some(v)) = (due, &val_src) {
+            let eval_model = EvalModel {
+                model: twin.as_deref().unwrap_or(model.as_ref()),
+                both_heads: twin.is_some(),
+            };
+            progress.eval_start(v.len());
+            let s = evaluate(
+                &eval_model,
+                v.clone(),
+                builder.clone(),
+                &eval_opts,
+                &device,
+                &mut |n| progress.eval_batch(n),
+            )?;
+            val = Some(s);
+            if let Some(e) = &ema {
+                progress.eval_start(v.len());
+                let s = eval_ema(
+                    e,
+                    &spec,
+                    &device,
+                    v.clone(),
+                    builder.clone(),
+                    &eval_opts,
+                    &mut |n| progress.eval_batch(n),
+                )?;
+                val_ema = Some(s);
+            }
+        }
+        if let Some(v) = &val {
+            if !v.loss.is_finite() {
+                bail!(
+                    "non-finite val loss after epoch {epoch}; training stopped. The last good \
+                     checkpoint is left as it was."
+                );
+            }
+        }
+        check_finite(&varmap).with_context(|| {
+            format!(
+                "after epoch {epoch}; training stopped, the last good checkpoint is left as it was"
+            )
+        })?;
+        let record = EpochRecord {
+            epoch,
+            step: state.global_step,
+            lr,
+            train_loss,
+            img_per_s: epoch_images as f64 / seconds.max(1e-9),
+            seconds,
+            val: val.clone(),
+            val_ema,
+        };
+        metrics.write(&MetricRecord::Epoch(record.clone()))?;
+        let is_best = match (&val, &state.best) {
+            (Some(v), Some(b)) => v.top1 > b.top1,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if is_best {
+            if let Some(v) = &val {
+                state.best = Some(BestMetric {
+                    epoch,
+                    top1: v.top1,
+                });
+            }
+        }
+        state.epoch = epoch + 1;
+        state.batch_in_epoch = 0;
+        state.epoch_loss_sum = 0.0;
+        state.epoch_batches = 0;
+        last_checkpoint = Some(save_checkpoint(
+            &store,
+            &state,
+            is_best,
+            &varmap,
+            &opt,
+            ema.as_ref(),
+        )?);
+        if val.is_some() {
+            last_eval = val;
+        }
+        progress.epoch_end(&record);
+        epochs_this_call += 1;
+        if job.stop_after_epochs == Some(epochs_this_call) && state.epoch < epochs {
+            return Ok(TrainSummary {
+                epochs_done: state.epoch,
+                global_step: state.global_step,
+                last_eval,
+                best: state.best.clone(),
+                stopped_early: true,
+                replay_drift: teacher.drift_count(),
+                last_checkpoint,
+            });
+        }
+    }
+    if teacher.drift_count() > 0 {
+        tracing::warn!(
+            "{} views differed from the teacher cache's (replay drift allowed)",
+            teacher.drift_count()
+        );
+    }
+    Ok(TrainSummary {
+        epochs_done: state.epoch,
+        global_step: state.global_step,
+        last_eval,
+        best: state.best,
+        stopped_early: false,
+        replay_drift: teacher.drift_count(),
+        last_checkpoint,
+    })
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64)
+}
+
+fn save_checkpoint(
+    store: &CheckpointStore,
+    state: &TrainState,
+    is_best: bool,
+    varmap: &VarMap,
+    opt: &AdamW,
+    ema: Option<&ModelEma>,
+) -> Result<PathBuf> {
+    store.save(state, is_best, |dir| {
+        save_safetensors(varmap, &dir.join(MODEL_FILE))?;
+        opt.save(&dir.join(OPTIMIZER_FILE))?;
+        if let Some(e) = ema {
+            e.save(&dir.join(EMA_FILE))?;
+        }
+        Ok(())
+    })
+}
+
+/// Evaluate EMA weights: a model over a fresh VarMap holding them.
+fn eval_ema(
+    ema: &ModelEma,
+    spec: &ModelSpec,
+    device: &Device,
+    source: Arc<ShardSource>,
+    builder: Arc<ViewBuilder>,
+    opts: &LoaderOptions,
+    on_batch: &mut dyn FnMut(usize),
+) -> Result<EvalSummary> {
+    let varmap = VarMap::new();
+    let eval_spec = spec.clone().with_drop_path(0.0);
+    let model = models::build(
+        &eval_spec,
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
+    )?;
+    crate::weights::load_state_dict_into(
+        &varmap,
+        &eval_spec,
+        ema.tensors(),
+        &LoadOptions::default(),
+        "the EMA weights",
+    )?;
+    let m = EvalModel {
+        model: model.as_ref(),
+        both_heads: is_distilled(spec),
+    };
+    evaluate(&m, source, builder, opts, device, on_batch)
+}
+
+/// Means over the optimizer steps since the last step record.
+struct Window {
+    start: Instant,
+    images: usize,
+    batches: usize,
+    loss: f64,
+    base: f64,
+    distill: Option<f64>,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            start: Instant::now(),
+            images: 0,
+            batches: 0,
+            loss: 0.0,
+            base: 0.0,
+            distill: None,
+        }
+    }
+    fn add(&mut self, images: usize, loss: f64, base: f64, distill: Option<f64>) {
+        self.images += images;
+        self.batches += 1;
+        self.loss += loss;
+        self.base += base;
+        if let Some(d) = distill {
+            *self.distill.get_or_insert(0.0) += d;
+        }
+    }
+    fn record(
+        &mut self,
+        epoch: usize,
+        step: u64,
+        lr: f64,
+        grad_norm: Option<f64>,
+        images: u64,
+    ) -> StepRecord {
+        let n = self.batches.max(1) as f64;
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        let rec = StepRecord {
+            epoch,
+            step,
+            lr,
+            loss: self.loss / n,
+            base_loss: self.base / n,
+            distill_loss: self.distill.map(|d| d / n),
+            grad_norm,
+            img_per_s: self.images as f64 / secs,
+            images,
+        };
+        *self = Window::new();
+        rec
+    }
+}

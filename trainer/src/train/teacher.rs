@@ -1,0 +1,299 @@
+//! Where the distillation head's targets come from: nothing, a teacher model run online
+//! on the student's exact input (after Mixup/CutMix and erasing), or a teacher cache
+//! read through `formats::cache_schema` and checked view by view.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use formats::cache_schema::{CacheBinding, CachedTarget, EpochReader, TeacherCache};
+use pipeline::config::{AugmentConfig, PlanConfig, AUGMENT_ALGO_VERSION};
+use pipeline::loader::Batch;
+use std::path::Path;
+
+use super::config::{DistillConfig, DistillationType};
+use crate::loss::TopKTeacher;
+use crate::models::{Classifier, ForwardCtx, ModelSpec};
+use crate::weights::{build_model, LoadOptions};
+
+/// Version string of the plan/view algorithms a cache is bound to (augmentation
+/// algorithms + seed scheme): another value means other views from the same seeds.
+pub fn pipeline_version() -> String {
+    format!("{AUGMENT_ALGO_VERSION}+{}", pipeline::rng::SEED_SCHEME)
+}
+
+/// The binding fields a trainer computes from its own data and config. Teacher fields
+/// (`teacher_arch`, `teacher_weights_hash`, `top_k`) are left empty/zero: the cache
+/// supplies them (and `--teacher-arch`, when given, must agree).
+pub fn data_binding(
+    dataset_fingerprint: &str,
+    augment: &AugmentConfig,
+    run_seed: u64,
+    plan: &PlanConfig,
+    num_classes: usize,
+) -> CacheBinding {
+    CacheBinding {
+        format_version: formats::cache_schema::CACHE_FORMAT_VERSION,
+        dataset_fingerprint: dataset_fingerprint.to_string(),
+        augment_config_json: augment.canonical_json(),
+        augment_config_hash: augment.hash_hex(),
+        run_seed,
+        repeats: plan.repeats,
+        teacher_arch: String::new(),
+        teacher_weights_hash: String::new(),
+        top_k: 0,
+        num_classes: num_classes as u32,
+        pipeline_version: pipeline_version(),
+    }
+}
+
+/// Teacher targets of one batch, in the form the loss takes.
+pub enum BatchTeacher {
+    /// Full logits of an online teacher, (B, C).
+    Logits(Tensor),
+    /// Hard labels (B,) u32 from a cache.
+    Labels(Tensor),
+    /// Cached top-K logits + LSE.
+    TopK(TopKTeacher),
+}
+
+impl BatchTeacher {
+    /// The view the loss consumes.
+    pub fn as_loss_teacher(&self) -> crate::loss::Teacher<'_> {
+        match self {
+            BatchTeacher::Logits(t) => crate::loss::Teacher::Logits(t),
+            BatchTeacher::Labels(t) => crate::loss::Teacher::Labels(t),
+            BatchTeacher::TopK(t) => crate::loss::Teacher::TopK(t),
+        }
+    }
+}
+
+/// A teacher cache being read, epoch by epoch.
+pub struct CacheState {
+    cache: TeacherCache,
+    reader: Option<EpochReader>,
+    next: Option<CachedTarget>,
+    drift: u64,
+}
+
+/// The source of teacher targets for a run.
+pub enum TeacherSource {
+    /// No distillation.
+    None,
+    /// A teacher model evaluated on every training batch.
+    Online(Box<dyn Classifier>),
+    /// A teacher cache.
+    Cache(Box<CacheState>),
+}
+
+impl TeacherSource {
+    /// Opens the teacher the config names. `binding` is [`data_binding`] of the run;
+    /// `epochs` the range of epochs still to train (the cache must hold all of them).
+    pub fn open(
+        cfg: &DistillConfig,
+        binding: &CacheBinding,
+        epochs: std::ops::Range<u32>,
+        img_size: usize,
+        device: &Device,
+    ) -> Result<TeacherSource> {
+        if cfg.kind == DistillationType::None {
+            return Ok(TeacherSource::None);
+        }
+        if let Some(dir) = &cfg.teacher_targets {
+            return open_cache(dir, cfg, binding, epochs)
+                .map(|s| TeacherSource::Cache(Box::new(s)));
+        }
+        let (Some(weights), Some(arch)) = (&cfg.teacher, &cfg.teacher_arch) else {
+            bail!("distillation needs --teacher-targets CACHE or --teacher WEIGHTS --teacher-arch ARCH");
+        };
+        let spec = ModelSpec::parse(arch)
+            .with_context(|| format!("--teacher-arch {arch}"))?
+            .with_num_classes(binding.num_classes as usize)
+            .with_img_size(img_size)?;
+        let (_varmap, model, _) =
+            build_model(&spec, Some(weights), &LoadOptions::default(), device, 0)
+                .with_context(|| format!("loading the teacher {}", weights.display()))?;
+        Ok(TeacherSource::Online(model))
+    }
+
+    /// Position the source at the start of `epoch` (a cache opens that epoch's rows).
+    pub fn start_epoch(&mut self, epoch: usize, plan_len: usize) -> Result<()> {
+        if let TeacherSource::Cache(s) = self {
+            let reader = s.cache.epoch_reader(epoch as u32)?;
+            if reader.epoch_slots() as usize != plan_len {
+                bail!(
+                    "teacher cache {}: epoch {epoch} has {} slots, this run's plan has {plan_len} \
+                     (plan.num_samples_multiple or the dataset differ)",
+                    s.cache.dir().display(),
+                    reader.epoch_slots()
+                );
+            }
+            s.reader = Some(reader);
+            s.next = None;
+        }
+        Ok(())
+    }
+
+    /// Teacher targets for `batch`, whose images are `images` (the student's exact input).
+    pub fn targets(
+        &mut self,
+        kind: DistillationType,
+        batch: &Batch,
+        images: &Tensor,
+        allow_drift: bool,
+    ) -> Result<Option<BatchTeacher>> {
+        match self {
+            TeacherSource::None => Ok(None),
+            TeacherSource::Online(model) => {
+                let out = model
+                    .forward(images, &ForwardCtx::eval())
+                    .context("teacher forward pass")?;
+                Ok(Some(BatchTeacher::Logits(out.cls.detach())))
+            }
+            TeacherSource::Cache(s) => {
+                let rows = s.rows_for(batch, allow_drift)?;
+                let device = images.device();
+                match kind {
+                    DistillationType::Hard => {
+                        let labels: Vec<u32> = rows.iter().map(|r| r.hard_label).collect();
+                        let n = labels.len();
+                        Ok(Some(BatchTeacher::Labels(Tensor::from_vec(
+                            labels, n, device,
+                        )?)))
+                    }
+                    _ => {
+                        let k = rows.first().map_or(0, |r| r.topk_ids.len());
+                        let mut ids = Vec::with_capacity(rows.len() * k);
+                        let mut logits = Vec::with_capacity(rows.len() * k);
+                        let mut lse = Vec::with_capacity(rows.len());
+                        for r in &rows {
+                            if r.topk_ids.len() != k {
+                                bail!(
+                                    "teacher cache epoch {} slot {}: {} top-K entries, expected {k}",
+                                    r.epoch,
+                                    r.slot,
+                                    r.topk_ids.len()
+                                );
+                            }
+                            ids.extend_from_slice(&r.topk_ids);
+                            logits.extend_from_slice(&r.topk_logits);
+                            lse.push(r.lse);
+                        }
+                        Ok(Some(BatchTeacher::TopK(TopKTeacher::new(
+                            rows.len(),
+                            k,
+                            ids,
+                            logits,
+                            lse,
+                        )?)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Views whose cached hash differed from the rebuilt view (with `--allow-replay-drift`).
+    pub fn drift_count(&self) -> u64 {
+        match self {
+            TeacherSource::Cache(s) => s.drift,
+            _ => 0,
+        }
+    }
+}
+
+fn open_cache(
+    dir: &Path,
+    cfg: &DistillConfig,
+    binding: &CacheBinding,
+    epochs: std::ops::Range<u32>,
+) -> Result<CacheState> {
+    // The teacher fields come from the cache itself; everything else must be ours.
+    let found = TeacherCache::open_for_inspect(dir)
+        .with_context(|| format!("opening the teacher cache {}", dir.display()))?;
+    let mut expected = binding.clone();
+    let theirs = found.binding();
+    expected.teacher_arch = match &cfg.teacher_arch {
+        Some(a) => a.clone(),
+        None => theirs.teacher_arch.clone(),
+    };
+    expected.teacher_weights_hash = theirs.teacher_weights_hash.clone();
+    expected.top_k = theirs.top_k;
+    let cache = TeacherCache::open(dir, &expected).with_context(|| {
+        format!(
+            "teacher cache {} does not belong to this run's data/config",
+            dir.display()
+        )
+    })?;
+    cache
+        .require_epochs(epochs)
+        .with_context(|| format!("teacher cache {}", dir.display()))?;
+    Ok(CacheState {
+        cache,
+        reader: None,
+        next: None,
+        drift: 0,
+    })
+}
+
+impl CacheState {
+    /// The cached rows of the batch's slots, checked against the views built here.
+    fn rows_for(&mut self, batch: &Batch, allow_drift: bool) -> Result<Vec<CachedTarget>> {
+        let reader = self
+            .reader
+            .as_mut()
+            .context("teacher cache read before its epoch was started")?;
+        let mut out = Vec::with_capacity(batch.len());
+        for i in 0..batch.len() {
+            let slot = batch.slots[i];
+            let row = loop {
+                let row = match self.next.take() {
+                    Some(r) => r,
+                    None => match reader.next() {
+                        Some(r) => r.with_context(|| {
+                            format!("reading teacher cache epoch {}", batch.epoch)
+                        })?,
+                        None => bail!(
+                            "teacher cache epoch {} ends before slot {slot}",
+                            batch.epoch
+                        ),
+                    },
+                };
+                if row.slot < slot {
+                    continue;
+                }
+                if row.slot > slot {
+                    bail!(
+                        "teacher cache epoch {}: slot {slot} requested after slot {} (slots must \
+                         come in order)",
+                        batch.epoch,
+                        row.slot
+                    );
+                }
+                break row;
+            };
+            if row.sample != batch.samples[i] {
+                bail!(
+                    "teacher cache epoch {} slot {slot}: cached sample {} but this run's plan shows \
+                     sample {} (different plan)",
+                    batch.epoch,
+                    row.sample,
+                    batch.samples[i]
+                );
+            }
+            if row.view_hash != batch.view_hash[i] {
+                if !allow_drift {
+                    bail!(
+                        "teacher cache epoch {} slot {slot} (sample {}): cached view hash {:016x} \
+                         differs from the rebuilt view {:016x} (replay drift; \
+                         --allow-replay-drift counts such views and continues)",
+                        batch.epoch,
+                        row.sample,
+                        row.view_hash,
+                        batch.view_hash[i]
+                    );
+                }
+                self.drift += 1;
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+}
