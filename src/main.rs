@@ -27,8 +27,6 @@ enum Command {
     Shard(cmd::shard::Args),
     /// Summarize a shard data set; --verify checksums; --dump records as images.
     Inspect(cmd::inspect::Args),
-    /// Benchmark `shard` against a bare decode+resize+encode loop on the same files.
-    BenchShard(cmd::bench_shard::Args),
     /// Benchmarks: `bench loader` (training loader vs decode-only, per-stage breakdown),
     /// `bench model` (model forward / train-step images/s).
     Bench(cmd::bench_loader::BenchArgs),
@@ -55,7 +53,6 @@ fn main() {
         Command::Synth(args) => cmd::synth::run(args),
         Command::Shard(args) => cmd::shard::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
-        Command::BenchShard(args) => cmd::bench_shard::run(args),
         Command::Bench(args) => cmd::bench_loader::run(args),
         Command::Predict(args) => cmd::predict::run(args),
         Command::Train(args) => cmd::train::run(*args),

@@ -19,6 +19,10 @@ pub struct BenchArgs {
 pub enum Which {
     /// Training loader images/s vs decode-only, with a per-stage breakdown.
     Loader(Args),
+    /// DeiT / ConvNet forward and train-step images/s, peak memory.
+    Model(super::bench_model::Args),
+    /// `shard` images/s against a bare decode+resize+encode loop on the same files.
+    Shard(super::bench_shard::Args),
 }
 
 /// Arguments of `deit-pipe bench loader`.
@@ -67,5 +71,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             print!("{}", report.summary(a.threads, a.batch));
             Ok(())
         }
+        Which::Model(a) => super::bench_model::run(a),
+        Which::Shard(a) => super::bench_shard::run(a),
     }
 }

@@ -1,4 +1,4 @@
-//! `deit-pipe bench-shard`: `shard` throughput against a bare decode+resize+encode loop on
+//! `deit-pipe bench shard`: `shard` throughput against a bare decode+resize+encode loop on
 //! the same files and thread count (the practical limit). Results go to BENCHMARKS.md.
 
 use anyhow::Context;
@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Arguments of `deit-pipe bench-shard`.
+/// Arguments of `deit-pipe bench shard`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// ImageFolder root (e.g. made by tools/make_bench_photos.py); its train/ split is used.
