@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run everything end to end on generated data: synth, shard, teacher, cache, 3 students, table.
+    Quickstart(cmd::quickstart::Args),
     // Each variant names its module in `cmd/`; add new ones one line at a time.
     /// Write a procedural, learnable ImageFolder data set (train/ and val/).
     Synth(cmd::synth::Args),
@@ -51,6 +53,7 @@ fn main() {
     init_logging();
     let result: anyhow::Result<()> = match cli.command {
         Command::Synth(args) => cmd::synth::run(args),
+        Command::Quickstart(args) => cmd::quickstart::run(args),
         Command::Shard(args) => cmd::shard::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Bench(args) => cmd::bench_loader::run(args),

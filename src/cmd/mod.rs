@@ -7,6 +7,7 @@ pub mod cache_inspect;
 pub mod eval;
 pub mod inspect;
 pub mod predict;
+pub mod quickstart;
 pub mod report;
 pub mod shard;
 pub mod synth;
