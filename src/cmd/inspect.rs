@@ -16,7 +16,14 @@ pub struct Args {
     /// Write this many records of each split back as image files (needs --out).
     #[arg(long, requires = "out")]
     pub dump: Option<usize>,
-    /// Folder for --dump.
+    /// Write a grid PNG of this many augmented training views (DeiT train transform with
+    /// Mixup/CutMix, labels drawn under each view) to --out, for a person to look at.
+    #[arg(long, requires = "out", conflicts_with = "dump")]
+    pub augment: Option<usize>,
+    /// Augmentation config (TOML, the `[augment]` fields) for --augment; default: DeiT's.
+    #[arg(long, requires = "augment")]
+    pub augment_config: Option<PathBuf>,
+    /// Folder for --dump; PNG file for --augment.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -179,6 +186,9 @@ fn dump(set: &ShardSet, n: usize, out: &Path) -> anyhow::Result<usize> {
 
 /// Run `deit-pipe inspect`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let (Some(count), Some(out)) = (args.augment, &args.out) {
+        return write_augment_grid(&args.dir, count, args.augment_config.as_deref(), out);
+    }
     let mut failures = Vec::new();
     for dir in split_dirs(&args.dir)? {
         let set = ShardSet::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
@@ -221,5 +231,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !failures.is_empty() {
         bail!("verification failed: {}", failures.join("; "));
     }
+    Ok(())
+}
+
+/// `--augment N --out grid.png`: augmented views of the train split (or the one split given).
+fn write_augment_grid(
+    dir: &Path,
+    count: usize,
+    config: Option<&Path>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    if count == 0 {
+        bail!("--augment needs at least one view");
+    }
+    let splits = split_dirs(dir)?;
+    let split = splits
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "train"))
+        .unwrap_or(&splits[0]);
+    let aug = match config {
+        Some(path) => pipeline::config::AugmentConfig::from_toml_file(path)
+            .with_context(|| format!("reading the augmentation config {}", path.display()))?,
+        None => pipeline::config::AugmentConfig::default(),
+    };
+    pipeline::preview::write_augment_grid(split, &aug, count, out)
+        .with_context(|| format!("writing {} from {}", out.display(), split.display()))?;
+    println!(
+        "wrote {count} augmented views of {} to {}",
+        split.display(),
+        out.display()
+    );
     Ok(())
 }
