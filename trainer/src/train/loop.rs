@@ -510,7 +510,7 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 }
                 state.global_step += 1;
                 state.batch_in_epoch = b + 1;
-                if state.global_step % cfg.run.log_every as u64 == 0 || last_of_epoch {
+                if state.global_step.is_multiple_of(cfg.run.log_every as u64) || last_of_epoch {
                     let rec =
                         window.record(epoch, state.global_step, lr, grad_norm, state.images_seen);
                     metrics.write(&MetricRecord::Step(rec))?;
@@ -520,7 +520,9 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 }
                 let stop_here = job.stop_at_step == Some(state.global_step) && !last_of_epoch;
                 if (cfg.run.ckpt_every_steps > 0
-                    && state.global_step % cfg.run.ckpt_every_steps as u64 == 0
+                    && state
+                        .global_step
+                        .is_multiple_of(cfg.run.ckpt_every_steps as u64)
                     && !last_of_epoch)
                     || stop_here
                 {
@@ -552,7 +554,8 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
 
         // Evaluation.
         let is_last = epoch + 1 == epochs;
-        let due = cfg.run.eval_every > 0 && ((epoch + 1) % cfg.run.eval_every == 0 || is_last);
+        let due =
+            cfg.run.eval_every > 0 && ((epoch + 1).is_multiple_of(cfg.run.eval_every) || is_last);
         let (mut val, mut val_ema) = (None, None);
         if let (true, Some(v)) = (due, &val_src) {
             let eval_model = EvalModel {
