@@ -199,14 +199,24 @@ impl AugmentConfig {
     }
 
     /// Parses TOML (all fields optional; missing ones take the DeiT default) and validates.
+    ///
+    /// Takes either the bare fields or a whole training recipe (`configs/*.toml`), whose
+    /// `[augment]` table is then used and every other table ignored.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let cfg: AugmentConfig =
+        let table: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let fields = match table.get("augment") {
+            Some(toml::Value::Table(augment)) => augment.clone(),
+            _ => table,
+        };
+        let cfg: AugmentConfig = fields
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Reads and parses a TOML file.
+    /// Reads and parses a TOML file (bare fields or a whole recipe, as [`Self::from_toml`]).
     pub fn from_toml_file(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Io(path.display().to_string(), e.to_string()))?;

@@ -20,7 +20,8 @@ pub struct Args {
     /// Mixup/CutMix, labels drawn under each view) to --out, for a person to look at.
     #[arg(long, requires = "out", conflicts_with = "dump")]
     pub augment: Option<usize>,
-    /// Augmentation config (TOML, the `[augment]` fields) for --augment; default: DeiT's.
+    /// Augmentation config for --augment: a training recipe (its `[augment]` table is
+    /// used) or a TOML file of the bare `[augment]` fields; default: DeiT's.
     #[arg(long, requires = "augment")]
     pub augment_config: Option<PathBuf>,
     /// Folder for --dump; PNG file for --augment.

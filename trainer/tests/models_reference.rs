@@ -253,7 +253,11 @@ fn named_models_have_timms_parameter_counts() {
         for (n, v) in models::trainable_vars(&vm) {
             let expect = v.as_tensor().rank() <= 1
                 || matches!(n.as_str(), "pos_embed" | "cls_token" | "dist_token");
-            assert_eq!(models::no_weight_decay(&n), expect, "{name}: {n}");
+            assert_eq!(
+                trainer::optim::no_weight_decay(&n, v.as_tensor().rank()),
+                expect,
+                "{name}: {n}"
+            );
         }
     }
 }

@@ -1,12 +1,13 @@
 //! `deit-pipe synth`: a procedural, learnable image data set in ImageFolder layout.
 //!
 //! Class `c` is a (shape, texture, texture scale) triple: shape `c % 8`, texture `c % 6`,
-//! scale band `(c / 24) % 3`, so up to 72 classes differ by local texture and shape, not by
-//! colour (colours are random per image). One or two objects are drawn at random positions,
-//! sizes and rotations over a cluttered background (gradient, flat-coloured blobs and bars,
-//! pixel noise). Images are 64..640 px a side with aspect ratios between 1:2 and 2:1.
-//! Every image derives from its own seed, so output bytes are the same for a seed whatever
-//! the thread count. A few files per class are grayscale JPEG, RGB PNG, CMYK JPEG and 16-bit
+//! scale band `(c / 24) % 3` (the texture period relative to the object's size), so up to
+//! 72 classes differ by local texture and shape, not by colour (colours are random per
+//! image). One or two objects are drawn at random positions, sizes and rotations over a
+//! cluttered background (gradient, flat-coloured blobs and bars, pixel noise). Images are
+//! 64..640 px a side with aspect ratios between 1:2 and 2:1. Every image derives from its
+//! own seed, so output bytes are the same for a seed whatever the thread count. A few files
+//! per class are grayscale JPEG, RGB PNG, CMYK JPEG and 16-bit
 //! RGBA PNG, to exercise every decode path.
 
 use super::encode::encode_jpeg_raw;
@@ -24,7 +25,10 @@ const SHAPES: [&str; 8] = [
     "disk", "square", "triangle", "ring", "cross", "star", "diamond", "hexagon",
 ];
 const TEXTURES: [&str; 6] = ["stripes", "checker", "dots", "waves", "rings", "hatch"];
-const PERIODS: [f32; 3] = [7.0, 11.0, 16.0];
+/// Texture period as a fraction of the object's radius, per scale band. Relative, not in
+/// pixels, so the texture survives any downscale that keeps the object visible (a 32 px
+/// training view of a 640 px image still shows about two periods across an object).
+const PERIODS: [f32; 3] = [0.4, 0.6, 0.9];
 
 /// Size of a synthetic data set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +81,7 @@ pub fn class_name(c: usize) -> String {
 
 fn image_seed(seed: u64, split: &str, class: usize, index: usize) -> u64 {
     let mut h = blake3::Hasher::new();
-    h.update(b"deit-pipe synth v1");
+    h.update(b"deit-pipe synth v2");
     h.update(&seed.to_le_bytes());
     h.update(split.as_bytes());
     h.update(&(class as u64).to_le_bytes());
@@ -164,7 +168,7 @@ pub fn draw(seed: u64, split: &str, class: usize, index: usize) -> RgbImage {
         }
     }
     // Clutter: flat ellipses, rectangles and bars.
-    let clutter = rng.random_range(6..16);
+    let clutter = rng.random_range(3..8);
     for _ in 0..clutter {
         let col = rand_color(&mut rng);
         let cx = rng.random_range(0.0..wf);
@@ -198,11 +202,12 @@ pub fn draw(seed: u64, split: &str, class: usize, index: usize) -> RgbImage {
     // Objects of the class: shape filled with the class texture.
     let shape = class % SHAPES.len();
     let tex = class % TEXTURES.len();
-    let period = PERIODS[(class / 24) % 3] * rng.random_range(0.85..1.15);
+    let period_frac = PERIODS[(class / 24) % 3] * rng.random_range(0.85..1.15);
     let objects = rng.random_range(1..=2);
     for _ in 0..objects {
         let short = wf.min(hf);
-        let s = rng.random_range(0.18..0.42) * short;
+        let s = rng.random_range(0.25..0.45) * short;
+        let period = period_frac * s;
         let cx = rng.random_range(s..(wf - s).max(s + 1.0));
         let cy = rng.random_range(s..(hf - s).max(s + 1.0));
         let rot: f32 = rng.random_range(0.0..2.0 * PI);

@@ -8,7 +8,9 @@ use candle_nn::VarBuilder;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+pub mod conv_gemm;
 pub mod fused;
+pub mod fused_bn;
 
 /// Fully connected layer `y = x W^T + b`, weight `[out, in]` (timm / PyTorch layout).
 /// Inputs of any rank are flattened to 2-D for one GEMM (no broadcast of the weight).
@@ -180,8 +182,24 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = if fused::enabled(x) {
+            conv_gemm::conv2d(x, &self.weight, self.stride, self.padding, self.groups)?
+        } else {
+            self.forward_composite(x)?
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+impl Conv2d {
+    /// The convolution through candle's own ops (any device; the CPU reference for
+    /// [`conv_gemm`]).
+    fn forward_composite(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, kh, kw) = self.weight.dims4()?;
-        let y = if kh == 1 && kw == 1 && self.groups == 1 && self.padding == 0 {
+        if kh == 1 && kw == 1 && self.groups == 1 && self.padding == 0 {
             // 1x1 convolution as one GEMM over channels.
             let x = if self.stride > 1 {
                 subsample(x, self.stride)?
@@ -194,13 +212,9 @@ impl Module for Conv2d {
             let wr = self.weight.reshape((o, c))?;
             xr.matmul(&wr.t()?)?
                 .reshape((b, h, w, o))?
-                .permute((0, 3, 1, 2))?
+                .permute((0, 3, 1, 2))
         } else {
-            x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-            None => Ok(y),
+            x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)
         }
     }
 }
@@ -256,14 +270,20 @@ impl BatchNorm2d {
         let shape = (1, c, 1, 1);
         if train {
             let n = x.elem_count() / c;
-            let mean = x.mean_keepdim((0, 2, 3))?;
-            let xc = x.broadcast_sub(&mean)?;
-            let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
-            let inv = (var.clone() + self.eps)?.sqrt()?.recip()?;
-            let scale = inv.broadcast_mul(&self.weight.reshape(shape)?)?;
-            let y = xc
-                .broadcast_mul(&scale)?
-                .broadcast_add(&self.bias.reshape(shape)?)?;
+            let (y, mean, var) = if fused::enabled(x) {
+                let (y, stats) = fused_bn::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+                (y, stats.get(0)?, stats.get(1)?)
+            } else {
+                let mean = x.mean_keepdim((0, 2, 3))?;
+                let xc = x.broadcast_sub(&mean)?;
+                let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
+                let inv = (var.clone() + self.eps)?.sqrt()?.recip()?;
+                let scale = inv.broadcast_mul(&self.weight.reshape(shape)?)?;
+                let y = xc
+                    .broadcast_mul(&scale)?
+                    .broadcast_add(&self.bias.reshape(shape)?)?;
+                (y, mean, var)
+            };
             // running stats (no gradient)
             let m = self.momentum;
             let unbiased = if n > 1 {

@@ -78,28 +78,6 @@ pub fn build(spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
     })
 }
 
-/// True for parameters timm excludes from weight decay: biases, 1-D parameters
-/// (LayerNorm / BatchNorm weights), `pos_embed`, `cls_token`, `dist_token`.
-/// Buffers (BatchNorm running statistics) are not parameters at all: see [`is_buffer`].
-pub fn no_weight_decay(name: &str) -> bool {
-    let last = name.rsplit('.').next().unwrap_or(name);
-    if matches!(last, "bias" | "pos_embed" | "cls_token" | "dist_token") {
-        return true;
-    }
-    if last != "weight" {
-        return false;
-    }
-    // 1-D weights: normalization layers.
-    let owner = name[..name.len() - ".weight".len()]
-        .rsplit('.')
-        .next()
-        .unwrap_or("");
-    owner.starts_with("norm")
-        || owner.starts_with("bn")
-        // ResNet shortcut BatchNorm: `layerX.Y.downsample.1.weight`
-        || (owner == "1" && name.contains(".downsample."))
-}
-
 /// True for non-trainable state (BatchNorm running statistics). The optimizer must
 /// skip these names; they are still saved and loaded with the weights.
 pub fn is_buffer(name: &str) -> bool {

@@ -187,8 +187,10 @@ impl ModelSpec {
     /// Parses a timm model name: `deit_{tiny,small,base}[_distilled]_patch{P}_{IMG}`,
     /// `deit_{tiny,small,base}` (short for the distilled 224 px student), `resnet18`,
     /// `resnet34`, `resnet50`, `resnet101`, `resnet152`, `regnety_{002..320}`, and
-    /// `resnet_small` (our CIFAR-style ResNet-18 for 32-64 px images).
-    /// Classes default to 1000 (10 for `resnet_small`), drop path to 0.
+    /// `resnet_small` (our CIFAR-style ResNet-18 for 32-64 px images: 3x3 stem, no max pool)
+    /// and `resnet_tiny` (the same at quarter width, 16-32-64-128 channels: 1/16 of the
+    /// compute, a teacher that trains in minutes on a CPU).
+    /// Classes default to 1000 (10 for the small-image ResNets), drop path to 0.
     pub fn parse(name: &str) -> anyhow::Result<Self> {
         let arch = if let Some(rest) = name.strip_prefix("deit_") {
             parse_deit(rest).with_context(|| format!("unknown DeiT model name {name:?}"))?
@@ -197,27 +199,28 @@ impl ModelSpec {
                 format!("unknown RegNetY model {name:?} (known: regnety_002/004/006/008/016/032/040/064/080/120/160/320)")
             })?)
         } else {
-            let (block, layers, small) = match name {
-                "resnet18" => (ResNetBlock::Basic, [2, 2, 2, 2], false),
-                "resnet34" => (ResNetBlock::Basic, [3, 4, 6, 3], false),
-                "resnet50" => (ResNetBlock::Bottleneck, [3, 4, 6, 3], false),
-                "resnet101" => (ResNetBlock::Bottleneck, [3, 4, 23, 3], false),
-                "resnet152" => (ResNetBlock::Bottleneck, [3, 8, 36, 3], false),
-                "resnet_small" => (ResNetBlock::Basic, [2, 2, 2, 2], true),
+            let (block, layers, small, width) = match name {
+                "resnet18" => (ResNetBlock::Basic, [2, 2, 2, 2], false, 64),
+                "resnet34" => (ResNetBlock::Basic, [3, 4, 6, 3], false, 64),
+                "resnet50" => (ResNetBlock::Bottleneck, [3, 4, 6, 3], false, 64),
+                "resnet101" => (ResNetBlock::Bottleneck, [3, 4, 23, 3], false, 64),
+                "resnet152" => (ResNetBlock::Bottleneck, [3, 8, 36, 3], false, 64),
+                "resnet_small" => (ResNetBlock::Basic, [2, 2, 2, 2], true, 64),
+                "resnet_tiny" => (ResNetBlock::Basic, [2, 2, 2, 2], true, 16),
                 _ => bail!(
                     "unknown model name {name:?}; known: deit_{{tiny,small,base}}[_distilled]_patch16_224, \
-                     resnet18/34/50/101/152, resnet_small, regnety_002..regnety_320"
+                     resnet18/34/50/101/152, resnet_small, resnet_tiny, regnety_002..regnety_320"
                 ),
             };
             Arch::ResNet(ResNetConfig {
                 block,
                 layers,
-                channels: [64, 128, 256, 512],
-                stem_width: 64,
+                channels: [width, 2 * width, 4 * width, 8 * width],
+                stem_width: width,
                 small_stem: small,
             })
         };
-        let num_classes = if name == "resnet_small" { 10 } else { 1000 };
+        let num_classes = if small_image_resnet(name) { 10 } else { 1000 };
         Ok(Self {
             name: name.to_string(),
             arch,
@@ -271,6 +274,11 @@ impl ModelSpec {
             _ => 224,
         }
     }
+}
+
+/// Whether `name` is one of our small-image ResNets (10 classes by default).
+fn small_image_resnet(name: &str) -> bool {
+    matches!(name, "resnet_small" | "resnet_tiny")
 }
 
 fn parse_deit(rest: &str) -> Option<Arch> {
