@@ -7,6 +7,7 @@ PyPI pulls about 6 GB of CUDA libraries, only the CPU is used here).
     python tools/bench_timm_model.py --model deit_tiny --img 224 --batch 8
     python tools/bench_timm_model.py --model deit_custom --img 32 --patch 4 --dim 192 \
         --depth 12 --heads 3 --batch 64
+    python tools/bench_timm_model.py --model resnet_tiny --img 32 --batch 32 --num-classes 10
 
 Forward: eval mode under torch.no_grad (the mean of both heads). Train step: train mode,
 drop path 0.1, both heads (set_distilled_training), loss 0.5 * (CE(cls) + CE(dist)),
@@ -30,6 +31,15 @@ def build(args):
         return timm.models.deit.VisionTransformerDistilled(
             img_size=args.img, patch_size=args.patch, embed_dim=args.dim, depth=args.depth,
             num_heads=args.heads, num_classes=args.num_classes, drop_path_rate=args.drop_path)
+    if args.model in ("resnet_small", "resnet_tiny"):
+        # Our CIFAR-style ResNet-18 (3x3 stride-1 stem, no max pool), full or quarter width.
+        from timm.models.resnet import ResNet, BasicBlock
+        w = 64 if args.model == "resnet_small" else 16
+        m = ResNet(BasicBlock, [2, 2, 2, 2], channels=(w, 2 * w, 4 * w, 8 * w), stem_width=w,
+                   num_classes=args.num_classes)
+        m.conv1 = torch.nn.Conv2d(3, w, 3, 1, 1, bias=False)
+        m.maxpool = torch.nn.Identity()
+        return m
     name = {"deit_tiny": "deit_tiny_distilled_patch16_224",
             "deit_small": "deit_small_distilled_patch16_224",
             "deit_base": "deit_base_distilled_patch16_224"}.get(args.model, args.model)
@@ -91,8 +101,8 @@ def main():
     train = args.iters * args.batch / (time.perf_counter() - t)
     params = sum(p.numel() for p in m.parameters())
     print(f"timm {args.model} img {args.img} batch {args.batch} threads {args.threads}, {params} params")
-    print(f"forward (eval):             {fwd:8.1} img/s")
-    print(f"train step (fwd+bwd+AdamW): {train:8.1} img/s")
+    print(f"forward (eval):             {fwd:8.1f} img/s")
+    print(f"train step (fwd+bwd+AdamW): {train:8.1f} img/s")
     print(f"peak resident memory:       {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MiB")
 
 

@@ -150,8 +150,17 @@ def resnet_fixtures(gen, specs):
             m.train()
             io["x_train"] = xt
             io["train_logits"] = m(xt)
-            io["bn1.running_mean_after"] = m.bn1.running_mean
-            io["bn1.running_var_after"] = m.bn1.running_var
+            io["bn1.running_mean_after"] = m.bn1.running_mean.clone()
+            io["bn1.running_var_after"] = m.bn1.running_var.clone()
+            # One step's gradients (train-mode BatchNorm, convolutions, shortcut), fixed
+            # labels so no random draw shifts the fixtures made after this one.
+            y = torch.tensor([1, 3, 5, 7])
+            loss = F.cross_entropy(io["train_logits"], y)
+            loss.backward()
+            io["y_train"] = y.double()
+            io["train_loss"] = loss.reshape(1)
+            for k, p in m.named_parameters():
+                io[f"grad.{k}"] = p.grad
         save_io(name, io)
         specs[name] = dict(kind="resnet", block="basic" if block is BasicBlock else "bottleneck",
                            layers=layers, channels=list(channels), img=img, cifar_stem=cifar, classes=10)

@@ -2,24 +2,24 @@
 //! records, 32 px views with DeiT's augmentation and Mixup/CutMix) and a random-init
 //! `deit_tiny_patch8_32` teacher: rows match the pipeline's views and the teacher's
 //! argmax, parts merge into the full run, resume skips finished files and redoes partial
-//! ones, and a directory of another binding is refused.
+//! ones, a directory of another binding is refused, and a student trained from the
+//! cache equals one trained with the teacher online.
 
 use cache::run::{binding_of, open_data, run, CacheJob, NoProgress};
 use candle_core::{DType, Device, Tensor};
 use formats::cache_schema::{file_name, CachedTarget, PartSpec, TeacherCache, PARTIAL_SUFFIX};
-use formats::shard::Encoding;
 use pipeline::config::{AugmentConfig, CropMode};
-use pipeline::ingest::inputs::scan_root;
-use pipeline::ingest::job::{shard_split, JobConfig};
-use pipeline::ingest::process::IngestOptions;
-use pipeline::ingest::synth::{write_dataset, SynthConfig};
+use pipeline::ingest::synth::{write_sharded, SynthConfig};
 use pipeline::plan::EpochPlan;
 use pipeline::source::RecordSource;
 use pipeline::view::{build_slot_view, ViewBuilder};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use trainer::models::{ForwardCtx, ModelSpec};
-use trainer::train::config::TrainConfig;
+use trainer::train::checkpoint::MODEL_FILE;
+use trainer::train::config::{DistillationType, ModelConfig, TrainConfig};
+use trainer::train::{train, TrainJob};
 use trainer::weights::{build_model, save_safetensors, LoadOptions};
 
 const ARCH: &str = "deit_tiny_patch8_32";
@@ -42,30 +42,13 @@ fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let folder = dir.path().join("folder");
         let synth = SynthConfig {
             classes: 4,
             train_per_class: 5,
             val_per_class: 1,
             seed: 3,
         };
-        write_dataset(&folder, &synth, &|| {}).expect("synth data");
-        let job = JobConfig {
-            ingest: IngestOptions {
-                format: Encoding::RawRgbZstd,
-                max_side: 40,
-                ..IngestOptions::default()
-            },
-            shard_bytes: 1 << 26,
-            seed: 0,
-            threads: 2,
-            input_kind: "imagefolder".into(),
-            abort_after: None,
-        };
-        for split in scan_root(&folder).expect("scan") {
-            let out = dir.path().join("shards").join(&split.name);
-            shard_split(&split, &out, &job, &mut |_, _| {}).expect("shard");
-        }
+        write_sharded(dir.path(), &synth, 40).expect("synth shards");
         let f = Fixture { dir };
         for seed in [0, 1] {
             let spec = teacher_spec();
@@ -275,4 +258,113 @@ fn another_binding_is_refused_naming_the_field() {
     other_k.top_k = 2;
     let err = format!("{:#}", run(&other_k, &mut NoProgress).expect_err("k"));
     assert!(err.contains("top_k"), "{err}");
+}
+
+/// Records every micro-batch's loss.
+struct LossLog(Vec<f64>);
+
+impl trainer::train::TrainProgress for LossLog {
+    fn batch(&mut self, _images: usize, loss: f64, _lr: f64) {
+        self.0.push(loss);
+    }
+}
+
+/// Trains a small distilled student for 2 epochs with the teacher online (`targets` None)
+/// or from the cache in `targets`; returns the per-batch losses and the final weights.
+fn train_student(
+    kind: DistillationType,
+    targets: Option<&Path>,
+) -> (Vec<f64>, BTreeMap<String, Vec<f32>>) {
+    let f = fixture();
+    let mut c = config(7);
+    c.model = ModelConfig {
+        name: "deit".into(),
+        patch_size: Some(8),
+        embed_dim: Some(48),
+        depth: Some(2),
+        num_heads: Some(3),
+        mlp_ratio: Some(2),
+        distilled: Some(true),
+        drop_path: 0.1,
+        ..ModelConfig::default()
+    };
+    c.data.batch_size = 4;
+    c.optim.lr = 1e-3;
+    c.optim.unscale_lr = true;
+    c.schedule.epochs = 2;
+    c.schedule.warmup_epochs = 0;
+    c.distillation.kind = kind;
+    c.distillation.tau = 2.0;
+    match targets {
+        Some(dir) => c.distillation.teacher_targets = Some(dir.to_path_buf()),
+        None => {
+            c.distillation.teacher = Some(f.weights(0));
+            c.distillation.teacher_arch = Some(ARCH.into());
+        }
+    }
+    c.validate().expect("valid student config");
+    let run_dir = tempfile::tempdir().expect("run dir");
+    let mut log = LossLog(Vec::new());
+    let summary = train(
+        &TrainJob::new(c, &f.data(), run_dir.path(), false),
+        &mut log,
+    )
+    .expect("student training");
+    let weights = summary
+        .last_checkpoint
+        .expect("a checkpoint")
+        .join(MODEL_FILE);
+    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
+        .expect("weights")
+        .into_iter()
+        .map(|(k, t)| {
+            let v = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .expect("f32 values");
+            (k, v)
+        })
+        .collect();
+    (log.0, tensors)
+}
+
+fn max_weight_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f32 {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter()
+        .flat_map(|(k, x)| x.iter().zip(&b[k]).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}
+
+/// The product's promise: a student trained from the cache equals one trained with the
+/// same teacher online. Hard distillation stores the teacher's argmax, so every loss and
+/// every weight is bit-identical. Soft distillation (K = C here, so no tail) rebuilds the
+/// distribution from logits stored as f16: the losses agree to f16 rounding of the
+/// teacher's logits (relative 1e-3), not bit for bit.
+#[test]
+fn training_from_the_cache_equals_the_online_teacher() {
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let mut j = job(cache_dir.path(), 0..2, PartSpec::WHOLE);
+    j.top_k = 4;
+    run(&j, &mut NoProgress).expect("cache with K = C");
+
+    let (online, w_online) = train_student(DistillationType::Hard, None);
+    let (cached, w_cached) = train_student(DistillationType::Hard, Some(cache_dir.path()));
+    assert_eq!(online.len(), 10, "2 epochs of 20 views in batches of 4");
+    assert_eq!(online, cached, "hard: per-batch losses");
+    assert_eq!(max_weight_diff(&w_online, &w_cached), 0.0, "hard: weights");
+
+    let (online, w_online) = train_student(DistillationType::Soft, None);
+    let (cached, w_cached) = train_student(DistillationType::Soft, Some(cache_dir.path()));
+    assert_eq!(online.len(), cached.len());
+    for (step, (a, b)) in online.iter().zip(&cached).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-3 * a.abs(),
+            "soft: batch {step} loss online {a} vs cache {b}"
+        );
+    }
+    let d = max_weight_diff(&w_online, &w_cached);
+    assert!(d < 1e-2, "soft: weights differ by {d}");
+    // The hard and soft students differ: the distillation kind reaches the loss.
+    let (hard, _) = train_student(DistillationType::Hard, Some(cache_dir.path()));
+    assert_ne!(hard, cached);
 }

@@ -13,3 +13,4 @@ pub mod shard;
 pub mod synth;
 pub mod teacher_cache;
 pub mod train;
+pub mod view_args;

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 
 /// The small-image recipes the quickstart trains with, shipped inside the binary.
 const STUDENT_CONFIG: &str = include_str!("../../configs/small_image.toml");
-const TEACHER_CONFIG: &str = include_str!("../../configs/teacher_resnet_small.toml");
+const TEACHER_CONFIG: &str = include_str!("../../configs/teacher_resnet_tiny.toml");
 
 /// Arguments of `deit-pipe quickstart`.
 #[derive(clap::Args, Debug)]
@@ -27,16 +27,16 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub classes: usize,
     /// Training images per class.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     pub train_per_class: usize,
     /// Validation images per class.
     #[arg(long, default_value_t = 20)]
     pub val_per_class: usize,
     /// Epochs of teacher training.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 16)]
     pub teacher_epochs: usize,
     /// Epochs of each student run (and epochs in the teacher cache).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 10)]
     pub epochs: usize,
     /// Batch size of every training run.
     #[arg(long, default_value_t = 32)]
@@ -79,7 +79,7 @@ pub fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(work.join("configs"))
         .with_context(|| format!("creating {}", work.display()))?;
     let student_cfg = work.join("configs/small_image.toml");
-    let teacher_cfg = work.join("configs/teacher_resnet_small.toml");
+    let teacher_cfg = work.join("configs/teacher_resnet_tiny.toml");
     write_if_changed(&student_cfg, STUDENT_CONFIG)?;
     write_if_changed(&teacher_cfg, TEACHER_CONFIG)?;
 
@@ -142,8 +142,6 @@ pub fn run(args: Args) -> Result<()> {
             &seed,
         ],
     )?);
-    let teacher_weights = trainer::train::checkpoint::resolve_weights(&teacher_run, false)
-        .with_context(|| format!("finding the teacher's weights in {}", teacher_run.display()))?;
 
     let cache = work.join("cache");
     let top_k = args.top_k.min(args.classes).to_string();
@@ -155,9 +153,7 @@ pub fn run(args: Args) -> Result<()> {
             "--data",
             path(&shards)?,
             "--teacher",
-            path(&teacher_weights)?,
-            "--teacher-arch",
-            "resnet_small",
+            path(&teacher_run)?,
             "--config",
             path(&student_cfg)?,
             "--seed",

@@ -7,7 +7,10 @@ use clap::Args as ClapArgs;
 use formats::cache_schema::PartSpec;
 use indicatif::ProgressBar;
 use std::path::PathBuf;
-use trainer::train::config::TrainConfig;
+use trainer::train::checkpoint::{model_name_of_run, resolve_weights};
+use trainer::train::config::{Overrides, TrainConfig};
+
+use super::view_args::ViewArgs;
 
 /// Arguments of `deit-pipe teacher-cache`.
 #[derive(ClapArgs, Debug)]
@@ -15,19 +18,22 @@ pub struct Args {
     /// Dataset directory from `deit-pipe shard` (its `train/` split is used), or a split.
     #[arg(long)]
     pub data: PathBuf,
-    /// Teacher weights (.safetensors / .pth).
+    /// Teacher weights: a .safetensors / .pth file, a checkpoint directory, or a
+    /// `deit-pipe train` run directory (its best checkpoint, else its last).
     #[arg(long)]
     pub teacher: PathBuf,
-    /// Teacher architecture (timm name), e.g. regnety_160.
+    /// Teacher architecture (timm name), e.g. regnety_160. Default: the model named in the
+    /// config.toml of the run the weights come from.
     #[arg(long)]
-    pub teacher_arch: String,
+    pub teacher_arch: Option<String>,
     /// The student's training config (TOML): seed, repeats, augmentation and plan must be
     /// the ones `train` will use.
     #[arg(long)]
     pub config: PathBuf,
-    /// Override `run.seed` of the config.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// The same view flags `train` takes (seed, augmentation, `--set`), so the cache holds
+    /// the views of the student's exact command line.
+    #[command(flatten)]
+    pub view: ViewArgs,
     /// Epochs: `A..B` (half-open), `A..=B` (inclusive) or `A`.
     #[arg(long)]
     pub epochs: String,
@@ -42,7 +48,7 @@ pub struct Args {
     pub part: String,
     /// Views per teacher forward pass.
     #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
+    pub teacher_batch_size: usize,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -64,19 +70,23 @@ impl JobProgress for Bar {
 /// Run `deit-pipe teacher-cache`.
 pub fn run(args: Args) -> Result<()> {
     let mut config = TrainConfig::from_file(&args.config)?;
-    if let Some(s) = args.seed {
-        config.run.seed = s;
-    }
+    config.apply(&args.view.add_to(Overrides::default()))?;
+    let teacher_weights = resolve_weights(&args.teacher, false)
+        .with_context(|| format!("--teacher {}", args.teacher.display()))?;
+    let teacher_arch = match args.teacher_arch {
+        Some(arch) => arch,
+        None => model_name_of_run(&teacher_weights)?,
+    };
     let job = CacheJob {
         data: args.data,
-        teacher_weights: args.teacher,
-        teacher_arch: args.teacher_arch,
+        teacher_weights,
+        teacher_arch,
         config,
         epochs: parse_epochs(&args.epochs)?,
         top_k: args.top_k,
         out: args.out,
         part: PartSpec::parse(&args.part).context("--part")?,
-        batch_size: args.batch_size,
+        batch_size: args.teacher_batch_size,
         device: args.device,
     };
     let mut bar = Bar(None);

@@ -2,6 +2,7 @@
 //! The config file gives the recipe; flags named as the official DeiT `main.py` flags
 //! override single fields; `--set section.key=value` overrides any other field.
 
+use super::view_args::ViewArgs;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
@@ -29,10 +30,12 @@ pub struct Args {
     /// Teacher-cache directory (from `deit-pipe teacher-cache`).
     #[arg(long, conflicts_with = "teacher")]
     pub teacher_targets: Option<PathBuf>,
-    /// Teacher weights for online distillation (DeiT --teacher-path).
+    /// Teacher for online distillation (DeiT --teacher-path): a weights file, a checkpoint
+    /// directory or a `deit-pipe train` run directory (its best checkpoint).
     #[arg(long, alias = "teacher-path")]
     pub teacher: Option<PathBuf>,
-    /// Teacher architecture, a timm name (DeiT --teacher-model).
+    /// Teacher architecture, a timm name (DeiT --teacher-model); default: the model named
+    /// in the teacher run's config.toml.
     #[arg(long, alias = "teacher-model")]
     pub teacher_arch: Option<String>,
     /// On a cached view hash that differs from the rebuilt view: count and continue.
@@ -41,15 +44,15 @@ pub struct Args {
     /// cpu, cuda or cuda:N (cuda needs a build with --features cuda).
     #[arg(long)]
     pub device: Option<String>,
+    /// The flags that decide the views (shared with `teacher-cache`).
+    #[command(flatten)]
+    pub view: ViewArgs,
     /// Model name (timm), e.g. deit_small_distilled_patch16_224 or resnet_small.
     #[arg(long)]
     pub model: Option<String>,
     /// Number of classes (default: the dataset's).
     #[arg(long)]
     pub nb_classes: Option<usize>,
-    /// Input size in pixels.
-    #[arg(long)]
-    pub input_size: Option<u32>,
     /// Base learning rate at batch 512 (scaled by global batch / 512).
     #[arg(long)]
     pub lr: Option<f64>,
@@ -86,33 +89,6 @@ pub struct Args {
     /// Stochastic depth rate.
     #[arg(long)]
     pub drop_path: Option<f64>,
-    /// Label smoothing.
-    #[arg(long)]
-    pub smoothing: Option<f64>,
-    /// Mixup alpha (0: off).
-    #[arg(long)]
-    pub mixup: Option<f64>,
-    /// CutMix alpha (0: off).
-    #[arg(long)]
-    pub cutmix: Option<f64>,
-    /// Probability of mixing a pair.
-    #[arg(long)]
-    pub mixup_prob: Option<f64>,
-    /// Probability of CutMix when both are on.
-    #[arg(long)]
-    pub mixup_switch_prob: Option<f64>,
-    /// Random erasing probability.
-    #[arg(long)]
-    pub reprob: Option<f64>,
-    /// RandAugment policy (timm string) or none.
-    #[arg(long)]
-    pub aa: Option<String>,
-    /// Repeated augmentation on (x3).
-    #[arg(long, conflicts_with = "no_repeated_aug")]
-    pub repeated_aug: bool,
-    /// Repeated augmentation off.
-    #[arg(long)]
-    pub no_repeated_aug: bool,
     /// Distillation loss weight.
     #[arg(long)]
     pub distillation_alpha: Option<f64>,
@@ -128,12 +104,6 @@ pub struct Args {
     /// EMA decay.
     #[arg(long)]
     pub model_ema_decay: Option<f64>,
-    /// Seed of every random choice.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Override any config field: section.key=value (TOML value), repeatable.
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
 }
 
 fn parse_distill(s: &str) -> Result<DistillationType, String> {
@@ -143,10 +113,9 @@ fn parse_distill(s: &str) -> Result<DistillationType, String> {
 impl Args {
     /// The overrides these flags carry.
     pub fn overrides(&self) -> Overrides {
-        Overrides {
+        let o = Overrides {
             model: self.model.clone(),
             nb_classes: self.nb_classes,
-            input_size: self.input_size,
             lr: self.lr,
             unscale_lr: self.unscale_lr,
             batch_size: self.batch_size,
@@ -159,18 +128,6 @@ impl Args {
             opt_eps: self.opt_eps,
             clip_grad: self.clip_grad,
             drop_path: self.drop_path,
-            smoothing: self.smoothing,
-            mixup: self.mixup,
-            cutmix: self.cutmix,
-            mixup_prob: self.mixup_prob,
-            mixup_switch_prob: self.mixup_switch_prob,
-            reprob: self.reprob,
-            aa: self.aa.clone(),
-            repeated_aug: match (self.repeated_aug, self.no_repeated_aug) {
-                (true, _) => Some(true),
-                (_, true) => Some(false),
-                _ => None,
-            },
             distillation_type: self.distillation,
             distillation_alpha: self.distillation_alpha,
             distillation_tau: self.distillation_tau,
@@ -184,10 +141,10 @@ impl Args {
                 _ => None,
             },
             model_ema_decay: self.model_ema_decay,
-            seed: self.seed,
             device: self.device.clone(),
-            set: self.set.clone(),
-        }
+            ..Overrides::default()
+        };
+        self.view.add_to(o)
     }
 
     /// The resolved config: file (or the run's saved config on resume, or defaults),

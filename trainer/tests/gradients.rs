@@ -1,5 +1,6 @@
 //! Backward pass checks: the gradients of one train step of a small DeiT against
-//! PyTorch's (loss = 0.5 CE(cls head, y) + 0.5 CE(dist head, y_dist)), and a guard
+//! PyTorch's (loss = 0.5 CE(cls head, y) + 0.5 CE(dist head, y_dist)) and of a small
+//! CIFAR-stem ResNet (CE, train-mode BatchNorm), and a guard
 //! that after one backward() every trainable variable of every model family has a
 //! non-zero gradient (candle has ops that silently drop gradients).
 
@@ -45,6 +46,31 @@ fn labels(t: &Tensor) -> Tensor {
     t.to_dtype(DType::U32).unwrap()
 }
 
+/// Every trainable variable's gradient equals the fixture's `grad.<name>` (relative
+/// error at most 1e-4), and the fixture has no gradient we lack.
+fn assert_grads_match(
+    vm: &candle_nn::VarMap,
+    grads: &candle_core::backprop::GradStore,
+    io: &BTreeMap<String, Tensor>,
+    fused_on: bool,
+) {
+    let vars = models::trainable_vars(vm);
+    assert_eq!(
+        vars.len(),
+        io.keys().filter(|k| k.starts_with("grad.")).count()
+    );
+    for (name, var) in vars {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let e = rel_err(g, &io[&format!("grad.{name}")]);
+        assert!(
+            e <= 1e-4,
+            "gradient of {name} (fused={fused_on}): rel err {e:.3e}"
+        );
+    }
+}
+
 /// Gradients of one step against PyTorch, on the fused or the composite path.
 fn check_deit_gradients(fused_on: bool) {
     fused::set_enabled(fused_on);
@@ -73,22 +99,7 @@ fn check_deit_gradients(fused_on: bool) {
     let l = loss.to_scalar::<f32>().unwrap() as f64;
     let want = io["loss"].to_vec1::<f32>().unwrap()[0] as f64;
     assert!((l - want).abs() / want < 1e-5, "loss {l} vs {want}");
-    let grads = loss.backward().unwrap();
-    let vars = models::trainable_vars(&vm);
-    assert_eq!(
-        vars.len(),
-        io.keys().filter(|k| k.starts_with("grad.")).count()
-    );
-    for (name, var) in vars {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        let e = rel_err(g, &io[&format!("grad.{name}")]);
-        assert!(
-            e <= 1e-4,
-            "gradient of {name} (fused={fused_on}): rel err {e:.3e}"
-        );
-    }
+    assert_grads_match(&vm, &loss.backward().unwrap(), &io, fused_on);
     fused::set_enabled(true);
 }
 
@@ -96,6 +107,55 @@ fn check_deit_gradients(fused_on: bool) {
 fn deit_gradients_match_pytorch() {
     check_deit_gradients(true);
     check_deit_gradients(false);
+}
+
+/// One train step of the CIFAR-stem ResNet fixture (train-mode BatchNorm, 3x3 and 1x1
+/// convolutions with stride, shortcut) against PyTorch: loss and every gradient, on the
+/// im2col/fused-BatchNorm path and on candle's own ops.
+fn check_resnet_gradients(fused_on: bool) {
+    fused::set_enabled(fused_on);
+    let spec = ModelSpec {
+        name: "resnet_test".into(),
+        arch: Arch::ResNet(ResNetConfig {
+            block: ResNetBlock::Basic,
+            layers: [1, 1, 1, 1],
+            channels: [16, 32, 64, 128],
+            stem_width: 64,
+            small_stem: true,
+        }),
+        num_classes: 10,
+        drop_path: 0.0,
+    };
+    let (vm, model, _) = weights::build_model(
+        &spec,
+        Some(&fixtures().join("resnet_cifar_small.safetensors")),
+        &LoadOptions::default(),
+        &Device::Cpu,
+        0,
+    )
+    .unwrap();
+    let io: BTreeMap<String, Tensor> = candle_core::safetensors::load(
+        fixtures().join("resnet_cifar_small.io.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .into_iter()
+    .collect();
+    let out = model
+        .forward(&io["x_train"], &ForwardCtx::train(0))
+        .unwrap();
+    let loss = candle_nn::loss::cross_entropy(&out.cls, &labels(&io["y_train"])).unwrap();
+    let l = f64::from(loss.to_scalar::<f32>().unwrap());
+    let want = f64::from(io["train_loss"].to_vec1::<f32>().unwrap()[0]);
+    assert!((l - want).abs() / want < 1e-5, "loss {l} vs {want}");
+    assert_grads_match(&vm, &loss.backward().unwrap(), &io, fused_on);
+    fused::set_enabled(true);
+}
+
+#[test]
+fn resnet_gradients_match_pytorch() {
+    check_resnet_gradients(true);
+    check_resnet_gradients(false);
 }
 
 fn assert_all_grads_nonzero(spec: &ModelSpec, x: &Tensor) {

@@ -1,15 +1,12 @@
 //! The training loop end to end on a small synthetic data set (10 classes, 40 px records,
 //! 32 px views, a 2-4 block DeiT): resume equality, non-finite loss stop, weight-decay
-//! groups, per-epoch learning rates, learning above chance, the report.
+//! groups, per-epoch learning rates. Learning above chance is checked end to end through
+//! the CLI in `tests/distill_cli.rs`.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use formats::shard::Encoding;
 use pipeline::config::{AugmentConfig, CropMode};
-use pipeline::ingest::inputs::scan_root;
-use pipeline::ingest::job::{shard_split, JobConfig};
-use pipeline::ingest::process::IngestOptions;
-use pipeline::ingest::synth::{write_dataset, SynthConfig};
+use pipeline::ingest::synth::{write_sharded, SynthConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -23,30 +20,13 @@ fn dataset() -> PathBuf {
     static DATA: OnceLock<tempfile::TempDir> = OnceLock::new();
     DATA.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let folder = dir.path().join("folder");
         let synth = SynthConfig {
             classes: 10,
             train_per_class: 48,
             val_per_class: 16,
             seed: 3,
         };
-        write_dataset(&folder, &synth, &|| {}).expect("synth data");
-        let job = JobConfig {
-            ingest: IngestOptions {
-                format: Encoding::RawRgbZstd,
-                max_side: 40,
-                ..IngestOptions::default()
-            },
-            shard_bytes: 1 << 26,
-            seed: 0,
-            threads: 2,
-            input_kind: "imagefolder".into(),
-            abort_after: None,
-        };
-        for split in scan_root(&folder).expect("scan") {
-            let out = dir.path().join("shards").join(&split.name);
-            shard_split(&split, &out, &job, &mut |_, _| {}).expect("shard");
-        }
+        write_sharded(dir.path(), &synth, 40).expect("synth shards");
         dir
     })
     .path()
@@ -369,59 +349,4 @@ fn per_epoch_learning_rates_follow_deit() {
             assert_eq!(s.lr, lrs[s.epoch]);
         }
     }
-}
-
-/// A tiny DeiT learns the 10 synthetic classes well above chance (10%) in a few epochs;
-/// the report draws the curves and tabulates every epoch.
-///
-/// Ignored for now: at 32 px (records sharded at 40 px) the `synth` classes (texture +
-/// shape over clutter) are not learned by this model in 12 epochs (measured: train loss
-/// 2.32 -> 2.30, val top-1 7-13%; without any augmentation train loss 2.37 -> 2.22 in 8
-/// epochs, val at chance). Needs larger inputs or a simpler data set; see the report.
-#[test]
-#[ignore = "synth data at 32 px is not learned within the CPU budget yet"]
-fn learns_synth_data_above_chance() {
-    let data = dataset();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = tiny_config();
-    cfg.model.depth = Some(4);
-    cfg.model.embed_dim = Some(96);
-    cfg.model.num_heads = Some(3);
-    cfg.model.drop_path = 0.05;
-    cfg.schedule.epochs = 12;
-    cfg.schedule.warmup_epochs = 1;
-    cfg.schedule.warmup_lr = 1e-4;
-    cfg.optim.lr = 2e-3;
-    cfg.data.batch_size = 32;
-    cfg.data.accum_steps = 1;
-    cfg.run.max_batches_per_epoch = 0;
-    cfg.augment.auto_augment = Some("rand-m5-mstd0.5-inc1".into());
-    cfg.augment.mix.mixup_alpha = 0.2;
-    cfg.augment.mix.cutmix_alpha = 0.0;
-    cfg.augment.erasing.prob = 0.1;
-    let run = tmp.path().join("run");
-    let s = train(&TrainJob::new(cfg, &data, &run, false), &mut NoProgress).unwrap();
-    let v = s.last_eval.expect("evaluated");
-    assert_eq!(v.images, 160);
-    let table = trainer::report::report(&run, None)
-        .map(|r| r.table)
-        .unwrap_or_default();
-    assert!(
-        v.top1 >= 40.0,
-        "val top-1 {:.1}% is not well above chance\n{table}",
-        v.top1
-    );
-    assert!(v.top1_dist.is_some());
-    let report = trainer::report::report(&run, None).unwrap();
-    let png = std::fs::read(&report.png).unwrap();
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    assert_eq!(
-        report
-            .table
-            .lines()
-            .filter(|l| l.trim_start().starts_with(char::is_numeric))
-            .count(),
-        12
-    );
-    assert!(report.table.contains("best: epoch"));
 }

@@ -11,13 +11,17 @@
 //! RGBA PNG, to exercise every decode path.
 
 use super::encode::encode_jpeg_raw;
+use super::inputs::scan_root;
+use super::job::{shard_split, JobConfig};
+use super::process::IngestOptions;
 use super::IngestError;
+use formats::shard::Encoding;
 use image::{ImageBuffer, Rgb, RgbImage, Rgba};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::f32::consts::PI;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Most classes the generator can make distinct.
 pub const MAX_CLASSES: usize = 72;
@@ -28,7 +32,7 @@ const TEXTURES: [&str; 6] = ["stripes", "checker", "dots", "waves", "rings", "ha
 /// Texture period as a fraction of the object's radius, per scale band. Relative, not in
 /// pixels, so the texture survives any downscale that keeps the object visible (a 32 px
 /// training view of a 640 px image still shows about two periods across an object).
-const PERIODS: [f32; 3] = [0.4, 0.6, 0.9];
+const PERIODS: [f32; 3] = [0.55, 0.8, 1.1];
 
 /// Size of a synthetic data set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,7 +172,7 @@ pub fn draw(seed: u64, split: &str, class: usize, index: usize) -> RgbImage {
         }
     }
     // Clutter: flat ellipses, rectangles and bars.
-    let clutter = rng.random_range(3..8);
+    let clutter = rng.random_range(2..6);
     for _ in 0..clutter {
         let col = rand_color(&mut rng);
         let cx = rng.random_range(0.0..wf);
@@ -251,7 +255,7 @@ pub fn draw(seed: u64, split: &str, class: usize, index: usize) -> RgbImage {
     }
     // Sensor-like noise: triangular, from a SplitMix64 stream seeded by the image's RNG
     // (cheap; 8 noise values per 64-bit draw).
-    let sigma: f32 = rng.random_range(2.0..8.0);
+    let sigma: f32 = rng.random_range(1.0..4.0);
     let mut state: u64 = rng.random();
     let mut out = Vec::with_capacity(px.len());
     for chunk in px.chunks(8) {
@@ -369,6 +373,32 @@ pub fn write_dataset(
         })
         .collect::<Result<Vec<()>, IngestError>>()?;
     Ok(jobs.len())
+}
+
+/// A synthetic data set made ready to train on: images written under `out/folder`, then
+/// sharded (raw RGB records, longest side `max_side`) to `out/shards/{train,val}`, as
+/// `deit-pipe synth` followed by `deit-pipe shard --max-side` would. Returns the shard
+/// directory. For tests, benchmarks and demos that need real shards without the CLI.
+pub fn write_sharded(out: &Path, cfg: &SynthConfig, max_side: u32) -> Result<PathBuf, IngestError> {
+    let folder = out.join("folder");
+    write_dataset(&folder, cfg, &|| {})?;
+    let job = JobConfig {
+        ingest: IngestOptions {
+            format: Encoding::RawRgbZstd,
+            max_side,
+            ..IngestOptions::default()
+        },
+        shard_bytes: 1 << 26,
+        seed: cfg.seed,
+        threads: 2,
+        input_kind: "imagefolder".into(),
+        abort_after: None,
+    };
+    let shards = out.join("shards");
+    for split in scan_root(&folder)? {
+        shard_split(&split, &shards.join(&split.name), &job, &mut |_, _| {})?;
+    }
+    Ok(shards)
 }
 
 #[cfg(test)]

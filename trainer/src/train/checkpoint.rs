@@ -301,6 +301,32 @@ pub fn resolve_weights(path: &Path, ema: bool) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// The model name in the config.toml of the run that `weights` belong to (the weights
+/// file's checkpoint directory, or up to three levels above it).
+pub fn model_name_of_run(weights: &Path) -> Result<String> {
+    let Some(config) = weights
+        .ancestors()
+        .take(4)
+        .map(|d| d.join(super::CONFIG_FILE))
+        .find(|p| p.is_file())
+    else {
+        bail!(
+            "{}: not inside a deit-pipe run directory, so its architecture is unknown; \
+             name it with --teacher-arch",
+            weights.display()
+        );
+    };
+    let cfg = super::config::TrainConfig::from_file(&config)?;
+    if cfg.model.name == "deit" {
+        bail!(
+            "{}: the run trained a free-dimension DeiT; name it with --teacher-arch \
+             (e.g. deit_tiny_patch8_32)",
+            config.display()
+        );
+    }
+    Ok(cfg.model.name)
+}
+
 /// Write `bytes` to `path` atomically: a temporary sibling, synced, renamed over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path

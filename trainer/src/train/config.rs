@@ -606,12 +606,9 @@ impl TrainConfig {
                 ),
                 (None, None) => bail!(
                     "distillation.type = {:?} needs a teacher: --teacher-targets CACHE or \
-                     --teacher WEIGHTS --teacher-arch ARCH",
+                     --teacher WEIGHTS|RUN_DIR [--teacher-arch ARCH]",
                     t.kind
                 ),
-                (None, Some(_)) if t.teacher_arch.is_none() => {
-                    bail!("distillation: --teacher needs --teacher-arch (a timm name)")
-                }
                 _ => {}
             }
         }
@@ -807,14 +804,14 @@ mod tests {
         c.distillation.kind = DistillationType::Hard;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("--teacher-targets"), "{e}");
-        c.distillation.teacher = Some("t.safetensors".into());
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("--teacher-arch"));
+        // The architecture may come from the teacher's run directory, found when the run
+        // starts (`checkpoint::model_name_of_run`).
+        c.distillation.teacher = Some("runs/teacher".into());
+        c.validate().unwrap();
         c.distillation.teacher_arch = Some("resnet18".into());
         c.validate().unwrap();
+        c.distillation.teacher_targets = Some("cache".into());
+        assert!(c.validate().unwrap_err().to_string().contains("not both"));
     }
 
     #[test]

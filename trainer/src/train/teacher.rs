@@ -101,8 +101,14 @@ impl TeacherSource {
             return open_cache(dir, cfg, binding, epochs)
                 .map(|s| TeacherSource::Cache(Box::new(s)));
         }
-        let (Some(weights), Some(arch)) = (&cfg.teacher, &cfg.teacher_arch) else {
-            bail!("distillation needs --teacher-targets CACHE or --teacher WEIGHTS --teacher-arch ARCH");
+        let Some(given) = &cfg.teacher else {
+            bail!("distillation needs --teacher-targets CACHE or --teacher WEIGHTS [--teacher-arch ARCH]");
+        };
+        let weights = &super::checkpoint::resolve_weights(given, false)
+            .with_context(|| format!("--teacher {}", given.display()))?;
+        let arch = &match &cfg.teacher_arch {
+            Some(arch) => arch.clone(),
+            None => super::checkpoint::model_name_of_run(weights)?,
         };
         let spec = ModelSpec::parse(arch)
             .with_context(|| format!("--teacher-arch {arch}"))?

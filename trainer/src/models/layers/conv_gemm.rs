@@ -15,6 +15,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fused::slice_f32;
+
 /// Geometry of one convolution (square kernel, equal stride and padding on both axes).
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
@@ -122,14 +124,6 @@ impl Geometry {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
-
 /// `[B, C, H, W]` to `[B, C*k*k, Ho*Wo]`.
 struct Im2Col(Geometry);
 
@@ -140,7 +134,7 @@ impl CustomOp1 for Im2Col {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let x = contiguous_f32(s, l, "im2col")?;
+        let x = slice_f32(s, l, "im2col")?;
         let b = l.dims()[0];
         let mut cols = vec![0f32; b * g.cols_len()];
         cols.par_chunks_mut(g.cols_len())
@@ -167,7 +161,7 @@ impl CustomOp1 for Col2Im {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let cols = contiguous_f32(s, l, "col2im")?;
+        let cols = slice_f32(s, l, "col2im")?;
         let b = l.dims()[0];
         let mut x = vec![0f32; b * g.image_len()];
         x.par_chunks_mut(g.image_len())
@@ -219,20 +213,8 @@ pub fn conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::layers::fused::max_abs_diff;
     use candle_core::{Device, Var};
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Forward and both gradients equal candle's direct `conv2d` (the reference) for
     /// kernels, strides, paddings, groups and odd sizes the models use.

@@ -37,12 +37,21 @@ fn rows_per_task(dim: usize) -> usize {
     (16384 / dim.max(1)).max(1)
 }
 
-fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The f32 elements of a contiguous CPU tensor (an error naming `what` otherwise).
+pub(crate) fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{what}: input must be contiguous"),
     }
+}
+
+/// Largest absolute elementwise difference of two tensors (for the kernels' tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .unwrap_or(f32::INFINITY)
 }
 
 // ---------------------------------------------------------------- LayerNorm

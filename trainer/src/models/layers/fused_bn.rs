@@ -15,13 +15,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
+use super::fused::slice_f32;
 
 /// (batch, channels, pixels per channel plane) of a contiguous `[B, C, H, W]` layout.
 fn bchw(l: &Layout, what: &str) -> Result<(usize, usize, usize)> {
@@ -65,7 +59,7 @@ impl CustomOp1 for ChannelStats {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, "bn stats")?;
+        let x = slice_f32(s, l, "bn stats")?;
         let (b, c, p) = bchw(l, "bn stats")?;
         let stats = channel_stats(x, b, c, p);
         let mut out: Vec<f32> = stats.iter().map(|s| s.0 as f32).collect();
@@ -93,9 +87,9 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "batch norm x")?;
-        let w = contiguous_f32(s2, l2, "batch norm weight")?;
-        let bias = contiguous_f32(s3, l3, "batch norm bias")?;
+        let x = slice_f32(s1, l1, "batch norm x")?;
+        let w = slice_f32(s2, l2, "batch norm weight")?;
+        let bias = slice_f32(s3, l3, "batch norm bias")?;
         let (b, c, p) = bchw(l1, "batch norm")?;
         let stats = channel_stats(x, b, c, p);
         // Per channel: y = x * scale + shift.
@@ -159,9 +153,9 @@ impl CustomOp3 for BatchNormBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "batch norm bwd x")?;
-        let dy = contiguous_f32(s2, l2, "batch norm bwd grad")?;
-        let w = contiguous_f32(s3, l3, "batch norm bwd weight")?;
+        let x = slice_f32(s1, l1, "batch norm bwd x")?;
+        let dy = slice_f32(s2, l2, "batch norm bwd grad")?;
+        let w = slice_f32(s3, l3, "batch norm bwd weight")?;
         let (b, c, p) = bchw(l1, "batch norm bwd")?;
         let n = (b * p) as f64;
         let stats = channel_stats(x, b, c, p);
@@ -227,20 +221,8 @@ pub fn batch_norm_train(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::layers::fused::max_abs_diff;
     use candle_core::{Device, Var};
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// The fused op equals train-mode BatchNorm written with candle ops (forward, batch
     /// statistics, and the gradients of input, weight and bias).
