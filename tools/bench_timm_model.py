@@ -32,14 +32,23 @@ def build(args):
             img_size=args.img, patch_size=args.patch, embed_dim=args.dim, depth=args.depth,
             num_heads=args.heads, num_classes=args.num_classes, drop_path_rate=args.drop_path)
     if args.model in ("resnet_small", "resnet_tiny"):
-        # Our CIFAR-style ResNet-18 (3x3 stride-1 stem, no max pool), full or quarter width.
-        from timm.models.resnet import ResNet, BasicBlock
+        # Our CIFAR-style ResNet-18 (3x3 stride-1 stem of the stage width, no max pool),
+        # full or quarter width, from timm's BasicBlock. timm's ResNet class always makes a
+        # 64-wide stem for a plain stem, so the stages are assembled here.
+        from timm.models.resnet import BasicBlock
+        nn = torch.nn
         w = 64 if args.model == "resnet_small" else 16
-        m = ResNet(BasicBlock, [2, 2, 2, 2], channels=(w, 2 * w, 4 * w, 8 * w), stem_width=w,
-                   num_classes=args.num_classes)
-        m.conv1 = torch.nn.Conv2d(3, w, 3, 1, 1, bias=False)
-        m.maxpool = torch.nn.Identity()
-        return m
+
+        def stage(inp, out, stride):
+            ds = None
+            if stride != 1 or inp != out:
+                ds = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            return nn.Sequential(BasicBlock(inp, out, stride, downsample=ds), BasicBlock(out, out))
+
+        return nn.Sequential(
+            nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            stage(w, w, 1), stage(w, 2 * w, 2), stage(2 * w, 4 * w, 2), stage(4 * w, 8 * w, 2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * w, args.num_classes))
     name = {"deit_tiny": "deit_tiny_distilled_patch16_224",
             "deit_small": "deit_small_distilled_patch16_224",
             "deit_base": "deit_base_distilled_patch16_224"}.get(args.model, args.model)

@@ -4,7 +4,6 @@
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::Optimizer;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
@@ -126,25 +125,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut train = None;
     if !args.forward_only {
-        let vars: Vec<candle_core::Var> = models::trainable_vars(&varmap)
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
-        let mut opt = candle_nn::AdamW::new(
-            vars,
-            candle_nn::ParamsAdamW {
-                lr: 5e-4,
-                weight_decay: 0.05,
-                ..Default::default()
-            },
-        )?;
+        // The trainer's optimizer (DeiT's weight-decay groups), as `deit-pipe train` steps.
+        let params = models::trainable_vars(&varmap);
+        let mut opt =
+            trainer::optim::AdamW::new(params.clone(), trainer::optim::AdamWConfig::default())?;
         let mut step = |seed: u64| -> anyhow::Result<()> {
             let out = model.forward(&x, &ForwardCtx::train(seed))?;
             let mut loss = candle_nn::loss::cross_entropy(&out.cls, &y)?;
             if let Some(d) = &out.dist {
                 loss = ((loss + candle_nn::loss::cross_entropy(d, &y)?)? * 0.5)?;
             }
-            opt.backward_step(&loss)?;
+            let grads = trainer::grads::NamedGrads::from_store(&loss.backward()?, &params);
+            opt.step(&grads)?;
             Ok(())
         };
         for s in 0..2 {

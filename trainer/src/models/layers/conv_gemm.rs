@@ -7,10 +7,12 @@
 //! only hand-written parts are the im2col gather and its adjoint (col2im, a scatter-add);
 //! the products are candle matmuls, so their gradients are candle's own.
 //!
-//! Layout: `x [B, C, H, W]` becomes `cols [B, C*k*k, Ho*Wo]` (row `c*k*k + i*k + j`),
-//! the weight `[O, C/g, k, k]` becomes `[g, O/g, C/g*k*k]`, and one batched product gives
-//! `[B, g, O/g, Ho*Wo]`, which is already NCHW. Other devices and dtypes use candle's
-//! `conv2d`.
+//! Layout: `x [B, C, H, W]` becomes `cols [B*Ho*Wo, C*k*k]` (one row per output pixel,
+//! column `c*k*k + i*k + j`), and one GEMM with the weight as `[C*k*k, O]` gives every
+//! output pixel of the batch, viewed back as NCHW. One large GEMM (forward and both
+//! backward products) keeps candle's GEMM busy on both cores; a batched product per image
+//! measured 30.9 against 49.1 img/s forward on `resnet_small`. Grouped convolutions, other
+//! devices and dtypes use candle's `conv2d`.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -72,23 +74,23 @@ impl Geometry {
             .filter(|&r| r < self.w)
     }
 
-    /// Gathers one image's columns (zeros where the window hangs over the padding).
+    /// Gathers one image's columns, one row of `C*k*k` per output pixel (zeros where the
+    /// window hangs over the padding).
     fn im2col(&self, x: &[f32], cols: &mut [f32]) {
-        let (k, ho, wo) = (self.k, self.ho, self.wo);
-        for c in 0..self.c {
-            let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
-            for i in 0..k {
-                for j in 0..k {
-                    let row = (c * k + i) * k + j;
-                    let out = &mut cols[row * ho * wo..(row + 1) * ho * wo];
-                    for oh in 0..ho {
-                        let dst = &mut out[oh * wo..(oh + 1) * wo];
+        let (k, ckk) = (self.k, self.c * self.k * self.k);
+        for oh in 0..self.ho {
+            for ow in 0..self.wo {
+                let row = &mut cols[(oh * self.wo + ow) * ckk..(oh * self.wo + ow + 1) * ckk];
+                for c in 0..self.c {
+                    let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+                    for i in 0..k {
+                        let dst = &mut row[(c * k + i) * k..(c * k + i + 1) * k];
                         let Some(r) = self.in_row(oh, i) else {
                             dst.fill(0.0);
                             continue;
                         };
                         let src = &plane[r * self.w..(r + 1) * self.w];
-                        for (ow, d) in dst.iter_mut().enumerate() {
+                        for (j, d) in dst.iter_mut().enumerate() {
                             *d = self.in_col(ow, j).map_or(0.0, |q| src[q]);
                         }
                     }
@@ -99,20 +101,19 @@ impl Geometry {
 
     /// The adjoint of [`Self::im2col`]: adds every column entry back onto its input pixel.
     fn col2im(&self, cols: &[f32], x: &mut [f32]) {
-        let (k, ho, wo) = (self.k, self.ho, self.wo);
+        let (k, ckk) = (self.k, self.c * self.k * self.k);
         x.fill(0.0);
-        for c in 0..self.c {
-            let plane = &mut x[c * self.h * self.w..(c + 1) * self.h * self.w];
-            for i in 0..k {
-                for j in 0..k {
-                    let row = (c * k + i) * k + j;
-                    let src = &cols[row * ho * wo..(row + 1) * ho * wo];
-                    for oh in 0..ho {
+        for oh in 0..self.ho {
+            for ow in 0..self.wo {
+                let row = &cols[(oh * self.wo + ow) * ckk..(oh * self.wo + ow + 1) * ckk];
+                for c in 0..self.c {
+                    let plane = &mut x[c * self.h * self.w..(c + 1) * self.h * self.w];
+                    for i in 0..k {
                         let Some(r) = self.in_row(oh, i) else {
                             continue;
                         };
                         let dst = &mut plane[r * self.w..(r + 1) * self.w];
-                        for (ow, v) in src[oh * wo..(oh + 1) * wo].iter().enumerate() {
+                        for (j, v) in row[(c * k + i) * k..(c * k + i + 1) * k].iter().enumerate() {
                             if let Some(q) = self.in_col(ow, j) {
                                 dst[q] += v;
                             }
@@ -124,7 +125,7 @@ impl Geometry {
     }
 }
 
-/// `[B, C, H, W]` to `[B, C*k*k, Ho*Wo]`.
+/// `[B, C, H, W]` to `[B*Ho*Wo, C*k*k]`.
 struct Im2Col(Geometry);
 
 impl CustomOp1 for Im2Col {
@@ -142,7 +143,7 @@ impl CustomOp1 for Im2Col {
             .for_each(|(c, xi)| g.im2col(xi, c));
         Ok((
             CpuStorage::F32(cols),
-            Shape::from((b, g.c * g.k * g.k, g.ho * g.wo)),
+            Shape::from((b * g.ho * g.wo, g.c * g.k * g.k)),
         ))
     }
 
@@ -151,7 +152,7 @@ impl CustomOp1 for Im2Col {
     }
 }
 
-/// `[B, C*k*k, Ho*Wo]` to `[B, C, H, W]`, summing overlaps (the gradient of [`Im2Col`]).
+/// `[B*Ho*Wo, C*k*k]` to `[B, C, H, W]`, summing overlaps (the gradient of [`Im2Col`]).
 struct Col2Im(Geometry);
 
 impl CustomOp1 for Col2Im {
@@ -162,7 +163,7 @@ impl CustomOp1 for Col2Im {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
         let cols = slice_f32(s, l, "col2im")?;
-        let b = l.dims()[0];
+        let b = l.dims()[0] / (g.ho * g.wo).max(1);
         let mut x = vec![0f32; b * g.image_len()];
         x.par_chunks_mut(g.image_len())
             .zip(cols.par_chunks(g.cols_len()))
@@ -198,16 +199,22 @@ pub fn conv2d(
             x.dims()
         );
     }
+    if groups != 1 {
+        // Grouped convolutions (RegNet) stay on candle's path.
+        return x.conv2d(weight, padding, stride, 1, groups);
+    }
     let g = Geometry::new(c, h, w, kh, stride, padding)?;
     let cols = if kh == 1 && stride == 1 && padding == 0 {
-        // A 1x1 window over every pixel: the columns are the input itself.
-        x.reshape((b, c, h * w))?
+        // A 1x1 window over every pixel: the columns are the input, channels last.
+        x.permute((0, 2, 3, 1))?.reshape((b * h * w, c))?
     } else {
         x.contiguous()?.apply_op1(Im2Col(g))?
     };
-    let cols = cols.reshape((b, groups, cg * kh * kw, g.ho * g.wo))?;
-    let wmat = weight.reshape((groups, o / groups, cg * kh * kw))?;
-    wmat.broadcast_matmul(&cols)?.reshape((b, o, g.ho, g.wo))
+    // One GEMM over every output pixel of the batch: [B*Ho*Wo, C*k*k] x [C*k*k, O].
+    let wmat = weight.reshape((o, cg * kh * kw))?;
+    cols.matmul(&wmat.t()?)?
+        .reshape((b, g.ho, g.wo, o))?
+        .permute((0, 3, 1, 2))
 }
 
 #[cfg(test)]
