@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds `deit-pipe` with candle's `cuda` feature for Hopper (compute capability 9.0, H200)
+# on a machine without a CUDA toolkit: nvcc, the CUDA headers and the CUDA 13 libraries
+# come from NVIDIA's PyPI wheels into a virtual environment. The binary lands in
+# target-cuda/release/deit-pipe. It links the CUDA libraries dynamically (candle
+# 0.11 asks cudarc for `dynamic-linking`), so the machine that runs it needs an NVIDIA
+# driver for CUDA 13 and the CUDA 13 libraries (cuBLAS, cuRAND, NVRTC) on its library path,
+# as the H200 machines have. CI never runs this script.
+#
+#   tools/build-cuda.sh            # venv in ~/.cache/deit-pipe-cuda, build with 2 jobs
+#   CUDA_VENV=/opt/cu13 tools/build-cuda.sh
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${CUDA_VENV:-$HOME/.cache/deit-pipe-cuda}
+CUDA_MAJOR=13
+
+if [ ! -x "$VENV/bin/pip" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install --quiet --upgrade \
+    "nvidia-cuda-nvcc==${CUDA_MAJOR}.*" "nvidia-cuda-runtime==${CUDA_MAJOR}.*" \
+    "nvidia-cuda-cccl==${CUDA_MAJOR}.*" "nvidia-cuda-nvrtc==${CUDA_MAJOR}.*" \
+    "nvidia-cublas==${CUDA_MAJOR}.*" nvidia-curand
+
+# The wheels install under site-packages/nvidia/cu13 (bin/, include/, lib/).
+NVCC=$(find "$VENV" -path '*/bin/nvcc' -type f | head -n 1)
+if [ -z "$NVCC" ]; then
+    echo "build-cuda: no nvcc found under $VENV after pip install" >&2
+    exit 1
+fi
+CUDA_HOME=$(dirname "$(dirname "$NVCC")")
+echo "build-cuda: nvcc $("$NVCC" --version | tail -n 1) at $CUDA_HOME"
+
+# Link-time library directories: every lib/ of the NVIDIA wheels, plus a libcuda stub
+# (the driver library exists only on GPU machines; the stub satisfies the linker).
+LIBDIRS=$(find "$VENV" -type d -path '*/nvidia/*/lib' | sort -u | paste -sd: -)
+# Unversioned names for the linker (`-lcublas` wants libcublas.so).
+SHIM="$VENV/link-shim"
+mkdir -p "$SHIM"
+for dir in ${LIBDIRS//:/ }; do
+    for lib in "$dir"/lib*.so.*; do
+        [ -e "$lib" ] || continue
+        base=$(basename "$lib")
+        ln -sf "$lib" "$SHIM/${base%%.so.*}.so"
+    done
+done
+# libcuda comes with the driver, not with the wheels. Link against a stub with the same
+# SONAME (libcuda.so.1) that defines every driver function cudarc declares; at run time the
+# driver's real libcuda.so.1 is loaded in its place, as with the toolkit's stubs/libcuda.so.
+cd "$ROOT"
+cargo fetch --quiet
+CUDARC_SRC=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 2 -type d -name 'cudarc-0.19.*' | sort | tail -n 1)
+if [ -z "$CUDARC_SRC" ]; then
+    echo "build-cuda: cudarc sources not found after cargo fetch" >&2
+    exit 1
+fi
+grep -oE '^\s+fn cu[A-Za-z0-9_]+\(' "$CUDARC_SRC/src/driver/sys/mod.rs" \
+    | sed -E 's/^\s+fn //; s/\($//' | sort -u \
+    | sed 's/.*/int &(void) { return 999; }/' > "$SHIM/cuda_stub.c"
+cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$SHIM/libcuda.so" "$SHIM/cuda_stub.c"
+
+export PATH="$CUDA_HOME/bin:$PATH"
+export CUDA_ROOT="$CUDA_HOME" CUDA_PATH="$CUDA_HOME" CUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME"
+export CUDA_COMPUTE_CAP=90
+# cudarc 0.19 knows CUDA up to 13.4 and reads the version from nvcc; newer wheels say 13.5+.
+export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13040}
+export LIBRARY_PATH="$SHIM:$LIBDIRS${LIBRARY_PATH:+:$LIBRARY_PATH}"
+export RUSTFLAGS="${RUSTFLAGS:-} -L native=$SHIM"
+export CARGO_TARGET_DIR="$ROOT/target-cuda"
+
+cargo build --release --features cuda -j "${JOBS:-2}"
+echo "build-cuda: built $CARGO_TARGET_DIR/release/deit-pipe (run it with --device cuda)"
