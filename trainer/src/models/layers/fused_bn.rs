@@ -6,14 +6,16 @@
 //! strided reads. `perf` on a `resnet_tiny` train step put about a quarter of all cycles
 //! there once the convolutions were GEMMs. Here the forward is two passes (statistics,
 //! then normalize) and the backward two (per-channel sums, then the input gradient), each
-//! parallel over channels or rows with rayon.
+//! parallel over channels or rows with rayon. The statistics are computed once per forward
+//! pass and shared by the normalization, the running averages and the backward.
 //!
 //! Math (N = B*H*W per channel, x^ = (x - mean) * inv, inv = 1/sqrt(var + eps), biased var):
 //! y = x^ * w + b; dw = sum(dy * x^); db = sum(dy);
 //! dx = w * inv / N * (N * dy - db - x^ * dw).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 use super::fused::slice_f32;
 
@@ -49,7 +51,7 @@ fn channel_stats(x: &[f32], b: usize, c: usize, p: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// `[B, C, H, W]` to `[2, C]`: per-channel mean (row 0) and biased variance (row 1).
+/// `[B, C, H, W]` to `[2, C]` f64: per-channel mean (row 0) and biased variance (row 1).
 /// No gradient: it feeds the running statistics.
 struct ChannelStats;
 
@@ -62,15 +64,20 @@ impl CustomOp1 for ChannelStats {
         let x = slice_f32(s, l, "bn stats")?;
         let (b, c, p) = bchw(l, "bn stats")?;
         let stats = channel_stats(x, b, c, p);
-        let mut out: Vec<f32> = stats.iter().map(|s| s.0 as f32).collect();
-        out.extend(stats.iter().map(|s| s.1 as f32));
-        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+        let mut out: Vec<f64> = stats.iter().map(|s| s.0).collect();
+        out.extend(stats.iter().map(|s| s.1));
+        Ok((CpuStorage::F64(out), Shape::from((2, c))))
     }
 }
 
-/// Train-mode normalization `(x, weight, bias) -> y`, statistics from the batch.
+/// Per-channel (mean, biased variance) of one batch, computed once per forward pass and
+/// shared by the normalization and its backward.
+type BatchStats = Arc<[(f64, f64)]>;
+
+/// Train-mode normalization `(x, weight, bias) -> y` with the batch's statistics.
 struct BatchNormTrain {
     eps: f64,
+    stats: BatchStats,
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -90,8 +97,14 @@ impl CustomOp3 for BatchNormTrain {
         let x = slice_f32(s1, l1, "batch norm x")?;
         let w = slice_f32(s2, l2, "batch norm weight")?;
         let bias = slice_f32(s3, l3, "batch norm bias")?;
-        let (b, c, p) = bchw(l1, "batch norm")?;
-        let stats = channel_stats(x, b, c, p);
+        let (_, c, p) = bchw(l1, "batch norm")?;
+        if self.stats.len() != c {
+            candle_core::bail!(
+                "batch norm: {} channel statistics for {c} channels",
+                self.stats.len()
+            );
+        }
+        let stats = &self.stats;
         // Per channel: y = x * scale + shift.
         let affine: Vec<(f32, f32)> = stats
             .iter()
@@ -126,7 +139,11 @@ impl CustomOp3 for BatchNormTrain {
         let n = x.elem_count();
         let g = grad.contiguous()?;
         // One flat result: dx (n values), then dw (c), then db (c).
-        let all = x.apply_op3_no_bwd(&g, &w.contiguous()?, &BatchNormBwd { eps: self.eps })?;
+        let bwd = BatchNormBwd {
+            eps: self.eps,
+            stats: self.stats.clone(),
+        };
+        let all = x.apply_op3_no_bwd(&g, &w.contiguous()?, &bwd)?;
         let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = all.narrow(0, n, c)?;
         let db = all.narrow(0, n + c, c)?;
@@ -134,9 +151,10 @@ impl CustomOp3 for BatchNormTrain {
     }
 }
 
-/// `(x, dy, weight) -> [dx (flattened), dw, db]`.
+/// `(x, dy, weight) -> [dx (flattened), dw, db]`, with the forward pass's statistics.
 struct BatchNormBwd {
     eps: f64,
+    stats: BatchStats,
 }
 
 impl CustomOp3 for BatchNormBwd {
@@ -158,7 +176,7 @@ impl CustomOp3 for BatchNormBwd {
         let w = slice_f32(s3, l3, "batch norm bwd weight")?;
         let (b, c, p) = bchw(l1, "batch norm bwd")?;
         let n = (b * p) as f64;
-        let stats = channel_stats(x, b, c, p);
+        let stats = &self.stats;
         // Per channel: (inv, sum dy, sum dy * x^).
         let sums: Vec<(f64, f64, f64)> = (0..c)
             .into_par_iter()
@@ -210,12 +228,12 @@ pub fn batch_norm_train(
 ) -> Result<(Tensor, Tensor)> {
     let x = x.contiguous()?;
     let stats = x.apply_op1_no_bwd(&ChannelStats)?;
-    let y = x.apply_op3(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
-        BatchNormTrain { eps },
-    )?;
-    Ok((y, stats))
+    let c = stats.dim(1)?;
+    let v = stats.flatten_all()?.to_vec1::<f64>()?;
+    let shared: BatchStats = (0..c).map(|ch| (v[ch], v[c + ch])).collect();
+    let op = BatchNormTrain { eps, stats: shared };
+    let y = x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
+    Ok((y, stats.to_dtype(DType::F32)?))
 }
 
 #[cfg(test)]
