@@ -6,16 +6,15 @@
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+
+mod common;
+use common::{fixtures, small_resnet};
+
 use trainer::models::{
     self, layers::fused, Arch, DeitConfig, ForwardCtx, ModelSpec, RegNetConfig, ResNetBlock,
     ResNetConfig,
 };
 use trainer::weights::{self, LoadOptions};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
-}
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
@@ -114,18 +113,7 @@ fn deit_gradients_match_pytorch() {
 /// im2col/fused-BatchNorm path and on candle's own ops.
 fn check_resnet_gradients(fused_on: bool) {
     fused::set_enabled(fused_on);
-    let spec = ModelSpec {
-        name: "resnet_test".into(),
-        arch: Arch::ResNet(ResNetConfig {
-            block: ResNetBlock::Basic,
-            layers: [1, 1, 1, 1],
-            channels: [16, 32, 64, 128],
-            stem_width: 64,
-            small_stem: true,
-        }),
-        num_classes: 10,
-        drop_path: 0.0,
-    };
+    let spec = small_resnet(ResNetBlock::Basic, [1, 1, 1, 1], [16, 32, 64, 128], true);
     let (vm, model, _) = weights::build_model(
         &spec,
         Some(&fixtures().join("resnet_cifar_small.safetensors")),

@@ -3,16 +3,14 @@
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+
+mod common;
+use common::{fixtures, small_resnet};
+use std::path::PathBuf;
 use trainer::models::{
     self, Arch, Classifier, DeitConfig, ForwardCtx, ModelSpec, RegNetConfig, ResNetBlock,
-    ResNetConfig,
 };
 use trainer::weights::{self, LoadOptions};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
-}
 
 fn io(name: &str) -> BTreeMap<String, Tensor> {
     candle_core::safetensors::load(
@@ -58,26 +56,6 @@ fn small_deit(distilled: bool) -> ModelSpec {
         10,
         0.0,
     )
-}
-
-fn small_resnet(
-    block: ResNetBlock,
-    layers: [usize; 4],
-    channels: [usize; 4],
-    small: bool,
-) -> ModelSpec {
-    ModelSpec {
-        name: "resnet_test".into(),
-        arch: Arch::ResNet(ResNetConfig {
-            block,
-            layers,
-            channels,
-            stem_width: 64,
-            small_stem: small,
-        }),
-        num_classes: 10,
-        drop_path: 0.0,
-    }
 }
 
 fn tiny_regnet() -> ModelSpec {
