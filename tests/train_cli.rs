@@ -167,3 +167,55 @@ fn cuda_without_the_feature_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--features cuda"), "{err}");
 }
+
+#[test]
+fn precision_flag_is_recorded_and_refused_for_convnets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shards(tmp.path());
+    // bf16 mixed precision for the DeiT student (on the CPU here), recorded in config.toml.
+    let run = tmp.path().join("bf16");
+    run_ok(
+        train_cmd(&data, &run)
+            .args(["--precision", "bf16"])
+            .args(["--set", "schedule.epochs=1"]),
+    );
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(cfg.contains("precision = \"bf16\""), "{cfg}");
+    let ev = run_ok(
+        bin()
+            .arg("eval")
+            .arg("--weights")
+            .arg(&run)
+            .arg("--data")
+            .arg(&data)
+            .args(["--precision", "f32", "--json"]),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert_eq!(v["images"], 16);
+    assert!(v["loss"].as_f64().unwrap().is_finite());
+
+    // ConvNets compute in f32 only: bf16 is refused before anything is written.
+    let rn = tmp.path().join("resnet");
+    let out = bin()
+        .args([
+            "--quiet",
+            "train",
+            "--model",
+            "resnet_tiny",
+            "--precision",
+            "bf16",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&rn)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("f32 only") && err.contains("resnet_tiny"),
+        "{err}"
+    );
+    assert!(!rn.join("config.toml").exists());
+}

@@ -8,6 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 use trainer::models::{self, layers::fused, Arch, DeitConfig, ForwardCtx, ModelSpec};
+use trainer::train::config::PrecisionMode;
 use trainer::weights::{self, LoadOptions};
 
 /// Arguments of `deit-pipe bench model`.
@@ -53,6 +54,10 @@ pub struct Args {
     /// Skip the train-step measurement.
     #[arg(long)]
     pub forward_only: bool,
+    /// Compute precision (f32, or bf16 mixed precision for a DeiT; auto = f32 on the
+    /// CPU). bf16 on the CPU is slower than f32 (candle widens bf16 products to f32).
+    #[arg(long, default_value = "f32", value_parser = super::train::parse_precision)]
+    pub precision: PrecisionMode,
 }
 
 fn spec_of(args: &Args) -> anyhow::Result<ModelSpec> {
@@ -102,6 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (varmap, model, _) = weights::build_model(&spec, None, &LoadOptions::default(), &device, 0)
         .context("building the model")?;
     let params = models::param_count(&varmap);
+    let precision = args.precision.resolve(&spec, &device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let n = args.batch * 3 * args.img * args.img;
     let data: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
@@ -112,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let y = Tensor::from_vec(y, args.batch, &device)?;
 
     // forward (eval)
-    let eval = ForwardCtx::eval();
+    let eval = ForwardCtx::eval().with_precision(precision);
     for _ in 0..2 {
         model.forward(&x, &eval)?.cls.to_dtype(DType::F32)?;
     }
@@ -130,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut opt =
             trainer::optim::AdamW::new(params.clone(), trainer::optim::AdamWConfig::default())?;
         let mut step = |seed: u64| -> anyhow::Result<()> {
-            let out = model.forward(&x, &ForwardCtx::train(seed))?;
+            let out = model.forward(&x, &ForwardCtx::train(seed).with_precision(precision))?;
             let mut loss = candle_nn::loss::cross_entropy(&out.cls, &y)?;
             if let Some(d) = &out.dist {
                 loss = ((loss + candle_nn::loss::cross_entropy(d, &y)?)? * 0.5)?;
@@ -156,7 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         _ => format!("img {}", args.img),
     };
     println!(
-        "model {} ({shape}), {params} params, batch {}, threads {}, fused {}",
+        "model {} ({shape}), {params} params, batch {}, threads {}, fused {}, {precision}",
         spec.name, args.batch, args.threads, !args.no_fused
     );
     println!("forward (eval):            {fwd:8.1} img/s");

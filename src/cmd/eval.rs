@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
-use trainer::train::config::TrainConfig;
+use trainer::train::config::{PrecisionMode, TrainConfig};
 use trainer::train::eval_job::{evaluate_weights, EvalJob};
 
 /// Arguments of `deit-pipe eval`.
@@ -41,6 +41,11 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Compute precision of the DeiT's forward passes: auto (bf16 on CUDA, f32 on CPU),
+    /// f32 or bf16 (default: the run's [run] precision, else auto). ConvNets compute in
+    /// f32 only (bf16 with them is an error).
+    #[arg(long, value_parser = super::train::parse_precision)]
+    pub precision: Option<PrecisionMode>,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
@@ -64,6 +69,7 @@ pub fn run(args: Args) -> Result<()> {
         batch_size: args.batch_size,
         ema: args.ema,
         device: args.device.clone(),
+        precision: args.precision,
     };
     // The split's size for the bar (errors surface in evaluate_weights with context).
     let total = formats::shard::ShardSet::open(&args.data.join(&args.split))
@@ -78,9 +84,10 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} ({}) on {} images",
+        "{} ({}, {}) on {} images",
         report.weights.display(),
         report.model,
+        report.precision,
         s.images
     );
     println!("  loss {:.4}", s.loss);

@@ -6,7 +6,7 @@ use super::view_args::ViewArgs;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
-use trainer::train::config::{DistillationType, Overrides, TrainConfig};
+use trainer::train::config::{DistillationType, Overrides, PrecisionMode, TrainConfig};
 
 /// Arguments of `deit-pipe train`.
 #[derive(ClapArgs, Debug)]
@@ -44,6 +44,12 @@ pub struct Args {
     /// cpu, cuda or cuda:N (cuda needs a build with --features cuda).
     #[arg(long)]
     pub device: Option<String>,
+    /// Compute precision of the DeiT student's forward passes ([run] precision): auto
+    /// (bf16 on CUDA, f32 on CPU), f32, or bf16 (mixed precision: bf16 matrix products,
+    /// f32 weights, optimizer, LayerNorm, softmax and logits). ConvNets (resnet*, regnety*)
+    /// compute in f32 only: bf16 with them is an error, auto gives f32.
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<PrecisionMode>,
     /// The flags that decide the views (shared with `teacher-cache`).
     #[command(flatten)]
     pub view: ViewArgs,
@@ -110,6 +116,11 @@ fn parse_distill(s: &str) -> Result<DistillationType, String> {
     s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
+/// Parses `--precision` (auto, f32, bf16); shared with `deit-pipe eval`.
+pub(crate) fn parse_precision(s: &str) -> Result<PrecisionMode, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
 impl Args {
     /// The overrides these flags carry.
     pub fn overrides(&self) -> Overrides {
@@ -142,6 +153,7 @@ impl Args {
             },
             model_ema_decay: self.model_ema_decay,
             device: self.device.clone(),
+            precision: self.precision,
             ..Overrides::default()
         };
         self.view.add_to(o)

@@ -272,6 +272,7 @@ fn drop_path_masks_follow_the_seed() {
             &ForwardCtx {
                 train: false,
                 seed: 1,
+                ..ForwardCtx::eval()
             },
         )
         .unwrap()
@@ -282,6 +283,7 @@ fn drop_path_masks_follow_the_seed() {
             &ForwardCtx {
                 train: false,
                 seed: 2,
+                ..ForwardCtx::eval()
             },
         )
         .unwrap()

@@ -1,10 +1,20 @@
 //! DeiT / ViT (timm `VisionTransformer`, `VisionTransformerDistilled`): pre-norm
 //! blocks, qkv bias, LayerNorm eps 1e-6, exact GELU, tokens cat(cls, dist, patches)
 //! + pos_embed; train mode returns both heads, eval the mean of their logits.
+//!
+//! Mixed precision ([`ForwardCtx::precision`] = [`super::Precision::Bf16`], torch-autocast
+//! style): the image is cast to bf16 at the entry, and every matrix product (patch
+//! embedding, qkv, proj, fc1, fc2, heads, `q k^T`, `attn v`) takes bf16 operands, the
+//! f32 weights cast on the fly. Everything else computes in f32: the residual stream
+//! (tokens, position embedding, residual adds), LayerNorm, the softmax of the attention
+//! logits, GELU, the biases and the logits: every product's output is cast back to f32
+//! (but `attn v`, which goes straight on as proj's bf16 operand), so bf16 tensors live only
+//! as operands of products. With f32 every cast is a no-op and the graph is the plain f32
+//! model, op for op.
 
-use super::layers::{add_bias, drop_path, gelu, softmax_last_dim, LayerNorm, Linear};
+use super::layers::{drop_path, gelu, matmul_bias_in, softmax_last_dim, LayerNorm, Linear};
 use super::{DeitConfig, ForwardCtx, ModelOutput, ModelSpec};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -32,8 +42,10 @@ impl PatchEmbed {
         })
     }
 
-    /// `(B, 3, H, W)` -> `(B, N, D)`, patches in row-major order.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `(B, 3, H, W)` -> `(B, N, D)` f32, patches in row-major order; the product in
+    /// `compute` (the image is cast before the patches are gathered).
+    fn forward(&self, x: &Tensor, compute: DType) -> Result<Tensor> {
+        let x = x.to_dtype(compute)?;
         let (b, c, h, w) = x.dims4()?;
         let p = self.patch;
         let (gh, gw) = (h / p, w / p);
@@ -45,7 +57,7 @@ impl PatchEmbed {
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((b * gh * gw, c * p * p))?;
         let wmat = self.weight.reshape((self.dim, c * p * p))?;
-        add_bias(&patches.matmul(&wmat.t()?)?, &self.bias)?.reshape((b, gh * gw, self.dim))
+        matmul_bias_in(&patches, &wmat, Some(&self.bias), compute)?.reshape((b, gh * gw, self.dim))
     }
 }
 
@@ -66,23 +78,25 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x` f32 `(B, N, D)` -> f32; products in `compute`, softmax in f32.
+    fn forward(&self, x: &Tensor, compute: DType) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let hd = c / self.heads;
         // rows of qkv.weight: [0, D) = q, [D, 2D) = k, [2D, 3D) = v; heads contiguous in each.
         let qkv = self
             .qkv
-            .forward(x)?
+            .forward_in(x, compute)?
             .reshape((b, n, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?; // (3, B, H, N, hd)
-        let q = (qkv.get(0)?.contiguous()? * self.scale)?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let attn = q.matmul(&k.t()?)?; // (B, H, N, N)
-        let attn = softmax_last_dim(&attn)?;
+                                        // The scale is applied in f32 (1/sqrt(hd) is not a power of two for every hd).
+        let q = (qkv.get(0)?.contiguous()? * self.scale)?.to_dtype(compute)?;
+        let k = qkv.get(1)?.contiguous()?.to_dtype(compute)?;
+        let v = qkv.get(2)?.contiguous()?.to_dtype(compute)?;
+        let attn = q.matmul(&k.t()?)?.to_dtype(DType::F32)?; // (B, H, N, N)
+        let attn = softmax_last_dim(&attn)?.to_dtype(compute)?;
         let o = attn.matmul(&v)?; // (B, H, N, hd)
         let o = o.transpose(1, 2)?.reshape((b, n, c))?;
-        self.proj.forward(&o)
+        self.proj.forward_in(&o, compute)
     }
 }
 
@@ -99,8 +113,10 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&gelu(&self.fc1.forward(x)?)?)
+    /// f32 -> f32; products in `compute`, GELU in f32.
+    fn forward(&self, x: &Tensor, compute: DType) -> Result<Tensor> {
+        let h = gelu(&self.fc1.forward_in(x, compute)?)?;
+        self.fc2.forward_in(&h, compute)
     }
 }
 
@@ -113,11 +129,17 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor, train: bool, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        train: bool,
+        compute: DType,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Tensor> {
         let dp = if train { self.drop_path } else { 0.0 };
-        let a = self.attn.forward(&self.norm1.forward(x)?)?;
+        let a = self.attn.forward(&self.norm1.forward(x)?, compute)?;
         let x = (x + drop_path(&a, dp, rng)?)?;
-        let m = self.mlp.forward(&self.norm2.forward(&x)?)?;
+        let m = self.mlp.forward(&self.norm2.forward(&x)?, compute)?;
         x + drop_path(&m, dp, rng)?
     }
 }
@@ -202,8 +224,9 @@ impl Deit {
         &self.cfg
     }
 
-    /// Normalized prefix tokens `(B, P, D)` (cls, then dist) after all blocks.
+    /// Normalized prefix tokens `(B, P, D)` f32 (cls, then dist) after all blocks.
     fn features(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let compute = ctx.precision.dtype();
         let (b, _, h, w) = x.dims4()?;
         if h != self.cfg.img_size || w != self.cfg.img_size {
             candle_core::bail!(
@@ -212,7 +235,7 @@ impl Deit {
             );
         }
         let d = self.cfg.embed_dim;
-        let patches = self.patch_embed.forward(x)?;
+        let patches = self.patch_embed.forward(x, compute)?;
         let mut tokens = vec![self.cls_token.broadcast_as((b, 1, d))?];
         if let Some(t) = &self.dist_token {
             tokens.push(t.broadcast_as((b, 1, d))?);
@@ -221,7 +244,7 @@ impl Deit {
         let mut x = Tensor::cat(&tokens, 1)?.broadcast_add(&self.pos_embed)?;
         let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
         for block in &self.blocks {
-            x = block.forward(&x, ctx.train, &mut rng)?;
+            x = block.forward(&x, ctx.train, compute, &mut rng)?;
         }
         // Only the prefix tokens feed the heads; LayerNorm is per token.
         let prefix = x.narrow(1, 0, self.cfg.num_prefix_tokens())?;
@@ -230,13 +253,15 @@ impl Deit {
 }
 
 impl super::Classifier for Deit {
+    /// Logits in f32 whatever [`ForwardCtx::precision`] is.
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<ModelOutput> {
+        let compute = ctx.precision.dtype();
         let feats = self.features(x, ctx)?;
-        let cls = self.head.forward(&feats.get_on_dim(1, 0)?)?;
+        let cls = self.head.forward_in(&feats.get_on_dim(1, 0)?, compute)?;
         match &self.head_dist {
             None => Ok(ModelOutput { cls, dist: None }),
             Some(hd) => {
-                let dist = hd.forward(&feats.get_on_dim(1, 1)?)?;
+                let dist = hd.forward_in(&feats.get_on_dim(1, 1)?, compute)?;
                 if ctx.train {
                     Ok(ModelOutput {
                         cls,

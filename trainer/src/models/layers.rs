@@ -33,22 +33,57 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// `x W^T + b` with the product computed in `compute` (F32 or BF16) and the result
+    /// in the parameters' dtype (f32). With `compute` = F32 and an f32 `x` this is exactly
+    /// the f32 layer. With BF16, `x` and the weight are cast to bf16 (the cast is
+    /// differentiable, so the weight's gradient reaches the f32 variable in f32), the
+    /// product accumulates in f32 (cuBLAS `COMPUTE_32F`; candle's CPU backend widens bf16
+    /// products to f32) and is rounded to bf16, then cast up and the f32 bias added: the
+    /// bias gradient is summed over all rows in f32 (candle's CPU sum over rows would
+    /// accumulate in bf16).
+    pub fn forward_in(&self, x: &Tensor, compute: DType) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
-        let y = x2.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => add_bias(&y, b)?,
-            None => y,
-        };
+        let y = matmul_bias_in(&x2, &self.weight, self.bias.as_ref(), compute)?;
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.weight.dim(0)?;
         y.reshape(out_dims)
     }
+}
+
+impl Module for Linear {
+    /// The product in `x`'s dtype (f32 for f32 inputs); the output has `x`'s dtype.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_in(x, x.dtype())?.to_dtype(x.dtype())
+    }
+}
+
+/// `x W^T + b` for a 2-D `x` `(rows, in)` and `w` `[out, in]`, with the product in
+/// `compute` and the result in `w`'s dtype (see [`Linear::forward_in`]).
+pub fn matmul_bias_in(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    compute: DType,
+) -> Result<Tensor> {
+    let y = x
+        .to_dtype(compute)?
+        .matmul(&w.to_dtype(compute)?.t()?)?
+        .to_dtype(w.dtype())?;
+    match b {
+        Some(b) => add_bias(&y, b),
+        None => Ok(y),
+    }
+}
+
+/// Whether `dtype` is a half-precision float (bf16 or f16) that normalizations and
+/// softmax widen to f32.
+fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
 }
 
 /// `y + b` for a 2-D `y` (rows, D) and `b` (D), differentiable (fused on CPU).
@@ -81,7 +116,12 @@ impl LayerNorm {
 }
 
 impl Module for LayerNorm {
+    /// Normalizes in f32: a bf16/f16 `x` is widened, normalized and narrowed back
+    /// (as torch autocast does), so the statistics never round to 8 mantissa bits.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if is_half(x.dtype()) {
+            return self.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype());
+        }
         if fused::enabled(x) {
             fused::layer_norm(x, &self.weight, &self.bias, self.eps)
         } else {
@@ -99,8 +139,12 @@ pub fn layer_norm_composite(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Res
     xn.broadcast_mul(w)?.broadcast_add(b)
 }
 
-/// Softmax over the last dimension, differentiable.
+/// Softmax over the last dimension, differentiable. A bf16/f16 `x` is computed in f32
+/// and the result narrowed back to its dtype.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if is_half(x.dtype()) {
+        return softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype());
+    }
     if fused::enabled(x) {
         fused::softmax_last_dim(x)
     } else {

@@ -8,6 +8,10 @@
 //!
 //! Randomness (stochastic depth) comes only from [`ForwardCtx::seed`], never from
 //! candle's RNG.
+//!
+//! Mixed precision: [`ForwardCtx::precision`] selects the compute precision of the DeiT
+//! forward pass ([`Precision::Bf16`]: matrix products in bf16, everything else in f32,
+//! f32 logits; see [`deit`]). Parameters always stay f32. ConvNets compute in f32 only.
 
 pub mod deit;
 pub mod init;
@@ -19,8 +23,46 @@ mod spec;
 pub use init::init_weights;
 pub use spec::{Arch, DeitConfig, ModelSpec, RegNetConfig, RegStage, ResNetBlock, ResNetConfig};
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
+
+/// Compute precision of a forward pass (the parameters stay f32 either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bf16 mixed precision ("AMP"), DeiT only: the matrix products (patch embedding,
+    /// every linear layer, the two attention products) take bf16 operands (weights cast
+    /// from their f32 values on the fly) with f32 accumulation; LayerNorm, softmax, GELU,
+    /// biases, the residual stream and the logits stay f32. Gradients reach the f32
+    /// parameters in f32 through the casts.
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype the matrix products take: `F32` or `BF16`.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The name used in configs and on the command line (`f32`, `bf16`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Per-call forward settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,21 +73,47 @@ pub struct ForwardCtx {
     /// Seed of the ChaCha8 stream that draws this call's drop-path masks (use a
     /// different seed per step, e.g. derived from run seed, epoch and step).
     pub seed: u64,
+    /// Compute precision ([`Precision::F32`] by default). Only the DeiT honours
+    /// [`Precision::Bf16`]; the ConvNets refuse it with an error.
+    pub precision: Precision,
 }
 
 impl ForwardCtx {
-    /// Evaluation context (no randomness used).
+    /// Evaluation context (no randomness used), f32.
     pub fn eval() -> Self {
         Self {
             train: false,
             seed: 0,
+            precision: Precision::F32,
         }
     }
 
-    /// Training context with the seed of this step's drop-path masks.
+    /// Training context with the seed of this step's drop-path masks, f32.
     pub fn train(seed: u64) -> Self {
-        Self { train: true, seed }
+        Self {
+            train: true,
+            seed,
+            precision: Precision::F32,
+        }
     }
+
+    /// This context computing in `precision`.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
+}
+
+/// Error for a ConvNet asked to compute in anything but f32 (mixed precision is
+/// implemented for the DeiT student only).
+pub(crate) fn require_f32(ctx: &ForwardCtx, arch: &str) -> Result<()> {
+    if ctx.precision != Precision::F32 {
+        candle_core::bail!(
+            "{arch} computes in f32 only: {} mixed precision is implemented for the DeiT \
+             student, not for the ConvNets (use precision f32 or auto)",
+            ctx.precision
+        );
+    }
+    Ok(())
 }
 
 /// Logits of a forward pass.

@@ -174,6 +174,7 @@ impl RegNet {
 
 impl super::Classifier for RegNet {
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<ModelOutput> {
+        super::require_f32(ctx, &self.name)?;
         let mut y = self.stem.forward(x, ctx.train)?.relu()?;
         let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
         for b in &self.blocks {

@@ -151,6 +151,7 @@ impl ResNet {
 
 impl super::Classifier for ResNet {
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<ModelOutput> {
+        super::require_f32(ctx, &self.name)?;
         let mut y = self
             .bn1
             .forward_t(&self.conv1.forward(x)?, ctx.train)?

@@ -6,7 +6,7 @@
 //! [`AugmentConfig`]: crop, RandAugment, erasing, Mixup/CutMix, label smoothing),
 //! `[plan]` (repeated augmentation), `[distillation]`, `[ema]`, `[run]`.
 
-use crate::models::{Arch, DeitConfig, ModelSpec};
+use crate::models::{Arch, DeitConfig, ModelSpec, Precision};
 use anyhow::{bail, Context, Result};
 use pipeline::config::{AugmentConfig, PlanConfig};
 use serde::{Deserialize, Serialize};
@@ -282,6 +282,76 @@ impl Default for EmaConfig {
     }
 }
 
+/// Compute precision of the student's forward pass (`[run] precision`, `--precision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionMode {
+    /// bf16 mixed precision for a DeiT on CUDA, f32 otherwise (CPU, ConvNets).
+    #[default]
+    Auto,
+    /// Everything in f32.
+    F32,
+    /// bf16 mixed precision ([`Precision::Bf16`]); DeiT only (a ConvNet is an error).
+    /// On CPU it runs, but slower than f32 (candle widens bf16 products to f32 there).
+    Bf16,
+}
+
+impl PrecisionMode {
+    /// The name written in configs (`auto`, `f32`, `bf16`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrecisionMode::Auto => "auto",
+            PrecisionMode::F32 => "f32",
+            PrecisionMode::Bf16 => "bf16",
+        }
+    }
+
+    /// The precision a model of `spec` computes in on `device`: `auto` is bf16 for a DeiT
+    /// on CUDA and f32 otherwise; `bf16` for a ConvNet is an error (they compute in f32).
+    pub fn resolve(self, spec: &ModelSpec, device: &candle_core::Device) -> Result<Precision> {
+        let deit = matches!(spec.arch, Arch::Deit(_));
+        match self {
+            PrecisionMode::F32 => Ok(Precision::F32),
+            PrecisionMode::Auto if deit && device.is_cuda() => Ok(Precision::Bf16),
+            PrecisionMode::Auto => Ok(Precision::F32),
+            PrecisionMode::Bf16 if !deit => bail!(
+                "precision bf16: {} is a ConvNet, and ConvNets compute in f32 only (bf16 \
+                 mixed precision is implemented for the DeiT student); use --precision f32 \
+                 or auto",
+                spec.name
+            ),
+            PrecisionMode::Bf16 => {
+                if device.is_cpu() {
+                    tracing::warn!(
+                        "precision bf16 on the CPU: candle has no bf16 matrix product there \
+                         (it widens to f32), so this is slower than f32; it is meant for \
+                         checking the mixed-precision path"
+                    );
+                }
+                Ok(Precision::Bf16)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PrecisionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PrecisionMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(PrecisionMode::Auto),
+            "f32" => Ok(PrecisionMode::F32),
+            "bf16" => Ok(PrecisionMode::Bf16),
+            other => bail!("--precision: '{other}' is not one of auto, f32, bf16"),
+        }
+    }
+}
+
 /// Run control.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -290,6 +360,11 @@ pub struct RunConfig {
     pub seed: u64,
     /// `cpu` or `cuda` (`--device`).
     pub device: String,
+    /// Compute precision of the DeiT student's forward passes (training and eval):
+    /// `auto` (bf16 mixed precision on CUDA, f32 on CPU), `f32` or `bf16`
+    /// (`--precision`). Weights, gradients, AdamW, EMA and checkpoints stay f32.
+    /// ConvNets always compute in f32.
+    pub precision: PrecisionMode,
     /// Optimizer steps between metrics records (and progress updates).
     pub log_every: usize,
     /// Evaluate on val every this many epochs (and after the last); 0 = never.
@@ -305,6 +380,7 @@ impl Default for RunConfig {
         RunConfig {
             seed: 0,
             device: "cpu".into(),
+            precision: PrecisionMode::Auto,
             log_every: 10,
             eval_every: 1,
             ckpt_every_steps: 0,
@@ -409,6 +485,8 @@ pub struct Overrides {
     pub seed: Option<u64>,
     /// `--device`
     pub device: Option<String>,
+    /// `--precision`
+    pub precision: Option<PrecisionMode>,
     /// `--set section.key=value` (TOML value), applied last.
     pub set: Vec<String>,
 }
@@ -501,6 +579,7 @@ impl TrainConfig {
         set(&mut self.ema.decay, &o.model_ema_decay);
         set(&mut self.run.seed, &o.seed);
         set(&mut self.run.device, &o.device);
+        set(&mut self.run.precision, &o.precision);
         for kv in &o.set {
             self.set_path(kv)?;
         }
@@ -647,11 +726,14 @@ impl TrainConfig {
         }
     }
 
-    /// The config with fields that do not change the training result (device, logging)
-    /// set to fixed values; what `--resume` compares.
+    /// The config with fields that do not change the training recipe (device, compute
+    /// precision, logging) set to fixed values; what `--resume` compares. Like the
+    /// device, the precision changes rounding, not the recipe (`auto` already differs
+    /// between a CPU and a CUDA resume), so a run may continue in another precision.
     pub fn semantic(&self) -> TrainConfig {
         let mut c = self.clone();
         c.run.device = "cpu".into();
+        c.run.precision = PrecisionMode::Auto;
         c.run.log_every = 1;
         c.run.ckpt_every_steps = 0;
         c.run.eval_every = 1;
@@ -812,6 +894,56 @@ mod tests {
         c.validate().unwrap();
         c.distillation.teacher_targets = Some("cache".into());
         assert!(c.validate().unwrap_err().to_string().contains("not both"));
+    }
+
+    #[test]
+    fn precision_is_a_run_field_with_a_flag() {
+        let c = TrainConfig::default();
+        assert_eq!(c.run.precision, PrecisionMode::Auto);
+        let c = TrainConfig::from_toml("[run]\nprecision = \"bf16\"\n").unwrap();
+        assert_eq!(c.run.precision, PrecisionMode::Bf16);
+        assert!(c.to_toml().unwrap().contains("precision = \"bf16\""));
+        let e = format!(
+            "{:#}",
+            TrainConfig::from_toml("[run]\nprecision = \"fp16\"\n").unwrap_err()
+        );
+        assert!(e.contains("fp16"), "{e}");
+        let mut d = TrainConfig::default();
+        d.apply(&Overrides {
+            precision: Some("f32".parse().unwrap()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(d.run.precision, PrecisionMode::F32);
+        d.set_path("run.precision=bf16").unwrap();
+        assert_eq!(d.run.precision, PrecisionMode::Bf16);
+        assert!("half".parse::<PrecisionMode>().is_err());
+        // Like the device, the precision may change on --resume.
+        assert_eq!(d.hash_hex(), TrainConfig::default().hash_hex());
+    }
+
+    #[test]
+    fn precision_resolves_per_model_and_device() {
+        let cpu = candle_core::Device::Cpu;
+        let deit = ModelSpec::parse("deit_tiny_distilled_patch16_224").unwrap();
+        let resnet = ModelSpec::parse("resnet18").unwrap();
+        assert_eq!(
+            PrecisionMode::Auto.resolve(&deit, &cpu).unwrap(),
+            Precision::F32
+        );
+        assert_eq!(
+            PrecisionMode::Bf16.resolve(&deit, &cpu).unwrap(),
+            Precision::Bf16
+        );
+        assert_eq!(
+            PrecisionMode::Auto.resolve(&resnet, &cpu).unwrap(),
+            Precision::F32
+        );
+        let e = PrecisionMode::Bf16
+            .resolve(&resnet, &cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resnet18") && e.contains("f32 only"), "{e}");
     }
 
     #[test]

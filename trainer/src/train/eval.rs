@@ -10,7 +10,7 @@ use pipeline::view::ViewBuilder;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-use crate::models::{Classifier, ForwardCtx};
+use crate::models::{Classifier, ForwardCtx, Precision};
 
 /// Evaluation figures over a split. Accuracies are percentages (0-100), as DeiT logs them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,6 +143,8 @@ pub struct EvalModel<'a> {
     /// BatchNorm) computes exactly the eval forward pass. Otherwise the eval forward pass
     /// is used and there is one head.
     pub both_heads: bool,
+    /// Compute precision of the forward passes (the run's resolved `[run] precision`).
+    pub precision: Precision,
 }
 
 /// Evaluate `model` on every record of `source` with the eval transform (resize, centre
@@ -169,7 +171,8 @@ pub fn evaluate(
         ForwardCtx::train(0)
     } else {
         ForwardCtx::eval()
-    };
+    }
+    .with_precision(model.precision);
     let mut acc = EvalAccumulator::new();
     for batch in loader {
         let mut batch = batch.context("eval data")?;

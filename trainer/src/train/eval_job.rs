@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::checkpoint::resolve_weights;
-use super::config::TrainConfig;
+use super::config::{PrecisionMode, TrainConfig};
 use super::eval::{evaluate, EvalModel, EvalSummary};
 use super::run::{eval_twin, select_device};
 use super::CONFIG_FILE;
@@ -43,6 +43,10 @@ pub struct EvalJob {
     pub ema: bool,
     /// Device name.
     pub device: String,
+    /// Compute precision of the forward passes; default: the run config's
+    /// `[run] precision`, else `auto` (bf16 mixed precision for a DeiT on CUDA, f32
+    /// otherwise). ConvNets compute in f32 only.
+    pub precision: Option<PrecisionMode>,
 }
 
 /// The result with what was evaluated.
@@ -52,6 +56,8 @@ pub struct EvalReport {
     pub weights: PathBuf,
     /// The model name.
     pub model: String,
+    /// The precision the forward passes computed in.
+    pub precision: crate::models::Precision,
     /// The figures.
     pub summary: EvalSummary,
 }
@@ -180,6 +186,11 @@ pub fn evaluate_weights(job: &EvalJob, on_batch: &mut dyn FnMut(usize)) -> Resul
         );
     }
     let spec = spec.with_drop_path(0.0);
+    let precision = job
+        .precision
+        .unwrap_or(cfg.run.precision)
+        .resolve(&spec, &device)
+        .context("precision")?;
     let varmap = VarMap::new();
     let model = crate::models::build(&spec, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     load_state_dict_into(
@@ -193,6 +204,7 @@ pub fn evaluate_weights(job: &EvalJob, on_batch: &mut dyn FnMut(usize)) -> Resul
     let m = EvalModel {
         model: twin.as_deref().unwrap_or(model.as_ref()),
         both_heads: twin.is_some(),
+        precision,
     };
     let builder = Arc::new(ViewBuilder::new(&cfg.augment)?);
     let opts = LoaderOptions {
@@ -205,6 +217,7 @@ pub fn evaluate_weights(job: &EvalJob, on_batch: &mut dyn FnMut(usize)) -> Resul
     Ok(EvalReport {
         weights,
         model: spec.name.clone(),
+        precision,
         summary,
     })
 }

@@ -31,7 +31,7 @@ use crate::clip::clip_grad_norm;
 use crate::ema::ModelEma;
 use crate::grads::{GradAccumulator, NamedGrads};
 use crate::loss::{BaseCriterion, DistillationKind, DistillationLoss, Targets};
-use crate::models::{self, Arch, Classifier, ForwardCtx, ModelSpec};
+use crate::models::{self, Arch, Classifier, ForwardCtx, ModelSpec, Precision};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::weights::{load_into, save_safetensors, LoadOptions};
 
@@ -238,6 +238,17 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
             spec.name
         );
     }
+    let precision = cfg
+        .run
+        .precision
+        .resolve(&spec, &device)
+        .context("[run] precision")?;
+    tracing::info!(
+        "{} on {}: computing in {precision} (run.precision = {})",
+        spec.name,
+        cfg.run.device,
+        cfg.run.precision
+    );
 
     // Run directory, config, checkpoints.
     std::fs::create_dir_all(&job.run_dir)
@@ -446,8 +457,9 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 BaseCriterion::SoftTarget => Targets::Dense(&targets_t),
                 _ => Targets::Labels(&targets_t),
             };
+            let ctx = ForwardCtx::train(step_seed(seed, epoch, b)).with_precision(precision);
             let out = model
-                .forward(&images, &ForwardCtx::train(step_seed(seed, epoch, b)))
+                .forward(&images, &ctx)
                 .with_context(|| format!("forward pass, epoch {epoch} batch {b}"))?;
             let loss_teacher = teacher_targets.as_ref().map(|t| t.as_loss_teacher());
             let parts =
@@ -561,6 +573,7 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
             let eval_model = EvalModel {
                 model: twin.as_deref().unwrap_or(model.as_ref()),
                 both_heads: twin.is_some(),
+                precision,
             };
             progress.eval_start(v.len());
             let s = evaluate(
@@ -577,6 +590,7 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 let s = eval_ema(
                     e,
                     &spec,
+                    precision,
                     &device,
                     v.clone(),
                     builder.clone(),
@@ -692,9 +706,11 @@ fn save_checkpoint(
 }
 
 /// Evaluate EMA weights: a model over a fresh VarMap holding them.
+#[allow(clippy::too_many_arguments)]
 fn eval_ema(
     ema: &ModelEma,
     spec: &ModelSpec,
+    precision: Precision,
     device: &Device,
     source: Arc<ShardSource>,
     builder: Arc<ViewBuilder>,
@@ -717,6 +733,7 @@ fn eval_ema(
     let m = EvalModel {
         model: model.as_ref(),
         both_heads: is_distilled(spec),
+        precision,
     };
     evaluate(&m, source, builder, opts, device, on_batch)
 }
