@@ -30,13 +30,13 @@ pub struct Args {
     #[arg(long, default_value_t = 100)]
     pub train_per_class: usize,
     /// Validation images per class.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 50)]
     pub val_per_class: usize,
     /// Epochs of teacher training.
     #[arg(long, default_value_t = 16)]
     pub teacher_epochs: usize,
     /// Epochs of each student run (and epochs in the teacher cache).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 30)]
     pub epochs: usize,
     /// Batch size of every training run.
     #[arg(long, default_value_t = 32)]
