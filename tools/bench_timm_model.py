@@ -2,17 +2,26 @@
 """Times timm on the configurations of `deit-pipe bench model` (same thread count).
 
 Pinned versions: torch 2.15.0, timm 1.0.31 (reference env /work/pyref; torch from
-PyPI pulls about 6 GB of CUDA libraries, only the CPU is used here).
+PyPI pulls about 6 GB of CUDA libraries, only the CPU is used here). On a GPU machine
+(`--device cuda`) another torch/timm version only prints a warning.
 
     python tools/bench_timm_model.py --model deit_tiny --img 224 --batch 8
     python tools/bench_timm_model.py --model deit_custom --img 32 --patch 4 --dim 192 \
         --depth 12 --heads 3 --batch 64
     python tools/bench_timm_model.py --model resnet_tiny --img 32 --batch 32 --num-classes 10
+    python tools/bench_timm_model.py --device cuda --model deit_tiny --img 224 --batch 128 --amp
 
 Forward: eval mode under torch.no_grad (the mean of both heads). Train step: train mode,
 drop path 0.1, both heads (set_distilled_training), loss 0.5 * (CE(cls) + CE(dist)),
 backward, AdamW (lr 5e-4, wd 0.05). Two warm-up iterations, then --iters timed ones.
-Peak memory: the process's peak resident set (ru_maxrss).
+Peak memory: the process's peak resident set (ru_maxrss) on the CPU; on CUDA
+torch.cuda.max_memory_allocated() (tensors only, not the caching allocator's reserve).
+
+CUDA: --device cuda runs on the GPU, with torch.cuda.synchronize() before every timer
+read. --amp wraps the forward passes (and the loss) in torch.autocast: --amp-dtype
+bfloat16 (default; what `deit-pipe --precision bf16` does: bf16 matrix products, f32
+weights and optimizer), or float16 with a GradScaler (as the official DeiT main.py trains).
+TF32 stays off (torch's default for matmul), so fp32 is true fp32 as in candle.
 """
 import argparse
 import resource
@@ -22,8 +31,7 @@ import torch
 import torch.nn.functional as F
 import timm
 
-assert torch.__version__.startswith("2.15"), torch.__version__
-assert timm.__version__ == "1.0.31", timm.__version__
+PINNED = torch.__version__.startswith("2.15") and timm.__version__ == "1.0.31"
 
 
 def build(args):
@@ -71,48 +79,94 @@ def main():
     ap.add_argument("--drop-path", type=float, default=0.1)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--amp", action="store_true",
+                    help="torch.autocast mixed precision (cuda only)")
+    ap.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default="bfloat16",
+                    help="autocast dtype; float16 adds a GradScaler")
     args = ap.parse_args()
+    if args.device == "cpu":
+        assert PINNED, (torch.__version__, timm.__version__)
+    elif not PINNED:
+        print(f"warning: torch {torch.__version__}, timm {timm.__version__} "
+              "(pinned: 2.15.x, 1.0.31)")
+    if args.amp and args.device != "cuda":
+        ap.error("--amp needs --device cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
+    cuda = args.device == "cuda"
+    dev = torch.device(args.device)
+    amp_dtype = getattr(torch, args.amp_dtype)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    m = build(args)
-    x = torch.randn(args.batch, 3, args.img, args.img)
-    y = torch.randint(0, args.num_classes, (args.batch,))
+    m = build(args).to(dev)
+    x = torch.randn(args.batch, 3, args.img, args.img).to(dev)
+    y = torch.randint(0, args.num_classes, (args.batch,)).to(dev)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def autocast():
+        return torch.autocast("cuda", dtype=amp_dtype, enabled=args.amp)
 
     m.eval()
     with torch.no_grad():
         for _ in range(2):
-            m(x)
+            with autocast():
+                m(x)
+        sync()
         t = time.perf_counter()
         for _ in range(args.iters):
-            m(x)
+            with autocast():
+                m(x)
+        sync()
         fwd = args.iters * args.batch / (time.perf_counter() - t)
 
     m.train()
     if hasattr(m, "set_distilled_training"):
         m.set_distilled_training(True)
     opt = torch.optim.AdamW(m.parameters(), lr=5e-4, weight_decay=0.05)
+    # fp16 needs loss scaling (DeiT's NativeScaler); bf16 and fp32 do not.
+    scaler = torch.amp.GradScaler("cuda") if args.amp and amp_dtype == torch.float16 else None
 
     def step():
-        out = m(x)
-        if isinstance(out, tuple):
-            loss = 0.5 * (F.cross_entropy(out[0], y) + F.cross_entropy(out[1], y))
-        else:
-            loss = F.cross_entropy(out, y)
+        with autocast():
+            out = m(x)
+            if isinstance(out, tuple):
+                loss = 0.5 * (F.cross_entropy(out[0], y) + F.cross_entropy(out[1], y))
+            else:
+                loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
     for _ in range(2):
         step()
+    sync()
     t = time.perf_counter()
     for _ in range(args.iters):
         step()
+    sync()
     train = args.iters * args.batch / (time.perf_counter() - t)
     params = sum(p.numel() for p in m.parameters())
-    print(f"timm {args.model} img {args.img} batch {args.batch} threads {args.threads}, {params} params")
+    if cuda:
+        amp = f", amp {args.amp_dtype}" if args.amp else ", fp32"
+        print(f"timm {args.model} img {args.img} batch {args.batch} device cuda "
+              f"({torch.cuda.get_device_name()}){amp}, {params} params")
+    else:
+        print(f"timm {args.model} img {args.img} batch {args.batch} threads {args.threads}, {params} params")
     print(f"forward (eval):             {fwd:8.1f} img/s")
     print(f"train step (fwd+bwd+AdamW): {train:8.1f} img/s")
-    print(f"peak resident memory:       {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MiB")
+    if cuda:
+        print(f"peak device memory:         {torch.cuda.max_memory_allocated() / 2**20:8.0f} MiB")
+    else:
+        print(f"peak resident memory:       {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@
 # driver for CUDA 13 and the CUDA 13 libraries (cuBLAS, cuRAND, NVRTC) on its library path,
 # as the H200 machines have. CI never runs this script.
 #
+# It also writes target-cuda/deit-pipe.xz (the stripped binary, xz-compressed) and
+# target-cuda/curand-stub/ for tools/gpu_check.sh (see below).
+#
 #   tools/build-cuda.sh            # venv in ~/.cache/deit-pipe-cuda, build with 2 jobs
 #   CUDA_VENV=/opt/cu13 tools/build-cuda.sh
 set -euo pipefail
@@ -71,3 +74,33 @@ export CARGO_TARGET_DIR="$ROOT/target-cuda"
 
 cargo build --release --features cuda -j "${JOBS:-2}"
 echo "build-cuda: built $CARGO_TARGET_DIR/release/deit-pipe (run it with --device cuda)"
+
+# For a GPU machine (tools/gpu_check.sh): the binary (about 80 MB, over what the device
+# tool carries) stripped and xz-compressed (about 10 MB), and a stand-in libcurand.so.10.
+# candle's CudaDevice creates a cuRAND generator when it opens the device, but deit-pipe
+# draws no random numbers on the device (its RNGs are ChaCha8 on the CPU), and torch's
+# CUDA 13 wheels do not ship cuRAND. gpu_check.sh puts the stand-in on the library path
+# only when no real libcurand.so.10 is found; its generate functions fail with
+# CURAND_STATUS_INTERNAL_ERROR (999) rather than return unfilled memory.
+strip -o "$CARGO_TARGET_DIR/deit-pipe.stripped" "$CARGO_TARGET_DIR/release/deit-pipe"
+xz -T0 -6 -c "$CARGO_TARGET_DIR/deit-pipe.stripped" > "$CARGO_TARGET_DIR/deit-pipe.xz"
+rm -f "$CARGO_TARGET_DIR/deit-pipe.stripped"
+STUB="$CARGO_TARGET_DIR/curand-stub"
+mkdir -p "$STUB"
+{
+    echo 'int curandCreateGenerator(void **g, int kind) { (void)kind; if (g) *g = 0; return 0; }'
+    grep -oE '^\s+(pub )?fn curand[A-Za-z0-9_]+\(' "$CUDARC_SRC/src/curand/sys/mod.rs" \
+        | sed -E 's/^\s+(pub )?fn //; s/\($//' | sort -u | grep -vx curandCreateGenerator \
+        | while read -r f; do
+            case "$f" in
+                curandGenerate*|curandCreate*|curandGet*) echo "int $f(void) { return 999; }" ;;
+                *) echo "int $f(void) { return 0; }" ;;
+            esac
+        done
+} > "$STUB/curand_stub.c"
+# The binary asks for symbols of version `libcurand.so.10`, as the real library defines them.
+echo 'libcurand.so.10 { global: *; };' > "$STUB/curand.map"
+cc -shared -fPIC -Wl,-soname,libcurand.so.10 -Wl,--version-script,"$STUB/curand.map" \
+    -o "$STUB/libcurand.so.10" "$STUB/curand_stub.c"
+echo "build-cuda: for a GPU machine carry target-cuda/deit-pipe.xz and target-cuda/curand-stub" \
+    "($(du -sh "$CARGO_TARGET_DIR/deit-pipe.xz" | cut -f1)) and run tools/gpu_check.sh"

@@ -1,6 +1,11 @@
 //! `deit-pipe bench model`: forward and train-step (forward, backward, AdamW)
-//! throughput of a model on the CPU, and peak memory. `tools/bench_timm_model.py`
-//! times timm on the same configurations; results go to BENCHMARKS.md.
+//! throughput of a model on the CPU or a CUDA device (`--device`), and peak memory.
+//! `tools/bench_timm_model.py` times timm on the same configurations (also `--device
+//! cuda`, `--amp`); results go to BENCHMARKS.md. `tools/gpu_check.sh` runs both on a GPU.
+//!
+//! On CUDA the device is synchronized before every timer read (kernels run
+//! asynchronously), and peak memory is reported as unavailable: candle keeps no
+//! allocator statistics, and the process's resident set says nothing about GPU memory.
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
@@ -9,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 use trainer::models::{self, layers::fused, Arch, DeitConfig, ForwardCtx, ModelSpec};
 use trainer::train::config::PrecisionMode;
+use trainer::train::run::select_device;
 use trainer::weights::{self, LoadOptions};
 
 /// Arguments of `deit-pipe bench model`.
@@ -58,6 +64,9 @@ pub struct Args {
     /// CPU). bf16 on the CPU is slower than f32 (candle widens bf16 products to f32).
     #[arg(long, default_value = "f32", value_parser = super::train::parse_precision)]
     pub precision: PrecisionMode,
+    /// cpu, cuda or cuda:N (cuda needs a build with --features cuda; see tools/build-cuda.sh).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 fn spec_of(args: &Args) -> anyhow::Result<ModelSpec> {
@@ -103,7 +112,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build_global();
     fused::set_enabled(!args.no_fused);
     let spec = spec_of(&args)?;
-    let device = Device::Cpu;
+    let device = select_device(&args.device)?;
+    // Kernels run asynchronously on CUDA: wait for them before reading a timer.
+    let sync = |d: &Device| d.synchronize().context("synchronizing the device");
     let (varmap, model, _) = weights::build_model(&spec, None, &LoadOptions::default(), &device, 0)
         .context("building the model")?;
     let params = models::param_count(&varmap);
@@ -122,11 +133,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for _ in 0..2 {
         model.forward(&x, &eval)?.cls.to_dtype(DType::F32)?;
     }
+    sync(&device)?;
     let t = Instant::now();
     for _ in 0..args.iters {
         let out = model.forward(&x, &eval)?;
         out.cls.to_vec2::<f32>()?;
     }
+    sync(&device)?;
     let fwd = (args.iters * args.batch) as f64 / t.elapsed().as_secs_f64();
 
     let mut train = None;
@@ -148,10 +161,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for s in 0..2 {
             step(s)?;
         }
+        sync(&device)?;
         let t = Instant::now();
         for s in 0..args.iters {
             step(100 + s as u64)?;
         }
+        sync(&device)?;
         train = Some((args.iters * args.batch) as f64 / t.elapsed().as_secs_f64());
     }
     let shape = match &spec.arch {
@@ -161,15 +176,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         _ => format!("img {}", args.img),
     };
+    // The fused kernels serve the CPU only (`fused::enabled` checks the device).
+    let fused_on = !args.no_fused && device.is_cpu();
     println!(
-        "model {} ({shape}), {params} params, batch {}, threads {}, fused {}, {precision}",
-        spec.name, args.batch, args.threads, !args.no_fused
+        "model {} ({shape}), {params} params, batch {}, threads {}, fused {fused_on}, {precision}{}",
+        spec.name,
+        args.batch,
+        args.threads,
+        if device.is_cpu() {
+            String::new()
+        } else {
+            format!(", device {}", args.device)
+        }
     );
     println!("forward (eval):            {fwd:8.1} img/s");
     if let Some(tr) = train {
         println!("train step (fwd+bwd+AdamW): {tr:8.1} img/s");
     }
-    if let Some(mib) = peak_rss_mib() {
+    if !device.is_cpu() {
+        println!("peak device memory:        unavailable (candle keeps no allocator statistics)");
+    } else if let Some(mib) = peak_rss_mib() {
         println!("peak resident memory:      {mib:8.0} MiB");
     }
     Ok(())

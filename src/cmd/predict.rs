@@ -2,14 +2,17 @@
 //! (timm or official DeiT weights), through the eval transform of `pipeline`
 //! (shorter side to int(size / 0.875) bicubic, centre crop, normalize), printing the
 //! top-5 classes with probabilities, or with `--json` the logits and top-5 per image.
+//! The forward pass is f32 on the chosen `--device` (cpu, cuda or cuda:N);
+//! `tools/gpu_check.sh` compares the CUDA logits with the CPU ones.
 
 use anyhow::{bail, Context};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use pipeline::config::AugmentConfig;
 use pipeline::transforms::eval::eval_view;
 use pipeline::transforms::normalize::Normalizer;
 use std::path::PathBuf;
 use trainer::models::{ForwardCtx, ModelSpec};
+use trainer::train::run::select_device;
 use trainer::weights::{self, LoadOptions};
 
 /// Arguments of `deit-pipe predict`.
@@ -40,6 +43,9 @@ pub struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// cpu, cuda or cuda:N (cuda needs a build with --features cuda; see tools/build-cuda.sh).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Image files.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -47,6 +53,8 @@ pub struct Args {
 
 /// Runs `deit-pipe predict`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // The device first: a CPU-only build refuses `--device cuda` before any other work.
+    let device = select_device(&args.device)?;
     let mut spec = ModelSpec::parse(&args.model)?;
     if let Some(c) = args.num_classes {
         if c == 0 {
@@ -78,7 +86,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let device = Device::Cpu;
     let (_vm, model, _) = weights::build_model(
         &spec,
         Some(&args.weights),
