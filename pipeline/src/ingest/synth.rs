@@ -217,40 +217,38 @@ pub fn draw(seed: u64, split: &str, class: usize, index: usize) -> RgbImage {
     let shape = class % SHAPES.len();
     let tex = class % TEXTURES.len();
     let period_frac = PERIODS[(class / 24) % 3] * rng.random_range(0.85..1.15);
-    {
-        let short = wf.min(hf);
-        let s = rng.random_range(0.38..0.49) * short;
-        let period = period_frac * s;
-        let cx = rng.random_range(s..(wf - s).max(s + 1.0));
-        let cy = rng.random_range(s..(hf - s).max(s + 1.0));
-        let rot: f32 = rng.random_range(0.0..2.0 * PI);
-        let tex_rot: f32 = rng.random_range(0.0..PI);
-        let (cs, sn) = (rot.cos(), rot.sin());
-        let (tc, ts) = (tex_rot.cos(), tex_rot.sin());
-        // Light-on-dark texture in random grey levels: the polarity is fixed, so a
-        // texture is one pattern of intensities whatever the image's colours.
-        let fg = [rng.random_range(190.0..250.0); 3];
-        let bg = [rng.random_range(10.0..70.0); 3];
-        let x0 = (cx - 1.5 * s).max(0.0) as u32;
-        let x1 = ((cx + 1.5 * s) as u32).min(w - 1);
-        let y0 = (cy - 1.5 * s).max(0.0) as u32;
-        let y1 = ((cy + 1.5 * s) as u32).min(h - 1);
-        for y in y0..=y1 {
-            for x in x0..=x1 {
-                let dx = x as f32 - cx;
-                let dy = y as f32 - cy;
-                let lx = (dx * cs + dy * sn) / s;
-                let ly = (-dx * sn + dy * cs) / s;
-                if !inside(shape, lx, ly) {
-                    continue;
-                }
-                let u = dx * tc + dy * ts;
-                let v = -dx * ts + dy * tc;
-                let t = texture(tex, u, v, (dx * dx + dy * dy).sqrt(), period);
-                let i = ((y * w + x) * 3) as usize;
-                for k in 0..3 {
-                    px[i + k] = fg[k] * t + bg[k] * (1.0 - t);
-                }
+    let short = wf.min(hf);
+    let s = rng.random_range(0.38..0.49) * short;
+    let period = period_frac * s;
+    let cx = rng.random_range(s..(wf - s).max(s + 1.0));
+    let cy = rng.random_range(s..(hf - s).max(s + 1.0));
+    let rot: f32 = rng.random_range(0.0..2.0 * PI);
+    let tex_rot: f32 = rng.random_range(0.0..PI);
+    let (cs, sn) = (rot.cos(), rot.sin());
+    let (tc, ts) = (tex_rot.cos(), tex_rot.sin());
+    // Light-on-dark texture in random grey levels: the polarity is fixed, so a
+    // texture is one pattern of intensities whatever the image's colours.
+    let fg = [rng.random_range(190.0..250.0); 3];
+    let bg = [rng.random_range(10.0..70.0); 3];
+    let x0 = (cx - 1.5 * s).max(0.0) as u32;
+    let x1 = ((cx + 1.5 * s) as u32).min(w - 1);
+    let y0 = (cy - 1.5 * s).max(0.0) as u32;
+    let y1 = ((cy + 1.5 * s) as u32).min(h - 1);
+    for y in y0..=y1 {
+        for x in x0..=x1 {
+            let dx = x as f32 - cx;
+            let dy = y as f32 - cy;
+            let lx = (dx * cs + dy * sn) / s;
+            let ly = (-dx * sn + dy * cs) / s;
+            if !inside(shape, lx, ly) {
+                continue;
+            }
+            let u = dx * tc + dy * ts;
+            let v = -dx * ts + dy * tc;
+            let t = texture(tex, u, v, (dx * dx + dy * dy).sqrt(), period);
+            let i = ((y * w + x) * 3) as usize;
+            for k in 0..3 {
+                px[i + k] = fg[k] * t + bg[k] * (1.0 - t);
             }
         }
     }

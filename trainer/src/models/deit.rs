@@ -88,7 +88,8 @@ impl Attention {
             .forward_in(x, compute)?
             .reshape((b, n, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?; // (3, B, H, N, hd)
-                                        // The scale is applied in f32 (1/sqrt(hd) is not a power of two for every hd).
+
+        // The scale is applied in f32 (1/sqrt(hd) is not a power of two for every hd).
         let q = (qkv.get(0)?.contiguous()? * self.scale)?.to_dtype(compute)?;
         let k = qkv.get(1)?.contiguous()?.to_dtype(compute)?;
         let v = qkv.get(2)?.contiguous()?.to_dtype(compute)?;
