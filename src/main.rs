@@ -3,6 +3,7 @@
 
 mod alloc;
 mod cmd;
+mod compute_threads;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,7 @@ enum Command {
 
 fn main() {
     alloc::tune_allocator();
+    compute_threads::limit_candle_elementwise_pool();
     let cli = Cli::parse();
     progress::init(cli.quiet);
     init_logging();
