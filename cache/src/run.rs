@@ -61,10 +61,26 @@ pub struct JobReport {
     pub skipped: Vec<u32>,
     /// Rows written.
     pub rows: u64,
-    /// Seconds spent in the teacher's forward pass.
+    /// Seconds spent building views (decode, augmentation, mixing, view hashes).
+    pub views_seconds: f64,
+    /// Seconds spent in the teacher's forward pass (input tensor to logits on the host).
     pub forward_seconds: f64,
-    /// Seconds of the whole job.
+    /// Seconds spent turning logits into rows (top-K) and writing Parquet.
+    pub rows_seconds: f64,
+    /// Seconds of the whole job (also loading the teacher and planning).
     pub total_seconds: f64,
+}
+
+impl JobReport {
+    /// The share of the job's time spent outside the teacher's forward pass: what the
+    /// cache costs on top of running the teacher bare on the same batches.
+    pub fn overhead(&self) -> f64 {
+        if self.total_seconds > 0.0 {
+            1.0 - self.forward_seconds / self.total_seconds
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Progress callbacks of a job.
@@ -237,7 +253,6 @@ pub fn run(job: &CacheJob, progress: &mut dyn JobProgress) -> Result<JobReport> 
         let mut writer = CacheWriter::create(&job.out, header)?;
         let pairs: Vec<usize> = (slots.start / 2..slots.end / 2).collect();
         for chunk in pairs.chunks(pairs_per_batch) {
-            let t = Instant::now();
             let rows = cache_batch(
                 &src,
                 &plan,
@@ -247,9 +262,11 @@ pub fn run(job: &CacheJob, progress: &mut dyn JobProgress) -> Result<JobReport> 
                 epoch,
                 chunk,
                 job.top_k,
+                &mut report,
             )?;
-            report.forward_seconds += t.elapsed().as_secs_f64();
+            let t = Instant::now();
             writer.write_rows(&rows)?;
+            report.rows_seconds += t.elapsed().as_secs_f64();
             report.rows += rows.len() as u64;
             progress.advance(rows.len() as u64);
         }
@@ -261,7 +278,7 @@ pub fn run(job: &CacheJob, progress: &mut dyn JobProgress) -> Result<JobReport> 
 }
 
 /// Builds the views of `pairs`, runs the teacher on them and returns their rows, in slot
-/// order.
+/// order; adds the time of each stage to `times`.
 #[allow(clippy::too_many_arguments)]
 fn cache_batch(
     src: &ShardSource,
@@ -272,7 +289,9 @@ fn cache_batch(
     epoch: u32,
     pairs: &[usize],
     top_k: usize,
+    times: &mut JobReport,
 ) -> Result<Vec<CacheRow>> {
+    let t_views = Instant::now();
     let n = builder.view_len();
     let views: Vec<(Vec<f32>, Vec<f32>, f32)> = pairs
         .par_iter()
@@ -301,6 +320,8 @@ fn cache_batch(
         }
     }
     let size = builder.size() as usize;
+    times.views_seconds += t_views.elapsed().as_secs_f64();
+    let t_forward = Instant::now();
     let images = Tensor::from_vec(data, (keys.len(), 3, size, size), device)?;
     let logits = model
         .forward(&images, &ForwardCtx::eval())
@@ -308,10 +329,15 @@ fn cache_batch(
         .cls
         .to_dtype(DType::F32)?
         .to_vec2::<f32>()?;
-    keys.into_iter()
+    times.forward_seconds += t_forward.elapsed().as_secs_f64();
+    let t_rows = Instant::now();
+    let rows = keys
+        .into_iter()
         .zip(&logits)
         .map(|(key, l)| CacheRow::from_logits(key, l, top_k).map_err(Into::into))
-        .collect()
+        .collect();
+    times.rows_seconds += t_rows.elapsed().as_secs_f64();
+    rows
 }
 
 #[cfg(test)]

@@ -97,13 +97,18 @@ pub fn run(args: Args) -> Result<()> {
     let rate = report.rows as f64 / report.total_seconds.max(1e-9);
     eprintln!(
         "teacher-cache {}: wrote epochs {:?}, skipped (already finished) {:?}; {} views in \
-         {:.1} s ({rate:.1} views/s, {:.1} s building views + teacher)",
+         {:.2} s ({rate:.1} views/s): views {:.2} s, teacher forward {:.2} s ({:.1} views/s), \
+         top-K + Parquet {:.2} s; overhead over the bare teacher {:.1}%",
         job.out.display(),
         report.written,
         report.skipped,
         report.rows,
         report.total_seconds,
-        report.forward_seconds
+        report.views_seconds,
+        report.forward_seconds,
+        report.rows as f64 / report.forward_seconds.max(1e-9),
+        report.rows_seconds,
+        100.0 * report.overhead()
     );
     Ok(())
 }
