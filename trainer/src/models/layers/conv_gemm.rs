@@ -10,15 +10,21 @@
 //! Layout: `x [B, C, H, W]` becomes `cols [C*k*k, B*Ho*Wo]`: row `c*k*k + i*k + j` holds,
 //! for every output pixel of the batch, the input pixel under kernel tap `(i, j)` of
 //! channel `c` (zero over the padding). One GEMM `weight [O, C*k*k] x cols` gives
-//! `[O, B*Ho*Wo]`, viewed back as NCHW. One large GEMM (forward and both backward
-//! products) keeps candle's GEMM busy on both cores; a batched product per image measured
-//! 30.9 against 49.1 img/s forward on `resnet_small`. Rows of this layout are runs of
-//! input rows, so the gather is a row copy (stride 1) and its adjoint a row add; the
-//! earlier layout (one row per output pixel) gathered element by element and took 48% of
-//! a `resnet_tiny` forward, twice the GEMM (`perf`, batch 128). Grouped convolutions,
-//! other devices and dtypes use candle's `conv2d`.
+//! `[O, B*Ho*Wo]`, copied into NCHW. One large GEMM (forward and both backward products)
+//! keeps the GEMM busy on both cores; a batched product per image measured 30.9 against
+//! 49.1 img/s forward on `resnet_small`. Rows of this layout are runs of input rows, so
+//! the gather is a row copy (stride 1) and its adjoint a row add; the earlier layout (one
+//! row per output pixel) gathered element by element and took 48% of a `resnet_tiny`
+//! forward, twice the GEMM (`perf`, batch 128).
+//!
+//! The whole convolution is one candle op with a hand-written backward
+//! (`dW = G cols^T`, `dcols = W^T G`, col2im), so its output is a contiguous NCHW tensor
+//! and the graph holds one node per convolution. Built from candle ops (im2col, matmul,
+//! reshape, permute), the backward summed gradients through permuted views, which candle
+//! adds element by element (`perf`: 26% of a `resnet_tiny` train step in such adds).
+//! Grouped convolutions, other devices and dtypes use candle's `conv2d`.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fused::slice_f32;
@@ -153,48 +159,15 @@ impl Geometry {
     }
 }
 
-/// `[B, C, H, W]` to `[C*k*k, B*Ho*Wo]`.
-struct Im2Col(Geometry);
-
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "im2col"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let x = slice_f32(s, l, "im2col")?;
-        let (rows, n) = (g.c * g.k * g.k, g.pixels());
-        let mut cols = vec![0f32; rows * n];
-        cols.par_chunks_mut(n.max(1))
-            .enumerate()
-            .for_each(|(r, row)| g.gather_row(r, x, row));
-        Ok((CpuStorage::F32(cols), Shape::from((rows, n))))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?))
-    }
-}
-
-/// `[C*k*k, B*Ho*Wo]` to `[B, C, H, W]`, summing overlaps (the gradient of [`Im2Col`]).
-struct Col2Im(Geometry);
-
-impl CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "col2im"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let cols = slice_f32(s, l, "col2im")?;
-        let hw = g.h * g.w;
-        let mut x = vec![0f32; g.b * g.c * hw];
-        x.par_chunks_mut(hw.max(1))
-            .enumerate()
-            .for_each(|(p, plane)| g.scatter_plane(p / g.c, p % g.c, cols, plane));
-        Ok((CpuStorage::F32(x), Shape::from((g.b, g.c, g.h, g.w))))
-    }
+/// `[C*k*k, B*Ho*Wo]` columns back to `[B, C, H, W]`, summing overlaps (the adjoint of
+/// [`im2col`]).
+fn col2im(g: &Geometry, cols: &[f32]) -> Vec<f32> {
+    let hw = g.h * g.w;
+    let mut x = vec![0f32; g.b * g.c * hw];
+    x.par_chunks_mut(hw.max(1))
+        .enumerate()
+        .for_each(|(p, plane)| g.scatter_plane(p / g.c, p % g.c, cols, plane));
+    x
 }
 
 /// True when [`conv2d`] takes the im2col path for `x` (CPU, f32).
@@ -229,19 +202,225 @@ pub fn conv2d(
         return x.conv2d(weight, padding, stride, 1, groups);
     }
     let g = Geometry::new((b, c, h, w), kh, stride, padding)?;
-    let cols = if kh == 1 && stride == 1 && padding == 0 {
-        // A 1x1 window over every pixel: the columns are the input, channels first.
-        x.permute((1, 0, 2, 3))?.reshape((c, b * h * w))?
-    } else {
-        x.contiguous()?.apply_op1(Im2Col(g))?
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, ConvOp { g, out: o })
+}
+
+/// `lhs x rhs` as a new row-major `[m, n]` matrix, for row-major `f32` operands with the
+/// given leading dimensions, on rayon's threads (`gemm` splits the output, so the result
+/// does not depend on scheduling). `lhs_t` / `rhs_t` read that operand transposed:
+/// element `(i, j)` at `j * ld + i` instead of `i * ld + j`.
+fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    (lhs, lhs_ld, lhs_t): (&[f32], usize, bool),
+    (rhs, rhs_ld, rhs_t): (&[f32], usize, bool),
+) -> Vec<f32> {
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0f32; m * n];
+    }
+    let last = |rows: usize, cols: usize, ld: usize, t: bool| {
+        if t {
+            (cols - 1) * ld + rows - 1
+        } else {
+            (rows - 1) * ld + cols - 1
+        }
     };
-    // One GEMM over every output pixel of the batch: [B*Ho*Wo, C*k*k] x [C*k*k, O], the
-    // columns read transposed (column-major, as GEMM packs them).
-    let wmat = weight.reshape((o, cg * kh * kw))?;
-    cols.t()?
-        .matmul(&wmat.t()?)?
-        .reshape((b, g.ho, g.wo, o))?
-        .permute((0, 3, 1, 2))
+    // The bounds gemm will read, checked once (it does no checks of its own).
+    assert!(lhs.len() > last(m, k, lhs_ld, lhs_t), "gemm: lhs too small");
+    assert!(rhs.len() > last(k, n, rhs_ld, rhs_t), "gemm: rhs too small");
+    let strides = |ld: usize, t: bool| -> (isize, isize) {
+        // (column stride, row stride)
+        if t {
+            (ld as isize, 1)
+        } else {
+            (1, ld as isize)
+        }
+    };
+    let (lhs_cs, lhs_rs) = strides(lhs_ld, lhs_t);
+    let (rhs_cs, rhs_rs) = strides(rhs_ld, rhs_t);
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the reads stay inside `lhs` and `rhs` (their largest offsets with these
+    // strides are asserted above); the writes cover exactly the `m * n` elements of
+    // `dst`'s allocation, row-major, through a raw pointer (no reference to uninitialized
+    // memory is made). With `read_dst = false` gemm stores `lhs x rhs` into every element
+    // without reading it, so all `m * n` elements are initialized before `set_len`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        dst.set_len(m * n);
+    }
+    dst
+}
+
+/// `[O, B*P]` (one row per channel) to `[B, O, P]` (NCHW), `P = Ho*Wo`.
+fn rows_to_nchw(rows: &[f32], b: usize, o: usize, p: usize) -> Vec<f32> {
+    let mut out = vec![0f32; b * o * p];
+    out.par_chunks_mut(p.max(1))
+        .enumerate()
+        .for_each(|(q, dst)| {
+            let (bi, oi) = (q / o, q % o);
+            dst.copy_from_slice(&rows[oi * b * p + bi * p..oi * b * p + (bi + 1) * p]);
+        });
+    out
+}
+
+/// `[B, O, P]` (NCHW) to `[O, B*P]`, the inverse of [`rows_to_nchw`].
+fn nchw_to_rows(x: &[f32], b: usize, o: usize, p: usize) -> Vec<f32> {
+    let mut out = vec![0f32; b * o * p];
+    out.par_chunks_mut((b * p).max(1))
+        .enumerate()
+        .for_each(|(oi, dst)| {
+            for bi in 0..b {
+                dst[bi * p..(bi + 1) * p]
+                    .copy_from_slice(&x[(bi * o + oi) * p..(bi * o + oi + 1) * p]);
+            }
+        });
+    out
+}
+
+/// The gathered columns `[C*k*k, B*Ho*Wo]` of `x`.
+fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
+    let n = g.pixels();
+    let mut cols = vec![0f32; g.c * g.k * g.k * n];
+    cols.par_chunks_mut(n.max(1))
+        .enumerate()
+        .for_each(|(r, row)| g.gather_row(r, x, row));
+    cols
+}
+
+/// `conv2d(x [B, C, H, W], weight [O, C, k, k]) -> [B, O, Ho, Wo]`, contiguous, with a
+/// hand-written backward.
+struct ConvOp {
+    g: Geometry,
+    out: usize,
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, o) = (self.g, self.out);
+        let x = slice_f32(xs, xl, "conv2d input")?;
+        let w = slice_f32(ws, wl, "conv2d weight")?;
+        let (ckk, n, p) = (g.c * g.k * g.k, g.pixels(), g.ho * g.wo);
+        let cols = im2col(&g, x);
+        let rows = gemm_f32((o, n, ckk), (w, ckk, false), (&cols, n, false));
+        Ok((
+            CpuStorage::F32(rows_to_nchw(&rows, g.b, o, p)),
+            Shape::from((g.b, o, g.ho, g.wo)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let op = ConvGrad {
+            g: self.g,
+            out: self.out,
+        };
+        let dx = grad.apply_op2_no_bwd(w, &ConvGradInput(op))?;
+        let dw = grad.apply_op2_no_bwd(x, &ConvGradWeight(op))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// What both gradient ops of [`ConvOp`] need.
+#[derive(Clone, Copy)]
+struct ConvGrad {
+    g: Geometry,
+    out: usize,
+}
+
+/// `(grad [B, O, Ho, Wo], weight) -> dx [B, C, H, W]`: `dcols = W^T G`, then col2im.
+struct ConvGradInput(ConvGrad);
+
+impl CustomOp2 for ConvGradInput {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ConvGrad { g, out: o } = self.0;
+        let grad = slice_f32(gs, gl, "conv2d gradient")?;
+        let w = slice_f32(ws, wl, "conv2d weight")?;
+        let (ckk, n, p) = (g.c * g.k * g.k, g.pixels(), g.ho * g.wo);
+        let gt = nchw_to_rows(grad, g.b, o, p);
+        let dcols = gemm_f32((ckk, n, o), (w, ckk, true), (&gt, n, false));
+        Ok((
+            CpuStorage::F32(col2im(&g, &dcols)),
+            Shape::from((g.b, g.c, g.h, g.w)),
+        ))
+    }
+}
+
+/// `(grad [B, O, Ho, Wo], x) -> dW [O, C, k, k]`: `G cols^T`.
+struct ConvGradWeight(ConvGrad);
+
+impl CustomOp2 for ConvGradWeight {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ConvGrad { g, out: o } = self.0;
+        let grad = slice_f32(gs, gl, "conv2d gradient")?;
+        let x = slice_f32(xs, xl, "conv2d input")?;
+        let (ckk, n, p) = (g.c * g.k * g.k, g.pixels(), g.ho * g.wo);
+        let gt = nchw_to_rows(grad, g.b, o, p);
+        let cols = im2col(&g, x);
+        let dw = gemm_f32((o, ckk, n), (&gt, n, false), (&cols, n, true));
+        Ok((CpuStorage::F32(dw), Shape::from((o, g.c, g.k, g.k))))
+    }
 }
 
 #[cfg(test)]
