@@ -128,15 +128,89 @@ fn h_pass(row: &[u8], cols: &[usize; 4], dx: f64) -> [f64; 3] {
     })
 }
 
+/// Where one output coordinate samples the input along one axis: Pillow's bounds check
+/// on the source coordinate `v`, `floor(v - 0.5)`, the fraction and the 4 clamped taps.
+#[derive(Clone, Copy, Debug)]
+struct Taps {
+    inside: bool,
+    /// Offsets of the 4 taps (`index * unit`: bytes within a row, or row starts).
+    at: [usize; 4],
+    d: f64,
+}
+
+impl Taps {
+    #[inline(always)]
+    fn new(v: f64, size: usize, unit: usize) -> Self {
+        if !(v >= 0.0 && v < size as f64) {
+            return Taps {
+                inside: false,
+                at: [0; 4],
+                d: 0.0,
+            };
+        }
+        let t = v - 0.5;
+        let f = floor(t);
+        let i = f as isize - 1;
+        let clamp = |k: isize| (i + k).clamp(0, size as isize - 1) as usize * unit;
+        Taps {
+            inside: true,
+            at: [clamp(0), clamp(1), clamp(2), clamp(3)],
+            d: t - f,
+        }
+    }
+}
+
+/// Pillow's bicubic sample of the 3 channels at the taps `rows` x `cols` (fractions `dy`,
+/// `dx`): horizontal pass on each of the 4 rows, then vertical.
+#[inline(always)]
+fn bicubic_px(src: &[u8], stride: usize, rows: &Taps, cols: &Taps) -> [f64; 3] {
+    let (dx, dy) = (cols.d, rows.d);
+    let row = |ri: usize| &src[rows.at[ri]..rows.at[ri] + stride];
+    // With d == 0 Pillow's cubic is `p1 + 0·(…) = p1` exactly, so a zero fraction needs
+    // only the middle sample: shears and translations hit this on one axis.
+    if dy == 0.0 {
+        h_pass(row(1), &cols.at, dx)
+    } else if dx == 0.0 {
+        let c = cols.at[1];
+        std::array::from_fn(|b| {
+            let s = |ri: usize| src[rows.at[ri] + c + b] as f64;
+            cubic(s(0), s(1), s(2), s(3), dy)
+        })
+    } else {
+        // 4 rows x 3 channels as 12 independent lanes (vectorizes), each lane exactly
+        // Pillow's scalar expression; then the vertical pass.
+        let mut p = [[0.0f64; 12]; 4];
+        for ri in 0..4 {
+            let r = row(ri);
+            for b in 0..3 {
+                let s = |c: usize| r[cols.at[c] + b] as i32;
+                let (v1, v2, v3, v4) = (s(0), s(1), s(2), s(3));
+                let k = ri * 3 + b;
+                p[0][k] = v2 as f64;
+                p[1][k] = (-v1 + v3) as f64;
+                p[2][k] = (2 * (v1 - v2) + v3 - v4) as f64;
+                p[3][k] = (-v1 + v2 - v3 + v4) as f64;
+            }
+        }
+        let v: [f64; 12] =
+            std::array::from_fn(|k| p[0][k] + dx * (p[1][k] + dx * (p[2][k] + dx * p[3][k])));
+        std::array::from_fn(|b| cubic(v[b], v[3 + b], v[6 + b], v[9 + b], dy))
+    }
+}
+
 /// `Image.transform(img.size, AFFINE, a, resample=BICUBIC, fillcolor=fill)`.
 /// `a` maps output pixel centres to input coordinates (Pillow's convention).
+///
+/// When `a[1]` is zero the source x of a pixel does not depend on its row (translations,
+/// ShearY), and when `a[3]` is zero the source y does not depend on its column
+/// (translations, ShearX): those taps are computed once per column or per row, with the
+/// same operations, so the bytes are the same as computing them per pixel.
 pub fn affine(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut out = RgbImage::from_pixel(img.width(), img.height(), image::Rgb(fill));
     if w == 0 || h == 0 {
         return out;
     }
-    let (wf, hf) = (w as f64, h as f64);
     let src = img.as_raw();
     let stride = w * 3;
     // Per-column products a0·xin and a3·xin, computed once (same values as per pixel).
@@ -146,67 +220,40 @@ pub fn affine(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
             (a[0] * xin, a[3] * xin)
         })
         .collect();
+    // a1 == ±0: a1·yin is the same signed zero for every row (yin > 0), so row 0's value
+    // stands for all rows; likewise a3·xin for a3 == ±0.
+    let x_taps: Option<Vec<Taps>> = (a[1] == 0.0).then(|| {
+        let ry = a[1] * 0.5;
+        col.iter()
+            .map(|&(cx, _)| Taps::new(cx + ry + a[2], w, 3))
+            .collect()
+    });
+    let cx2_zero = a[3] * 0.5;
     let dst: &mut [u8] = out.as_mut();
     for (y, out_row) in dst.chunks_exact_mut(stride).enumerate() {
         let yin = y as f64 + 0.5;
         let (ry, ry2) = (a[1] * yin, a[4] * yin);
-        for (x, &(cx, cx2)) in col.iter().enumerate() {
-            let xs = cx + ry + a[2];
-            let ys = cx2 + ry2 + a[5];
-            if !(xs >= 0.0 && xs < wf && ys >= 0.0 && ys < hf) {
+        let y_taps = (a[3] == 0.0).then(|| Taps::new(cx2_zero + ry2 + a[5], h, stride));
+        if y_taps.is_some_and(|t| !t.inside) {
+            continue;
+        }
+        for (x, (&(cx, cx2), px_out)) in col.iter().zip(out_row.chunks_exact_mut(3)).enumerate() {
+            let cols = match &x_taps {
+                Some(t) => t[x],
+                None => Taps::new(cx + ry + a[2], w, 3),
+            };
+            if !cols.inside {
                 continue;
             }
-            let (xs, ys) = (xs - 0.5, ys - 0.5);
-            let (xf, yf) = (floor(xs), floor(ys));
-            let (dx, dy) = (xs - xf, ys - yf);
-            let (xi, yi) = (xf as isize - 1, yf as isize - 1);
-            let clamp_x = |v: isize| v.clamp(0, w as isize - 1) as usize * 3;
-            let clamp_y = |v: isize| v.clamp(0, h as isize - 1) as usize * stride;
-            let cols = [
-                clamp_x(xi),
-                clamp_x(xi + 1),
-                clamp_x(xi + 2),
-                clamp_x(xi + 3),
-            ];
-            let rows = [
-                clamp_y(yi),
-                clamp_y(yi + 1),
-                clamp_y(yi + 2),
-                clamp_y(yi + 3),
-            ];
-            // With d == 0 Pillow's cubic is `p1 + 0·(…) = p1` exactly, so a zero fraction
-            // needs only the middle sample: shears and translations hit this on one axis.
-            let row = |ri: usize| &src[rows[ri]..rows[ri] + stride];
-            let px: [f64; 3] = if dy == 0.0 {
-                h_pass(row(1), &cols, dx)
-            } else if dx == 0.0 {
-                let c = cols[1];
-                std::array::from_fn(|b| {
-                    let s = |ri: usize| src[rows[ri] + c + b] as f64;
-                    cubic(s(0), s(1), s(2), s(3), dy)
-                })
-            } else {
-                // 4 rows x 3 channels as 12 independent lanes (vectorizes), each lane
-                // exactly Pillow's scalar expression; then the vertical pass.
-                let mut p = [[0.0f64; 12]; 4];
-                for ri in 0..4 {
-                    let r = row(ri);
-                    for b in 0..3 {
-                        let s = |c: usize| r[cols[c] + b] as i32;
-                        let (v1, v2, v3, v4) = (s(0), s(1), s(2), s(3));
-                        let k = ri * 3 + b;
-                        p[0][k] = v2 as f64;
-                        p[1][k] = (-v1 + v3) as f64;
-                        p[2][k] = (2 * (v1 - v2) + v3 - v4) as f64;
-                        p[3][k] = (-v1 + v2 - v3 + v4) as f64;
-                    }
-                }
-                let v: [f64; 12] = std::array::from_fn(|k| {
-                    p[0][k] + dx * (p[1][k] + dx * (p[2][k] + dx * p[3][k]))
-                });
-                std::array::from_fn(|b| cubic(v[b], v[3 + b], v[6 + b], v[9 + b], dy))
+            let rows = match y_taps {
+                Some(t) => t,
+                None => Taps::new(cx2 + ry2 + a[5], h, stride),
             };
-            for (o, v) in out_row[x * 3..x * 3 + 3].iter_mut().zip(px) {
+            if !rows.inside {
+                continue;
+            }
+            let px = bicubic_px(src, stride, &rows, &cols);
+            for (o, v) in px_out.iter_mut().zip(px) {
                 *o = v as u8;
             }
         }
@@ -226,6 +273,56 @@ mod tests {
         assert_eq!(round15(1.0 / 3.0), 0.333333333333333);
         assert_eq!(round15(2.0 / 3.0), 0.666666666666667);
         assert_eq!(round15(-1.0), -1.0);
+    }
+
+    /// The per-pixel form of [`affine`]: both axes' taps computed for every pixel.
+    fn affine_per_pixel(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let mut out = RgbImage::from_pixel(img.width(), img.height(), image::Rgb(fill));
+        let stride = w * 3;
+        for y in 0..h {
+            for x in 0..w {
+                let (xin, yin) = (x as f64 + 0.5, y as f64 + 0.5);
+                let cols = Taps::new(a[0] * xin + a[1] * yin + a[2], w, 3);
+                let rows = Taps::new(a[3] * xin + a[4] * yin + a[5], h, stride);
+                if cols.inside && rows.inside {
+                    let px = bicubic_px(img.as_raw(), stride, &rows, &cols);
+                    out.put_pixel(x as u32, y as u32, image::Rgb(px.map(|v| v as u8)));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn per_row_and_per_column_taps_equal_per_pixel_taps() {
+        let img = RgbImage::from_fn(23, 17, |x, y| {
+            let v = (x * 37 + y * 91) ^ (x * y * 7);
+            image::Rgb([
+                (v % 256) as u8,
+                ((v / 3) % 256) as u8,
+                ((x * 11) % 256) as u8,
+            ])
+        });
+        // Translations, shears (with signed zeros on the other axis), a scale, rotations.
+        let cases: [[f64; 6]; 9] = [
+            [1.0, 0.0, 3.7, 0.0, 1.0, 0.0],
+            [1.0, -0.0, -2.3, 0.0, 1.0, 1.9],
+            [1.0, 0.0, 0.0, -0.0, 1.0, -4.41],
+            [1.0, 0.27, -3.1, 0.0, 1.0, 0.0],
+            [1.0, -0.0, 0.0, -0.19, 1.0, 2.2],
+            [0.8, 0.0, 1.5, 0.0, 1.25, -0.7],
+            rotate_matrix(17.0, 23, 17).unwrap(),
+            rotate_matrix(-29.5, 23, 17).unwrap(),
+            [0.9, 0.31, -1.0, -0.27, 1.1, 0.4],
+        ];
+        for (n, a) in cases.into_iter().enumerate() {
+            assert_eq!(
+                affine(&img, a, [9, 8, 7]),
+                affine_per_pixel(&img, a, [9, 8, 7]),
+                "case {n}: {a:?}"
+            );
+        }
     }
 
     #[test]
