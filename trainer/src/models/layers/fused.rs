@@ -283,8 +283,28 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(GeluOp)
 }
 
+/// `erf` for `f32` as a rational function: an odd polynomial of degree 13 over an even one
+/// of degree 8 in `x` clamped to [-4, 4] (the coefficients of XLA's and Eigen's float
+/// `erf`). Branch-free, so the GELU loops vectorize; libm's `erff` (candle's) took 9% of a
+/// small DeiT's train step in `perf`. Its error against the exact `erf` is below 5e-7 (4.4e-7 near the clamp)
+/// (test `fast_erf_is_within_5e7_of_erf`), well under the 1e-4 the models are held to.
+#[inline(always)]
 fn erf(x: f32) -> f32 {
-    candle_core::cpu::erf::erf_f32(x)
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10_f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 - 2.101_024e-6;
+    p = p * x2 - 5.692_506_4e-5;
+    p = p * x2 - 7.349_906_3e-4;
+    p = p * x2 - 2.954_600_2e-3;
+    p = p * x2 - 1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5_f32;
+    q = q * x2 - 2.133_740_6e-4;
+    q = q * x2 - 1.682_827e-3;
+    q = q * x2 - 7.373_329e-3;
+    q = q * x2 - 1.426_474e-2;
+    x * p / q
 }
 
 impl CustomOp1 for GeluOp {
@@ -430,5 +450,24 @@ impl CustomOp1 for ColumnSum {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from(d)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fast_erf_is_within_5e7_of_erf() {
+        let mut worst = (0.0f64, 0.0f32);
+        for i in -80_000..=80_000 {
+            let x = i as f32 * 1e-4;
+            let err = (f64::from(super::erf(x)) - libm::erf(f64::from(x))).abs();
+            if err > worst.0 {
+                worst = (err, x);
+            }
+        }
+        assert!(worst.0 < 5e-7, "max |error| {} at x = {}", worst.0, worst.1);
+        assert_eq!(super::erf(0.0), 0.0);
+        assert_eq!(super::erf(9.0), super::erf(4.0));
+        assert!(super::erf(f32::NAN).is_nan());
     }
 }
