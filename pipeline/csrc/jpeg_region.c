@@ -102,7 +102,8 @@ int jr_read_header(const unsigned char *data, unsigned long len, unsigned *width
  * (w * h * 3 bytes, RGB, rows packed). The pixels equal those of a full decode cropped
  * afterwards: columns come from jpeg_crop_scanline (widened to an iMCU boundary, and by
  * max_h_samp_factor more pixels each side, one chroma sample, so the fancy upsampler's
- * edge replication stays outside the wanted columns), rows above are skipped with jpeg_skip_scanlines, and reading stops at
+ * edge replication stays outside the wanted columns; without this margin the test
+ * region_decode_equals_full_decode_cropped fails on 4:2:0), rows above are skipped with jpeg_skip_scanlines, and reading stops at
  * the last wanted row (jpeg_abort_decompress). A size other than the expected one is an
  * error (reported with the header's size in *img_w, *img_h). Returns JR_UNSUPPORTED for
  * colour spaces other than grayscale, YCbCr and RGB.

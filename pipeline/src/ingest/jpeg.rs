@@ -175,7 +175,7 @@ mod tests {
         for y in 0..h {
             for x in 0..w {
                 for c in 0..channels {
-                    let base = if (x / 5 + y / 3 + c as u32) % 2 == 0 {
+                    let base = if (x / 5 + y / 3 + c as u32).is_multiple_of(2) {
                         40
                     } else {
                         200
