@@ -114,7 +114,7 @@ int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_
                      unsigned *img_h, char *msg, size_t msg_cap) {
   struct jpeg_decompress_struct c;
   jr_error_mgr e;
-  JSAMPARRAY row;
+  JSAMPARRAY rows16;
   JDIMENSION xoff, cw, skip_to, done;
   unsigned long line;
   unsigned dx, margin;
@@ -152,8 +152,8 @@ int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_
   cw = (x + w + margin < c.output_width ? x + w + margin : c.output_width) - xoff;
   if (xoff > 0 || cw < c.output_width) jpeg_crop_scanline(&c, &xoff, &cw);
   dx = x - xoff;
-  row = (*c.mem->alloc_sarray)((j_common_ptr)&c, JPOOL_IMAGE,
-                               (JDIMENSION)(c.output_width * 3), 1);
+  rows16 = (*c.mem->alloc_sarray)((j_common_ptr)&c, JPOOL_IMAGE,
+                                  (JDIMENSION)(c.output_width * 3), 16);
   skip_to = y;
   done = 0;
   while (done < skip_to) {
@@ -161,15 +161,39 @@ int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_
     if (n == 0) break;
     done += n;
   }
-  while (c.output_scanline < skip_to) jpeg_read_scanlines(&c, row, 1);
-  for (line = 0; line < h; line++) {
-    if (jpeg_read_scanlines(&c, row, 1) != 1) {
-      jr_set_msg(&e, "decoder returned no scanline");
-      jpeg_destroy_decompress(&c);
-      return JR_ERROR;
+  while (c.output_scanline < skip_to)
+    if (jpeg_read_scanlines(&c, rows16, 1) == 0) break;
+  if (dx == 0 && c.output_width == w) {
+    /* Whole decoded rows are wanted: decode straight into `out`, a few rows a call. */
+    JSAMPROW rows[16];
+    line = 0;
+    while (line < h) {
+      JDIMENSION k, n = h - line < 16 ? (JDIMENSION)(h - line) : 16, got;
+      for (k = 0; k < n; k++) rows[k] = out + (line + k) * (unsigned long)w * 3;
+      got = jpeg_read_scanlines(&c, rows, n);
+      if (got == 0) {
+        jr_set_msg(&e, "decoder returned no scanline");
+        jpeg_destroy_decompress(&c);
+        return JR_ERROR;
+      }
+      line += got;
     }
-    memcpy(out + line * (unsigned long)w * 3, row[0] + (unsigned long)dx * 3,
-           (size_t)w * 3);
+  } else {
+    /* Decode a few widened rows a call, copy out the wanted columns. */
+    line = 0;
+    while (line < h) {
+      JDIMENSION k, n = h - line < 16 ? (JDIMENSION)(h - line) : 16, got;
+      got = jpeg_read_scanlines(&c, rows16, n);
+      if (got == 0) {
+        jr_set_msg(&e, "decoder returned no scanline");
+        jpeg_destroy_decompress(&c);
+        return JR_ERROR;
+      }
+      for (k = 0; k < got; k++)
+        memcpy(out + (line + k) * (unsigned long)w * 3, rows16[k] + (unsigned long)dx * 3,
+               (size_t)w * 3);
+      line += got;
+    }
   }
   jpeg_abort_decompress(&c);
   jpeg_destroy_decompress(&c);
