@@ -301,9 +301,20 @@ fn round_trip_raw_is_exact_and_jpeg_is_the_same_encoding() {
         assert_eq!(sources[k].0, r.label, "record {i}");
         if sources[k].2.as_slice() == r.bytes {
             passed_through += 1;
-            assert_eq!(
-                img, sources[k].1,
-                "a stored original decodes to the source pixels"
+            // Records decode through libjpeg-turbo (Pillow's decoder), inputs through the
+            // image crate: the same file, so equal up to IDCT/upsampling rounding.
+            let src = &sources[k].1;
+            assert_eq!(img.dimensions(), src.dimensions());
+            let diff: u64 = img
+                .as_raw()
+                .iter()
+                .zip(src.as_raw())
+                .map(|(&a, &b)| u64::from(a.abs_diff(b)))
+                .sum();
+            let mean = diff as f64 / img.as_raw().len() as f64;
+            assert!(
+                mean < 1.0,
+                "a stored original decodes to the source pixels (mean diff {mean})"
             );
         }
     }

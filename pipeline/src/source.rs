@@ -6,6 +6,7 @@ use std::path::Path;
 use image::RgbImage;
 
 use crate::error::PipelineError;
+use crate::transforms::crop::CropRect;
 
 /// What the loader needs to know about a record before decoding it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +33,37 @@ pub trait RecordSource: Send + Sync {
     fn info(&self, index: usize) -> Result<RecordInfo, PipelineError>;
     /// Decodes record `index` to RGB. Errors name the shard and record.
     fn decode(&self, index: usize) -> Result<RgbImage, PipelineError>;
+    /// Decodes only `rect` (stored pixels) of record `index`: exactly the pixels of
+    /// [`Self::decode`] cropped to `rect`. The default decodes fully and crops; sources
+    /// whose codec can do less work override it.
+    fn decode_region(&self, index: usize, rect: CropRect) -> Result<RgbImage, PipelineError> {
+        let img = self.decode(index)?;
+        let inside = rect.width > 0
+            && rect.height > 0
+            && rect
+                .left
+                .checked_add(rect.width)
+                .is_some_and(|r| r <= img.width())
+            && rect
+                .top
+                .checked_add(rect.height)
+                .is_some_and(|b| b <= img.height());
+        if !inside {
+            return Err(PipelineError::Record {
+                index,
+                location: "region decode".into(),
+                message: format!(
+                    "region {rect:?} is not inside the {}x{} image",
+                    img.width(),
+                    img.height()
+                ),
+            });
+        }
+        Ok(
+            image::imageops::crop_imm(&img, rect.left, rect.top, rect.width, rect.height)
+                .to_image(),
+        )
+    }
 }
 
 /// Record shards of one split, read through `formats::shard`.
@@ -92,6 +124,14 @@ impl RecordSource for ShardSource {
             .record(index)
             .map_err(|e| self.record_error(index, e.to_string()))?;
         crate::ingest::decode_record(&r).map_err(|e| self.record_error(index, e.to_string()))
+    }
+    fn decode_region(&self, index: usize, rect: CropRect) -> Result<RgbImage, PipelineError> {
+        let r = self
+            .set
+            .record(index)
+            .map_err(|e| self.record_error(index, e.to_string()))?;
+        crate::ingest::decode_record_region(&r, rect)
+            .map_err(|e| self.record_error(index, e.to_string()))
     }
 }
 

@@ -15,7 +15,9 @@ use crate::error::PipelineError;
 use crate::plan::EpochPlan;
 use crate::rng::{stage_rng, unit_f64, Stage};
 use crate::source::{RecordInfo, RecordSource};
-use crate::transforms::crop::{apply_train_crop, hflip, train_crop_params, TrainCrop};
+use crate::transforms::crop::{
+    apply_train_crop_region, hflip, train_crop_params, CropRect, TrainCrop,
+};
 use crate::transforms::erase::erase;
 use crate::transforms::mix::{apply_pair, MixParams};
 use crate::transforms::normalize::Normalizer;
@@ -121,10 +123,40 @@ impl ViewBuilder {
         self.sample_view_timed(img, seed, out, &mut StageTimes::default(), false)
     }
 
+    /// The source pixels a drawn crop reads from a `width` x `height` image: decode only
+    /// these and pass them to [`Self::sample_view_region`].
+    pub fn crop_region(&self, crop: TrainCrop, width: u32, height: u32) -> CropRect {
+        crop.source_region(width, height, self.cfg.input_size, self.cfg.crop.padding)
+    }
+
     /// [`Self::sample_view`], adding each stage's time to `times` when `timed`.
     pub fn sample_view_timed(
         &self,
         img: &RgbImage,
+        seed: u64,
+        out: &mut [f32],
+        times: &mut StageTimes,
+        timed: bool,
+    ) -> Result<(), PipelineError> {
+        let crop = self.crop_for(seed, img.width(), img.height())?;
+        let full = CropRect {
+            left: 0,
+            top: 0,
+            width: img.width(),
+            height: img.height(),
+        };
+        self.sample_view_region(img, full, crop, seed, out, times, timed)
+    }
+
+    /// The un-mixed view of one sample from only the pixels of `region` (`img`), where
+    /// `crop` = [`Self::crop_for`] the stored size and `region` = [`Self::crop_region`] (or
+    /// any rectangle holding it). Bit-identical to [`Self::sample_view`] on the whole image.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_view_region(
+        &self,
+        img: &RgbImage,
+        region: CropRect,
+        crop: TrainCrop,
         seed: u64,
         out: &mut [f32],
         times: &mut StageTimes,
@@ -145,9 +177,9 @@ impl ViewBuilder {
         let now = || timed.then(std::time::Instant::now);
         let size = self.cfg.input_size;
         let t0 = now();
-        let crop = self.crop_for(seed, img.width(), img.height())?;
-        let mut v = apply_train_crop(
+        let mut v = apply_train_crop_region(
             img,
+            region,
             crop,
             size,
             self.cfg.crop.padding,
@@ -216,14 +248,37 @@ pub fn build_pair_into(
     let (ia, ib) = (plan.sample(sa) as usize, plan.sample(sb) as usize);
     let info_a = source.info(ia)?;
     let info_b = source.info(ib)?;
-    let img_a = source.decode(ia)?;
-    builder.sample_view(&img_a, plan.slot_seed(sa), out_a)?;
-    drop(img_a);
-    let img_b = source.decode(ib)?;
-    builder.sample_view(&img_b, plan.slot_seed(sb), out_b)?;
+    sample_view_from_source(source, builder, ia, info_a, plan.slot_seed(sa), out_a)?;
+    sample_view_from_source(source, builder, ib, info_b, plan.slot_seed(sb), out_b)?;
     let mix = plan.pair_mix(pair, builder.config());
     builder.mix(out_a, out_b, &mix);
     Ok((info_a, info_b, mix.lam))
+}
+
+/// The un-mixed view of record `index` for a slot seed: the crop is drawn from the stored
+/// size in `info`, and only the region it reads is decoded
+/// ([`RecordSource::decode_region`]). Same bits as decoding fully and calling
+/// [`ViewBuilder::sample_view`].
+pub fn sample_view_from_source(
+    source: &dyn RecordSource,
+    builder: &ViewBuilder,
+    index: usize,
+    info: RecordInfo,
+    seed: u64,
+    out: &mut [f32],
+) -> Result<(), PipelineError> {
+    let crop = builder.crop_for(seed, info.width, info.height)?;
+    let region = builder.crop_region(crop, info.width, info.height);
+    let img = source.decode_region(index, region)?;
+    builder.sample_view_region(
+        &img,
+        region,
+        crop,
+        seed,
+        out,
+        &mut StageTimes::default(),
+        false,
+    )
 }
 
 /// Builds the exact view of one slot (both images of its pair are decoded, since the

@@ -1,6 +1,7 @@
 //! Decoding: input files of any supported kind to 8-bit RGB, and stored records to RGB.
 
 use super::IngestError;
+use crate::transforms::crop::CropRect;
 use formats::shard::{Encoding, RecordRef};
 use image::{ExtendedColorType, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use std::io::Cursor;
@@ -66,7 +67,8 @@ pub fn check_jpeg(b: &[u8]) -> Result<u8, String> {
     let Some(components) = components else {
         return Err("JPEG without a frame header".into());
     };
-    if b[i..].windows(2).any(|w| w == [0xFF, 0xD9]) {
+    // Searched from the end: a complete file ends with its end-of-image marker.
+    if b[i..].windows(2).rev().any(|w| w == [0xFF, 0xD9]) {
         Ok(components)
     } else {
         Err("truncated JPEG (no end-of-image marker after the image data)".into())
@@ -143,19 +145,55 @@ pub fn decode_input(bytes: &[u8], max_pixels: u64) -> Result<Decoded, String> {
 }
 
 /// Decode a stored record to 8-bit RGB (JPEG, or zstd-compressed raw RGB), checking that
-/// the result has the size the index promises.
+/// the result has the size the index promises. JPEGs go through libjpeg-turbo (Pillow's
+/// pixels); CMYK/YCCK JPEGs, which that path leaves out, through the `image` crate.
 pub fn decode_record(rec: &RecordRef<'_>) -> Result<RgbImage, IngestError> {
+    decode_record_region(rec, full_rect(rec))
+}
+
+fn full_rect(rec: &RecordRef<'_>) -> CropRect {
+    CropRect {
+        left: 0,
+        top: 0,
+        width: rec.width,
+        height: rec.height,
+    }
+}
+
+/// Decode only the rectangle `rect` of a stored record (in stored pixels). The pixels are
+/// exactly those of [`decode_record`] cropped to `rect`: JPEGs decode only the blocks the
+/// rectangle needs (libjpeg-turbo's `jpeg_crop_scanline` and `jpeg_skip_scanlines`),
+/// other records are decoded fully and cropped. A truncated JPEG (no end-of-image marker)
+/// is an error whatever the rectangle.
+pub fn decode_record_region(rec: &RecordRef<'_>, rect: CropRect) -> Result<RgbImage, IngestError> {
     let (w, h) = (rec.width, rec.height);
+    let inside = rect.width > 0
+        && rect.height > 0
+        && rect.left.checked_add(rect.width).is_some_and(|r| r <= w)
+        && rect.top.checked_add(rect.height).is_some_and(|b| b <= h);
+    if !inside {
+        return Err(IngestError::Record(format!(
+            "region {}x{} at ({}, {}) is not inside the {w}x{h} record",
+            rect.width, rect.height, rect.left, rect.top
+        )));
+    }
+    let full = rect == full_rect(rec);
     let img = match rec.encoding {
         Encoding::Jpeg => {
-            let mut reader = ImageReader::with_format(Cursor::new(rec.bytes), ImageFormat::Jpeg);
-            let mut limits = image::Limits::default();
-            limits.max_alloc = Some(u64::from(w) * u64::from(h) * 4 + (1 << 20));
-            reader.limits(limits);
-            reader
-                .decode()
-                .map_err(|e| IngestError::Record(format!("JPEG: {e}")))?
-                .into_rgb8()
+            check_jpeg(rec.bytes).map_err(|e| IngestError::Record(format!("JPEG: {e}")))?;
+            let region = super::jpeg::decode_region(
+                rec.bytes,
+                (w, h),
+                (rect.left, rect.top, rect.width, rect.height),
+            )
+            .map_err(|e| IngestError::Record(format!("JPEG: {e}")))?;
+            match region {
+                Some(px) => {
+                    return RgbImage::from_raw(rect.width, rect.height, px)
+                        .ok_or_else(|| IngestError::Record("region buffer size mismatch".into()))
+                }
+                None => decode_jpeg_with_image(rec)?,
+            }
         }
         Encoding::RawRgbZstd => {
             let n = w as usize * h as usize * 3;
@@ -178,5 +216,136 @@ pub fn decode_record(rec: &RecordRef<'_>) -> Result<RgbImage, IngestError> {
             img.height()
         )));
     }
-    Ok(img)
+    if full {
+        Ok(img)
+    } else {
+        Ok(
+            image::imageops::crop_imm(&img, rect.left, rect.top, rect.width, rect.height)
+                .to_image(),
+        )
+    }
+}
+
+/// The full decode of a JPEG the libjpeg path leaves out (CMYK, YCCK), by the `image` crate.
+fn decode_jpeg_with_image(rec: &RecordRef<'_>) -> Result<RgbImage, IngestError> {
+    let mut reader = ImageReader::with_format(Cursor::new(rec.bytes), ImageFormat::Jpeg);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(u64::from(rec.width) * u64::from(rec.height) * 4 + (1 << 20));
+    reader.limits(limits);
+    Ok(reader
+        .decode()
+        .map_err(|e| IngestError::Record(format!("JPEG: {e}")))?
+        .into_rgb8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn jpeg(w: u16, h: u16, ct: ColorType, channels: usize) -> Vec<u8> {
+        let mut rng = ChaCha8Rng::seed_from_u64(u64::from(w) * 7 + u64::from(h));
+        let px: Vec<u8> = (0..w as usize * h as usize * channels)
+            .map(|_| rng.random())
+            .collect();
+        let mut bytes = Vec::new();
+        let mut enc = Encoder::new(&mut bytes, 85);
+        enc.set_sampling_factor(SamplingFactor::R_4_2_0);
+        enc.encode(&px, w, h, ct).unwrap();
+        bytes
+    }
+
+    fn record(bytes: &[u8], w: u32, h: u32) -> RecordRef<'_> {
+        RecordRef {
+            label: 0,
+            orig_width: w,
+            orig_height: h,
+            width: w,
+            height: h,
+            encoding: Encoding::Jpeg,
+            bytes,
+        }
+    }
+
+    fn rect(left: u32, top: u32, width: u32, height: u32) -> CropRect {
+        CropRect {
+            left,
+            top,
+            width,
+            height,
+        }
+    }
+
+    fn err(r: Result<RgbImage, IngestError>) -> String {
+        r.map(|_| ()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn corrupt_and_truncated_records_are_errors_naming_the_problem() {
+        let good = jpeg(64, 48, ColorType::Rgb, 3);
+        let top_left = rect(0, 0, 8, 8);
+        // Cut inside the image data: an error for any region, even one above the cut.
+        for cut in [good.len() - 2, good.len() / 2, 700] {
+            let r = record(&good[..cut], 64, 48);
+            for e in [
+                err(decode_record(&r)),
+                err(decode_record_region(&r, top_left)),
+            ] {
+                assert!(e.contains("truncated JPEG"), "cut {cut}: {e}");
+            }
+        }
+        let e = err(decode_record(&record(
+            b"\xFF\xD8\xFF\xE0\x00\x10JFIF",
+            64,
+            48,
+        )));
+        assert!(e.contains("truncated JPEG"), "{e}");
+        let e = err(decode_record(&record(b"GIF89a, not a jpeg", 64, 48)));
+        assert!(e.contains("not a JPEG"), "{e}");
+        let e = err(decode_record(&record(&good, 64, 49)));
+        assert!(e.contains("header says 64x48, the index says 64x49"), "{e}");
+        let e = err(decode_record_region(
+            &record(&good, 64, 48),
+            rect(60, 0, 5, 1),
+        ));
+        assert!(e.contains("not inside the 64x48 record"), "{e}");
+        // A damaged header (SOF with a bad precision) is libjpeg's error, not an abort.
+        let sof = good.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        let mut bad = good.clone();
+        bad[sof + 4] = 3;
+        let e = err(decode_record(&record(&bad, 64, 48)));
+        assert!(e.contains("JPEG: Unsupported JPEG data precision 3"), "{e}");
+        // Random damage: never a panic or abort; when both decodes succeed the region is
+        // the same rectangle of the full decode.
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut ok = 0;
+        for _ in 0..400 {
+            let mut b = good.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..b.len());
+                b[at] = rng.random();
+            }
+            let r = record(&b, 64, 48);
+            let region = rect(9, 17, 30, 20);
+            if let (Ok(full), Ok(part)) = (decode_record(&r), decode_record_region(&r, region)) {
+                let want = image::imageops::crop_imm(&full, 9, 17, 30, 20).to_image();
+                assert!(part == want);
+                ok += 1;
+            }
+        }
+        assert!(ok > 100, "{ok}");
+    }
+
+    #[test]
+    fn cmyk_records_decode_with_the_image_crate_on_every_path() {
+        let bytes = jpeg(40, 30, ColorType::Cmyk, 4);
+        let r = record(&bytes, 40, 30);
+        let full = decode_record(&r).unwrap();
+        let want = image::load_from_memory(&bytes).unwrap().into_rgb8();
+        assert!(full == want, "CMYK goes through the image crate");
+        let part = decode_record_region(&r, rect(3, 5, 20, 11)).unwrap();
+        assert!(part == image::imageops::crop_imm(&full, 3, 5, 20, 11).to_image());
+    }
 }

@@ -1,7 +1,9 @@
 //! Ingest: turn input image files into shard records, and shard records back into pixels.
 //!
 //! - [`decode`]: decode any input (JPEG incl. CMYK and grayscale, PNG incl. alpha and 16-bit)
-//!   to 8-bit RGB with a pixel-limit guard; [`decode_record`] decodes a stored record.
+//!   to 8-bit RGB with a pixel-limit guard; [`decode_record`] decodes a stored record,
+//!   [`decode_record_region`] only a rectangle of it.
+//! - [`jpeg`]: JPEG records through libjpeg-turbo (full and region decode; the FFI).
 //! - [`resize`]: shorter-side resize with antialiasing (Lanczos3 convolution).
 //! - [`encode`]: JPEG or zstd-compressed raw RGB.
 //! - [`process`]: one input file to one record (the per-image work of `deit-pipe shard`).
@@ -13,11 +15,12 @@ pub mod decode;
 pub mod encode;
 pub mod inputs;
 pub mod job;
+pub mod jpeg;
 pub mod process;
 pub mod resize;
 pub mod synth;
 
-pub use decode::{decode_input, decode_record, Decoded};
+pub use decode::{decode_input, decode_record, decode_record_region, Decoded};
 pub use process::{process_image, IngestOptions, Processed};
 
 use std::path::PathBuf;

@@ -95,15 +95,24 @@ pub fn random_crop_pad_params(
 
 /// Crops `size` x `size` at `(top, left)` of the image zero-padded by `padding`.
 pub fn apply_crop_pad(img: &RgbImage, size: u32, padding: u32, top: u32, left: u32) -> RgbImage {
+    let (dx, dy) = (
+        i64::from(left) - i64::from(padding),
+        i64::from(top) - i64::from(padding),
+    );
+    crop_pad_at(img, size, dx, dy)
+}
+
+/// Output pixel (x, y) is source pixel (x + dx, y + dy), zero outside the image.
+fn crop_pad_at(img: &RgbImage, size: u32, dx: i64, dy: i64) -> RgbImage {
     let mut out = RgbImage::new(size, size);
     let (w, h) = (img.width() as i64, img.height() as i64);
     for y in 0..size {
-        let sy = (y + top) as i64 - padding as i64;
+        let sy = y as i64 + dy;
         if sy < 0 || sy >= h {
             continue;
         }
         for x in 0..size {
-            let sx = (x + left) as i64 - padding as i64;
+            let sx = x as i64 + dx;
             if sx >= 0 && sx < w {
                 out.put_pixel(x, y, *img.get_pixel(sx as u32, sy as u32));
             }
@@ -124,6 +133,45 @@ pub enum TrainCrop {
         /// Left offset in the padded image.
         left: u32,
     },
+}
+
+impl TrainCrop {
+    /// The source pixels the crop reads from a `width` x `height` image: the rectangle for
+    /// RandomResizedCrop (the resize filter never reads outside it), the part of the image
+    /// inside the padded window for RandomCrop. Decoding only this region and applying
+    /// [`apply_train_crop_region`] gives the same pixels as [`apply_train_crop`] on the
+    /// whole image. Never empty: a window that lies wholly in the padding (possible only
+    /// when `size <= padding`) reads nothing and gets the 1x1 corner.
+    pub fn source_region(&self, width: u32, height: u32, size: u32, padding: u32) -> CropRect {
+        match *self {
+            TrainCrop::Resized(rect) => rect,
+            TrainCrop::Padded { top, left } => {
+                let span = |off: u32, len: u32| {
+                    let a = i64::from(off) - i64::from(padding);
+                    let lo = a.clamp(0, i64::from(len));
+                    let hi = (a + i64::from(size)).clamp(0, i64::from(len));
+                    (lo as u32, (hi - lo) as u32)
+                };
+                let (x, w) = span(left, width);
+                let (y, h) = span(top, height);
+                if w == 0 || h == 0 {
+                    CropRect {
+                        left: 0,
+                        top: 0,
+                        width: 1,
+                        height: 1,
+                    }
+                } else {
+                    CropRect {
+                        left: x,
+                        top: y,
+                        width: w,
+                        height: h,
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Draws the training crop for a `width` x `height` image.
@@ -158,6 +206,51 @@ pub fn apply_train_crop(
             super::resize::crop_resize(img, rect, size, size, interpolation)
         }
         TrainCrop::Padded { top, left } => Ok(apply_crop_pad(img, size, padding, top, left)),
+    }
+}
+
+/// [`apply_train_crop`] given only `region` of the image (`img` holds those pixels, as
+/// from a region decode of [`TrainCrop::source_region`]): the same output, bit for bit.
+pub fn apply_train_crop_region(
+    img: &RgbImage,
+    region: CropRect,
+    crop: TrainCrop,
+    size: u32,
+    padding: u32,
+    interpolation: Interpolation,
+) -> Result<RgbImage, PipelineError> {
+    if img.dimensions() != (region.width, region.height) {
+        return Err(PipelineError::Resize(format!(
+            "region image is {}x{}, the region {}x{}",
+            img.width(),
+            img.height(),
+            region.width,
+            region.height
+        )));
+    }
+    match crop {
+        TrainCrop::Resized(rect) => {
+            let inside = rect.left >= region.left
+                && rect.top >= region.top
+                && rect.left + rect.width <= region.left + region.width
+                && rect.top + rect.height <= region.top + region.height;
+            if !inside {
+                return Err(PipelineError::Resize(format!(
+                    "crop {rect:?} is not inside the decoded region {region:?}"
+                )));
+            }
+            let shifted = CropRect {
+                left: rect.left - region.left,
+                top: rect.top - region.top,
+                ..rect
+            };
+            super::resize::crop_resize(img, shifted, size, size, interpolation)
+        }
+        TrainCrop::Padded { top, left } => {
+            let dx = i64::from(left) - i64::from(padding) - i64::from(region.left);
+            let dy = i64::from(top) - i64::from(padding) - i64::from(region.top);
+            Ok(crop_pad_at(img, size, dx, dy))
+        }
     }
 }
 

@@ -1,0 +1,201 @@
+/*
+ * Region decode of JPEG records through libjpeg-turbo's libjpeg 6.2 API.
+ *
+ * Why by hand: the maintained Rust bindings cannot be built on a fresh machine of ours.
+ * `turbojpeg` needs the TurboJPEG 3 API (libjpeg-turbo 3, built with cmake and nasm) and
+ * `mozjpeg-sys` without nasm has no SIMD. The system's libjpeg-turbo 2.1
+ * (libjpeg62-turbo-dev: jpeglib.h, libjpeg.a, with SIMD) already has everything a region
+ * decode needs (jpeg_crop_scanline, jpeg_skip_scanlines), so this file is the whole
+ * binding: three plain functions called from pipeline/src/ingest/jpeg.rs.
+ *
+ * Settings are Pillow's: JDCT_ISLOW, fancy upsampling, warnings ignored (corrupt-data
+ * warnings still give pixels, as in Pillow). Errors never exit(): they longjmp back
+ * here and return JR_ERROR with libjpeg's message text.
+ */
+#include <setjmp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <jpeglib.h>
+
+#define JR_OK 0
+#define JR_ERROR 1
+#define JR_UNSUPPORTED 2
+#define JR_BAD_ARGS 3
+
+typedef struct {
+  struct jpeg_error_mgr pub;
+  jmp_buf jump;
+  char *msg;
+  size_t msg_cap;
+} jr_error_mgr;
+
+static void jr_set_msg(jr_error_mgr *e, const char *text) {
+  if (e->msg != NULL && e->msg_cap > 0) {
+    strncpy(e->msg, text, e->msg_cap - 1);
+    e->msg[e->msg_cap - 1] = '\0';
+  }
+}
+
+static void jr_error_exit(j_common_ptr cinfo) {
+  jr_error_mgr *e = (jr_error_mgr *)cinfo->err;
+  char buf[JMSG_LENGTH_MAX];
+  (*cinfo->err->format_message)(cinfo, buf);
+  jr_set_msg(e, buf);
+  longjmp(e->jump, 1);
+}
+
+/* Warnings (level -1) and trace messages are ignored, as Pillow does. */
+static void jr_emit_message(j_common_ptr cinfo, int msg_level) {
+  (void)cinfo;
+  (void)msg_level;
+}
+
+static void jr_output_message(j_common_ptr cinfo) { (void)cinfo; }
+
+/* Colour spaces decoded here: 1-component grayscale, 3-component YCbCr or RGB. */
+static int jr_supported(const struct jpeg_decompress_struct *c) {
+  return (c->num_components == 1 && c->jpeg_color_space == JCS_GRAYSCALE) ||
+         (c->num_components == 3 &&
+          (c->jpeg_color_space == JCS_YCbCr || c->jpeg_color_space == JCS_RGB));
+}
+
+static void jr_init(struct jpeg_decompress_struct *c, jr_error_mgr *e, char *msg,
+                    size_t msg_cap) {
+  memset(e, 0, sizeof(*e));
+  c->err = jpeg_std_error(&e->pub);
+  e->pub.error_exit = jr_error_exit;
+  e->pub.emit_message = jr_emit_message;
+  e->pub.output_message = jr_output_message;
+  e->msg = msg;
+  e->msg_cap = msg_cap;
+  if (msg != NULL && msg_cap > 0) msg[0] = '\0';
+}
+
+/* Reads the header: size, number of components, libjpeg's J_COLOR_SPACE code and whether
+ * jr_decode_region can decode it (1) or not (0). */
+int jr_read_header(const unsigned char *data, unsigned long len, unsigned *width,
+                   unsigned *height, int *components, int *color_space, int *supported,
+                   char *msg, size_t msg_cap) {
+  struct jpeg_decompress_struct c;
+  jr_error_mgr e;
+  jr_init(&c, &e, msg, msg_cap);
+  if (setjmp(e.jump)) {
+    jpeg_destroy_decompress(&c);
+    return JR_ERROR;
+  }
+  jpeg_create_decompress(&c);
+  jpeg_mem_src(&c, data, len);
+  jpeg_read_header(&c, TRUE);
+  *width = c.image_width;
+  *height = c.image_height;
+  *components = c.num_components;
+  *color_space = (int)c.jpeg_color_space;
+  *supported = jr_supported(&c);
+  jpeg_destroy_decompress(&c);
+  return JR_OK;
+}
+
+/*
+ * Decodes the rectangle (x, y, w, h) of a JPEG of expected size exp_w x exp_h into `out`
+ * (w * h * 3 bytes, RGB, rows packed). The pixels equal those of a full decode cropped
+ * afterwards: columns come from jpeg_crop_scanline (widened to an iMCU boundary, and by
+ * max_h_samp_factor more pixels each side, one chroma sample, so the fancy upsampler's
+ * edge replication stays outside the wanted columns; without this margin the test
+ * region_decode_equals_full_decode_cropped fails on 4:2:0), rows above are skipped with jpeg_skip_scanlines, and reading stops at
+ * the last wanted row (jpeg_abort_decompress). A size other than the expected one is an
+ * error (reported with the header's size in *img_w, *img_h). Returns JR_UNSUPPORTED for
+ * colour spaces other than grayscale, YCbCr and RGB.
+ */
+int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_w,
+                     unsigned exp_h, unsigned x, unsigned y, unsigned w, unsigned h,
+                     unsigned char *out, unsigned *img_w,
+                     unsigned *img_h, char *msg, size_t msg_cap) {
+  struct jpeg_decompress_struct c;
+  jr_error_mgr e;
+  JSAMPARRAY rows16;
+  JDIMENSION xoff, cw, skip_to, done;
+  unsigned long line;
+  unsigned dx, margin;
+  jr_init(&c, &e, msg, msg_cap);
+  if (setjmp(e.jump)) {
+    jpeg_destroy_decompress(&c);
+    return JR_ERROR;
+  }
+  jpeg_create_decompress(&c);
+  jpeg_mem_src(&c, data, len);
+  jpeg_read_header(&c, TRUE);
+  *img_w = c.image_width;
+  *img_h = c.image_height;
+  if (c.image_width != exp_w || c.image_height != exp_h) {
+    jr_set_msg(&e, "size differs from the expected size");
+    jpeg_destroy_decompress(&c);
+    return JR_BAD_ARGS;
+  }
+  if (w == 0 || h == 0 || x > exp_w || w > exp_w - x || y > exp_h || h > exp_h - y) {
+    jr_set_msg(&e, "region outside the image");
+    jpeg_destroy_decompress(&c);
+    return JR_BAD_ARGS;
+  }
+  if (!jr_supported(&c)) {
+    jpeg_destroy_decompress(&c);
+    return JR_UNSUPPORTED;
+  }
+  margin = (unsigned)c.max_h_samp_factor;
+  c.out_color_space = JCS_RGB;
+  c.dct_method = JDCT_ISLOW;
+  c.do_fancy_upsampling = TRUE;
+  jpeg_start_decompress(&c);
+  /* Columns: [xoff, xoff + cw) holds [x - margin, x + w + margin) clipped to the image. */
+  xoff = x > margin ? x - margin : 0;
+  cw = (x + w + margin < c.output_width ? x + w + margin : c.output_width) - xoff;
+  if (xoff > 0 || cw < c.output_width) jpeg_crop_scanline(&c, &xoff, &cw);
+  dx = x - xoff;
+  rows16 = (*c.mem->alloc_sarray)((j_common_ptr)&c, JPOOL_IMAGE,
+                                  (JDIMENSION)(c.output_width * 3), 16);
+  skip_to = y;
+  done = 0;
+  while (done < skip_to) {
+    JDIMENSION n = jpeg_skip_scanlines(&c, skip_to - done);
+    if (n == 0) break;
+    done += n;
+  }
+  while (c.output_scanline < skip_to)
+    if (jpeg_read_scanlines(&c, rows16, 1) == 0) break;
+  if (dx == 0 && c.output_width == w) {
+    /* Whole decoded rows are wanted: decode straight into `out`, a few rows a call. */
+    JSAMPROW rows[16];
+    line = 0;
+    while (line < h) {
+      JDIMENSION k, n = h - line < 16 ? (JDIMENSION)(h - line) : 16, got;
+      for (k = 0; k < n; k++) rows[k] = out + (line + k) * (unsigned long)w * 3;
+      got = jpeg_read_scanlines(&c, rows, n);
+      if (got == 0) {
+        jr_set_msg(&e, "decoder returned no scanline");
+        jpeg_destroy_decompress(&c);
+        return JR_ERROR;
+      }
+      line += got;
+    }
+  } else {
+    /* Decode a few widened rows a call, copy out the wanted columns. */
+    line = 0;
+    while (line < h) {
+      JDIMENSION k, n = h - line < 16 ? (JDIMENSION)(h - line) : 16, got;
+      got = jpeg_read_scanlines(&c, rows16, n);
+      if (got == 0) {
+        jr_set_msg(&e, "decoder returned no scanline");
+        jpeg_destroy_decompress(&c);
+        return JR_ERROR;
+      }
+      for (k = 0; k < got; k++)
+        memcpy(out + (line + k) * (unsigned long)w * 3, rows16[k] + (unsigned long)dx * 3,
+               (size_t)w * 3);
+      line += got;
+    }
+  }
+  jpeg_abort_decompress(&c);
+  jpeg_destroy_decompress(&c);
+  return JR_OK;
+}

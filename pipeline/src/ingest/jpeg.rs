@@ -1,0 +1,337 @@
+//! JPEG records through libjpeg-turbo (the system's libjpeg 6.2 API, linked statically):
+//! header reading and decoding of a rectangle of the image (`csrc/jpeg_region.c`). All of
+//! the crate's `unsafe` FFI lives in this module.
+//!
+//! Pixels are those of Pillow (libjpeg-turbo, ISLOW IDCT, fancy upsampling), and a
+//! region's pixels equal the same rectangle of a full decode, byte for byte.
+
+use std::ffi::{c_char, c_int, c_uchar, c_uint, c_ulong, CStr};
+
+const JR_OK: c_int = 0;
+const JR_UNSUPPORTED: c_int = 2;
+const JR_BAD_ARGS: c_int = 3;
+/// Room for libjpeg's messages (JMSG_LENGTH_MAX is 200).
+const MSG_CAP: usize = 256;
+
+extern "C" {
+    fn jr_read_header(
+        data: *const c_uchar,
+        len: c_ulong,
+        width: *mut c_uint,
+        height: *mut c_uint,
+        components: *mut c_int,
+        color_space: *mut c_int,
+        supported: *mut c_int,
+        msg: *mut c_char,
+        msg_cap: usize,
+    ) -> c_int;
+    fn jr_decode_region(
+        data: *const c_uchar,
+        len: c_ulong,
+        exp_w: c_uint,
+        exp_h: c_uint,
+        x: c_uint,
+        y: c_uint,
+        w: c_uint,
+        h: c_uint,
+        out: *mut c_uchar,
+        img_w: *mut c_uint,
+        img_h: *mut c_uint,
+        msg: *mut c_char,
+        msg_cap: usize,
+    ) -> c_int;
+}
+
+/// What a JPEG's header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JpegHeader {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Number of colour components in the frame.
+    pub components: u32,
+    /// libjpeg's `J_COLOR_SPACE` code of the stored data (1 gray, 2 RGB, 3 YCbCr, 4 CMYK,
+    /// 5 YCCK).
+    pub color_space: i32,
+    /// Whether [`decode_region`] decodes it (grayscale, YCbCr or RGB); other JPEGs (CMYK,
+    /// YCCK) are for the `image` crate.
+    pub supported: bool,
+}
+
+fn message(buf: &[u8; MSG_CAP]) -> String {
+    CStr::from_bytes_until_nul(buf)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn c_len(bytes: &[u8]) -> Result<c_ulong, String> {
+    c_ulong::try_from(bytes.len()).map_err(|_| "JPEG too large".to_string())
+}
+
+/// Reads a JPEG's header. `Err` holds libjpeg's message.
+pub fn read_header(bytes: &[u8]) -> Result<JpegHeader, String> {
+    let (mut w, mut h, mut comps, mut cs, mut sup) = (0 as c_uint, 0 as c_uint, 0, 0, 0);
+    let mut msg = [0u8; MSG_CAP];
+    let len = c_len(bytes)?;
+    // SAFETY: `bytes` is a live slice of `len` bytes that libjpeg only reads; every out
+    // pointer points to a local of the declared C type; `msg` has MSG_CAP writable bytes
+    // and the C side writes at most `msg_cap` bytes, NUL-terminated. Errors return through
+    // longjmp inside C (no Rust frames are crossed).
+    let rc = unsafe {
+        jr_read_header(
+            bytes.as_ptr(),
+            len,
+            &mut w,
+            &mut h,
+            &mut comps,
+            &mut cs,
+            &mut sup,
+            msg.as_mut_ptr().cast::<c_char>(),
+            MSG_CAP,
+        )
+    };
+    if rc != JR_OK {
+        return Err(message(&msg));
+    }
+    Ok(JpegHeader {
+        width: w,
+        height: h,
+        components: comps.max(0) as u32,
+        color_space: cs,
+        supported: sup != 0,
+    })
+}
+
+/// Decodes the rectangle `(x, y, w, h)` of a JPEG whose size must be `width` x `height`
+/// to packed RGB (`w * h * 3` bytes). `Ok(None)`: a colour space this decoder leaves to
+/// the `image` crate (CMYK, YCCK). `Err` holds a reason (libjpeg's message, a size that
+/// differs from the expected one, or a rectangle outside the image).
+pub fn decode_region(
+    bytes: &[u8],
+    (width, height): (u32, u32),
+    (x, y, w, h): (u32, u32, u32, u32),
+) -> Result<Option<Vec<u8>>, String> {
+    let inside = w > 0
+        && h > 0
+        && x.checked_add(w).is_some_and(|r| r <= width)
+        && y.checked_add(h).is_some_and(|b| b <= height);
+    if !inside {
+        return Err(format!(
+            "region {w}x{h} at ({x}, {y}) is not inside the {width}x{height} image"
+        ));
+    }
+    let n = (w as usize)
+        .checked_mul(h as usize)
+        .and_then(|p| p.checked_mul(3))
+        .ok_or_else(|| format!("region {w}x{h} too large"))?;
+    let mut out = vec![0u8; n];
+    let (mut iw, mut ih) = (0 as c_uint, 0 as c_uint);
+    let mut msg = [0u8; MSG_CAP];
+    let len = c_len(bytes)?;
+    // SAFETY: `bytes` is a live slice of `len` bytes that libjpeg only reads. `out` holds
+    // exactly w * h * 3 bytes and the C side writes h rows of w * 3 bytes after checking
+    // the header's size equals (width, height) and the rectangle lies inside it (checked
+    // above too). `iw`, `ih` are locals of type c_uint; `msg` has MSG_CAP writable bytes,
+    // written NUL-terminated within `msg_cap`. Errors return through longjmp inside C.
+    let rc = unsafe {
+        jr_decode_region(
+            bytes.as_ptr(),
+            len,
+            width,
+            height,
+            x,
+            y,
+            w,
+            h,
+            out.as_mut_ptr(),
+            &mut iw,
+            &mut ih,
+            msg.as_mut_ptr().cast::<c_char>(),
+            MSG_CAP,
+        )
+    };
+    match rc {
+        JR_OK => Ok(Some(out)),
+        JR_UNSUPPORTED => Ok(None),
+        JR_BAD_ARGS if (iw, ih) != (width, height) => Err(format!(
+            "JPEG header says {iw}x{ih}, the index says {width}x{height}"
+        )),
+        _ => Err(message(&msg)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Noisy pixels with hard colour edges: any difference in upsampling or IDCT shows.
+    fn pixels(w: u32, h: u32, channels: usize, seed: u64) -> Vec<u8> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut v = Vec::with_capacity(w as usize * h as usize * channels);
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..channels {
+                    let base = if (x / 5 + y / 3 + c as u32).is_multiple_of(2) {
+                        40
+                    } else {
+                        200
+                    };
+                    v.push((base + rng.random_range(0..50u32) + x % 7) as u8);
+                }
+            }
+        }
+        v
+    }
+
+    /// (name, bytes, width, height) of JPEGs of every layout the decoder meets.
+    pub(crate) fn variants(w: u32, h: u32, seed: u64) -> Vec<(String, Vec<u8>)> {
+        let rgb = pixels(w, h, 3, seed);
+        let gray = pixels(w, h, 1, seed + 1);
+        let mut out = Vec::new();
+        let kinds: [(&str, SamplingFactor, bool, u16, bool); 8] = [
+            ("4:2:0", SamplingFactor::R_4_2_0, false, 0, false),
+            ("4:2:2", SamplingFactor::R_4_2_2, false, 0, false),
+            ("4:4:4", SamplingFactor::R_4_4_4, false, 0, false),
+            ("4:4:0", SamplingFactor::R_4_4_0, false, 0, false),
+            ("4:2:0 progressive", SamplingFactor::R_4_2_0, true, 0, false),
+            ("4:2:0 restart 3", SamplingFactor::R_4_2_0, false, 3, false),
+            ("gray", SamplingFactor::R_4_4_4, false, 0, true),
+            ("gray progressive", SamplingFactor::R_4_4_4, true, 0, true),
+        ];
+        for (name, sampling, progressive, restart, is_gray) in kinds {
+            let mut bytes = Vec::new();
+            let mut enc = Encoder::new(&mut bytes, 90);
+            enc.set_sampling_factor(sampling);
+            enc.set_progressive(progressive);
+            if restart > 0 {
+                enc.set_restart_interval(restart);
+            }
+            let (data, ct) = if is_gray {
+                (&gray, ColorType::Luma)
+            } else {
+                (&rgb, ColorType::Rgb)
+            };
+            enc.encode(data, w as u16, h as u16, ct).unwrap();
+            out.push((format!("{name} {w}x{h}"), bytes));
+        }
+        out
+    }
+
+    fn crop(full: &[u8], w: u32, (x, y, cw, ch): (u32, u32, u32, u32)) -> Vec<u8> {
+        let mut v = Vec::with_capacity((cw * ch * 3) as usize);
+        for row in y..y + ch {
+            let at = ((row * w + x) * 3) as usize;
+            v.extend_from_slice(&full[at..at + (cw * 3) as usize]);
+        }
+        v
+    }
+
+    fn rects(w: u32, h: u32, rng: &mut ChaCha8Rng) -> Vec<(u32, u32, u32, u32)> {
+        let mut r = vec![
+            (0, 0, w, h),
+            (0, 0, 1, 1),
+            (w - 1, h - 1, 1, 1),
+            (w - 1, 0, 1, h),
+            (0, h - 1, w, 1),
+            (w / 2, h / 2, w - w / 2, h - h / 2),
+        ];
+        if w > 2 && h > 2 {
+            r.push((1, 1, w - 2, h - 2));
+        }
+        for _ in 0..120 {
+            let cw = rng.random_range(1..=w);
+            let ch = rng.random_range(1..=h);
+            r.push((
+                rng.random_range(0..=w - cw),
+                rng.random_range(0..=h - ch),
+                cw,
+                ch,
+            ));
+        }
+        r
+    }
+
+    #[test]
+    fn region_decode_equals_full_decode_cropped() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut checked = 0;
+        for (w, h) in [
+            (37, 23),
+            (200, 150),
+            (97, 61),
+            (16, 16),
+            (33, 17),
+            (1, 1),
+            (130, 257),
+        ] {
+            for (name, bytes) in variants(w, h, u64::from(w * 1000 + h)) {
+                let full = decode_region(&bytes, (w, h), (0, 0, w, h))
+                    .unwrap_or_else(|e| panic!("{name}: {e}"))
+                    .unwrap();
+                for rect in rects(w, h, &mut rng) {
+                    let got = decode_region(&bytes, (w, h), rect).unwrap().unwrap();
+                    assert!(
+                        got == crop(&full, w, rect),
+                        "{name}: region {rect:?} differs from the full decode"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 6000);
+    }
+
+    #[test]
+    fn full_decode_is_close_to_the_image_crate_and_header_is_read() {
+        for (name, bytes) in variants(97, 61, 3) {
+            let h = read_header(&bytes).unwrap();
+            let gray = name.starts_with("gray");
+            assert_eq!((h.width, h.height, h.supported), (97, 61, true), "{name}");
+            assert_eq!(
+                (h.components, h.color_space),
+                if gray { (1, 1) } else { (3, 3) },
+                "{name}"
+            );
+            let ours = decode_region(&bytes, (97, 61), (0, 0, 97, 61))
+                .unwrap()
+                .unwrap();
+            let zune = image::load_from_memory(&bytes).unwrap().into_rgb8();
+            let diff: u64 = ours
+                .iter()
+                .zip(zune.as_raw())
+                .map(|(&a, &b)| u64::from(a.abs_diff(b)))
+                .sum();
+            let mean = diff as f64 / ours.len() as f64;
+            assert!(mean < 1.5, "{name}: mean |libjpeg - zune| = {mean}");
+            if gray {
+                assert!(ours.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+            }
+        }
+    }
+
+    #[test]
+    fn cmyk_is_left_to_the_image_crate_and_bad_input_is_an_error() {
+        let cmyk = pixels(20, 10, 4, 1);
+        let mut bytes = Vec::new();
+        Encoder::new(&mut bytes, 90)
+            .encode(&cmyk, 20, 10, ColorType::Cmyk)
+            .unwrap();
+        let h = read_header(&bytes).unwrap();
+        assert_eq!((h.components, h.supported), (4, false));
+        assert_eq!(decode_region(&bytes, (20, 10), (0, 0, 20, 10)), Ok(None));
+
+        let (_, good) = variants(40, 30, 1).swap_remove(0);
+        let e = decode_region(&good, (41, 30), (0, 0, 40, 30)).unwrap_err();
+        assert!(e.contains("header says 40x30, the index says 41x30"), "{e}");
+        let e = decode_region(&good, (40, 30), (30, 0, 11, 30)).unwrap_err();
+        assert!(e.contains("not inside"), "{e}");
+        let e = read_header(b"\xFF\xD8\xFF\xE0 not a jpeg at all").unwrap_err();
+        assert!(!e.is_empty());
+        let e = decode_region(b"hello", (40, 30), (0, 0, 1, 1)).unwrap_err();
+        assert!(e.contains("Not a JPEG"), "{e}");
+    }
+}
