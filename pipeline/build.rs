@@ -11,8 +11,24 @@ fn main() {
     println!("cargo:rerun-if-env-changed=JPEG_INCLUDE_DIR");
     let mut build = cc::Build::new();
     build.file("csrc/jpeg_region.c").opt_level(2).warnings(true);
-    if let Ok(dir) = std::env::var("JPEG_INCLUDE_DIR") {
+    let include_dir = std::env::var("JPEG_INCLUDE_DIR").ok();
+    if let Some(dir) = &include_dir {
         build.include(dir);
+    }
+    let header_dirs = include_dir
+        .iter()
+        .map(String::as_str)
+        .chain(["/usr/include", "/usr/local/include"]);
+    if !header_dirs
+        .clone()
+        .any(|d| Path::new(d).join("jpeglib.h").is_file())
+    {
+        panic!(
+            "jpeglib.h not found in {:?}: deit-pipe decodes JPEG records with libjpeg-turbo; \
+             install its development files (`apt-get install libjpeg62-turbo-dev`, which \
+             `bash .ci/run` does) or set JPEG_INCLUDE_DIR and JPEG_LIB_DIR",
+            header_dirs.collect::<Vec<_>>()
+        );
     }
     build.compile("jpeg_region");
 
