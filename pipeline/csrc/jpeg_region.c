@@ -6,7 +6,7 @@
  * `mozjpeg-sys` without nasm has no SIMD. The system's libjpeg-turbo 2.1
  * (libjpeg62-turbo-dev: jpeglib.h, libjpeg.a, with SIMD) already has everything a region
  * decode needs (jpeg_crop_scanline, jpeg_skip_scanlines), so this file is the whole
- * binding: three plain functions called from pipeline/src/ingest/jpeg.rs.
+ * binding: one plain function called from pipeline/src/ingest/jpeg.rs.
  *
  * Settings are Pillow's: JDCT_ISLOW, fancy upsampling, warnings ignored (corrupt-data
  * warnings still give pixels, as in Pillow). Errors never exit(): they longjmp back
@@ -71,30 +71,6 @@ static void jr_init(struct jpeg_decompress_struct *c, jr_error_mgr *e, char *msg
   e->msg = msg;
   e->msg_cap = msg_cap;
   if (msg != NULL && msg_cap > 0) msg[0] = '\0';
-}
-
-/* Reads the header: size, number of components, libjpeg's J_COLOR_SPACE code and whether
- * jr_decode_region can decode it (1) or not (0). */
-int jr_read_header(const unsigned char *data, unsigned long len, unsigned *width,
-                   unsigned *height, int *components, int *color_space, int *supported,
-                   char *msg, size_t msg_cap) {
-  struct jpeg_decompress_struct c;
-  jr_error_mgr e;
-  jr_init(&c, &e, msg, msg_cap);
-  if (setjmp(e.jump)) {
-    jpeg_destroy_decompress(&c);
-    return JR_ERROR;
-  }
-  jpeg_create_decompress(&c);
-  jpeg_mem_src(&c, data, len);
-  jpeg_read_header(&c, TRUE);
-  *width = c.image_width;
-  *height = c.image_height;
-  *components = c.num_components;
-  *color_space = (int)c.jpeg_color_space;
-  *supported = jr_supported(&c);
-  jpeg_destroy_decompress(&c);
-  return JR_OK;
 }
 
 /*

@@ -1,5 +1,5 @@
 //! JPEG records through libjpeg-turbo (the system's libjpeg 6.2 API, linked statically):
-//! header reading and decoding of a rectangle of the image (`csrc/jpeg_region.c`). All of
+//! decoding of a rectangle of the image (`csrc/jpeg_region.c`). All of
 //! the crate's `unsafe` FFI lives in this module.
 //!
 //! Pixels are those of Pillow (libjpeg-turbo, ISLOW IDCT, fancy upsampling), and a
@@ -14,17 +14,6 @@ const JR_BAD_ARGS: c_int = 3;
 const MSG_CAP: usize = 256;
 
 extern "C" {
-    fn jr_read_header(
-        data: *const c_uchar,
-        len: c_ulong,
-        width: *mut c_uint,
-        height: *mut c_uint,
-        components: *mut c_int,
-        color_space: *mut c_int,
-        supported: *mut c_int,
-        msg: *mut c_char,
-        msg_cap: usize,
-    ) -> c_int;
     fn jr_decode_region(
         data: *const c_uchar,
         len: c_ulong,
@@ -42,23 +31,6 @@ extern "C" {
     ) -> c_int;
 }
 
-/// What a JPEG's header says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct JpegHeader {
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// Number of colour components in the frame.
-    pub components: u32,
-    /// libjpeg's `J_COLOR_SPACE` code of the stored data (1 gray, 2 RGB, 3 YCbCr, 4 CMYK,
-    /// 5 YCCK).
-    pub color_space: i32,
-    /// Whether [`decode_region`] decodes it (grayscale, YCbCr or RGB); other JPEGs (CMYK,
-    /// YCCK) are for the `image` crate.
-    pub supported: bool,
-}
-
 fn message(buf: &[u8; MSG_CAP]) -> String {
     CStr::from_bytes_until_nul(buf)
         .map(|c| c.to_string_lossy().into_owned())
@@ -67,40 +39,6 @@ fn message(buf: &[u8; MSG_CAP]) -> String {
 
 fn c_len(bytes: &[u8]) -> Result<c_ulong, String> {
     c_ulong::try_from(bytes.len()).map_err(|_| "JPEG too large".to_string())
-}
-
-/// Reads a JPEG's header. `Err` holds libjpeg's message.
-pub fn read_header(bytes: &[u8]) -> Result<JpegHeader, String> {
-    let (mut w, mut h, mut comps, mut cs, mut sup) = (0 as c_uint, 0 as c_uint, 0, 0, 0);
-    let mut msg = [0u8; MSG_CAP];
-    let len = c_len(bytes)?;
-    // SAFETY: `bytes` is a live slice of `len` bytes that libjpeg only reads; every out
-    // pointer points to a local of the declared C type; `msg` has MSG_CAP writable bytes
-    // and the C side writes at most `msg_cap` bytes, NUL-terminated. Errors return through
-    // longjmp inside C (no Rust frames are crossed).
-    let rc = unsafe {
-        jr_read_header(
-            bytes.as_ptr(),
-            len,
-            &mut w,
-            &mut h,
-            &mut comps,
-            &mut cs,
-            &mut sup,
-            msg.as_mut_ptr().cast::<c_char>(),
-            MSG_CAP,
-        )
-    };
-    if rc != JR_OK {
-        return Err(message(&msg));
-    }
-    Ok(JpegHeader {
-        width: w,
-        height: h,
-        components: comps.max(0) as u32,
-        color_space: cs,
-        supported: sup != 0,
-    })
 }
 
 /// Decodes the rectangle `(x, y, w, h)` of a JPEG whose size must be `width` x `height`
@@ -286,16 +224,9 @@ mod tests {
     }
 
     #[test]
-    fn full_decode_is_close_to_the_image_crate_and_header_is_read() {
+    fn full_decode_is_close_to_the_image_crate() {
         for (name, bytes) in variants(97, 61, 3) {
-            let h = read_header(&bytes).unwrap();
             let gray = name.starts_with("gray");
-            assert_eq!((h.width, h.height, h.supported), (97, 61, true), "{name}");
-            assert_eq!(
-                (h.components, h.color_space),
-                if gray { (1, 1) } else { (3, 3) },
-                "{name}"
-            );
             let ours = decode_region(&bytes, (97, 61), (0, 0, 97, 61))
                 .unwrap()
                 .unwrap();
@@ -320,8 +251,6 @@ mod tests {
         Encoder::new(&mut bytes, 90)
             .encode(&cmyk, 20, 10, ColorType::Cmyk)
             .unwrap();
-        let h = read_header(&bytes).unwrap();
-        assert_eq!((h.components, h.supported), (4, false));
         assert_eq!(decode_region(&bytes, (20, 10), (0, 0, 20, 10)), Ok(None));
 
         let (_, good) = variants(40, 30, 1).swap_remove(0);
@@ -329,7 +258,12 @@ mod tests {
         assert!(e.contains("header says 40x30, the index says 41x30"), "{e}");
         let e = decode_region(&good, (40, 30), (30, 0, 11, 30)).unwrap_err();
         assert!(e.contains("not inside"), "{e}");
-        let e = read_header(b"\xFF\xD8\xFF\xE0 not a jpeg at all").unwrap_err();
+        let e = decode_region(
+            b"\xFF\xD8\xFF\xE0 not a jpeg at all",
+            (40, 30),
+            (0, 0, 1, 1),
+        )
+        .unwrap_err();
         assert!(!e.is_empty());
         let e = decode_region(b"hello", (40, 30), (0, 0, 1, 1)).unwrap_err();
         assert!(e.contains("Not a JPEG"), "{e}");
