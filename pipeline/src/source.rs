@@ -38,17 +38,7 @@ pub trait RecordSource: Send + Sync {
     /// whose codec can do less work override it.
     fn decode_region(&self, index: usize, rect: CropRect) -> Result<RgbImage, PipelineError> {
         let img = self.decode(index)?;
-        let inside = rect.width > 0
-            && rect.height > 0
-            && rect
-                .left
-                .checked_add(rect.width)
-                .is_some_and(|r| r <= img.width())
-            && rect
-                .top
-                .checked_add(rect.height)
-                .is_some_and(|b| b <= img.height());
-        if !inside {
+        if !rect.fits_in(img.width(), img.height()) {
             return Err(PipelineError::Record {
                 index,
                 location: "region decode".into(),

@@ -167,11 +167,7 @@ fn full_rect(rec: &RecordRef<'_>) -> CropRect {
 /// is an error whatever the rectangle.
 pub fn decode_record_region(rec: &RecordRef<'_>, rect: CropRect) -> Result<RgbImage, IngestError> {
     let (w, h) = (rec.width, rec.height);
-    let inside = rect.width > 0
-        && rect.height > 0
-        && rect.left.checked_add(rect.width).is_some_and(|r| r <= w)
-        && rect.top.checked_add(rect.height).is_some_and(|b| b <= h);
-    if !inside {
+    if !rect.fits_in(w, h) {
         return Err(IngestError::Record(format!(
             "region {}x{} at ({}, {}) is not inside the {w}x{h} record",
             rect.width, rect.height, rect.left, rect.top
@@ -181,12 +177,8 @@ pub fn decode_record_region(rec: &RecordRef<'_>, rect: CropRect) -> Result<RgbIm
     let img = match rec.encoding {
         Encoding::Jpeg => {
             check_jpeg(rec.bytes).map_err(|e| IngestError::Record(format!("JPEG: {e}")))?;
-            let region = super::jpeg::decode_region(
-                rec.bytes,
-                (w, h),
-                (rect.left, rect.top, rect.width, rect.height),
-            )
-            .map_err(|e| IngestError::Record(format!("JPEG: {e}")))?;
+            let region = super::jpeg::decode_region(rec.bytes, (w, h), rect)
+                .map_err(|e| IngestError::Record(format!("JPEG: {e}")))?;
             match region {
                 Some(px) => {
                     return RgbImage::from_raw(rect.width, rect.height, px)

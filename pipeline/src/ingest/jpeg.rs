@@ -7,6 +7,8 @@
 
 use std::ffi::{c_char, c_int, c_uchar, c_uint, c_ulong, CStr};
 
+use crate::transforms::crop::CropRect;
+
 const JR_OK: c_int = 0;
 const JR_UNSUPPORTED: c_int = 2;
 const JR_BAD_ARGS: c_int = 3;
@@ -41,20 +43,22 @@ fn c_len(bytes: &[u8]) -> Result<c_ulong, String> {
     c_ulong::try_from(bytes.len()).map_err(|_| "JPEG too large".to_string())
 }
 
-/// Decodes the rectangle `(x, y, w, h)` of a JPEG whose size must be `width` x `height`
-/// to packed RGB (`w * h * 3` bytes). `Ok(None)`: a colour space this decoder leaves to
-/// the `image` crate (CMYK, YCCK). `Err` holds a reason (libjpeg's message, a size that
-/// differs from the expected one, or a rectangle outside the image).
+/// Decodes the rectangle `rect` of a JPEG whose size must be `width` x `height` to packed
+/// RGB (`rect.width * rect.height * 3` bytes). `Ok(None)`: a colour space this decoder
+/// leaves to the `image` crate (CMYK, YCCK). `Err` holds a reason (libjpeg's message, a
+/// size that differs from the expected one, or a rectangle outside the image).
 pub fn decode_region(
     bytes: &[u8],
     (width, height): (u32, u32),
-    (x, y, w, h): (u32, u32, u32, u32),
+    rect: CropRect,
 ) -> Result<Option<Vec<u8>>, String> {
-    let inside = w > 0
-        && h > 0
-        && x.checked_add(w).is_some_and(|r| r <= width)
-        && y.checked_add(h).is_some_and(|b| b <= height);
-    if !inside {
+    let CropRect {
+        left: x,
+        top: y,
+        width: w,
+        height: h,
+    } = rect;
+    if !rect.fits_in(width, height) {
         return Err(format!(
             "region {w}x{h} at ({x}, {y}) is not inside the {width}x{height} image"
         ));
@@ -159,6 +163,15 @@ mod tests {
         out
     }
 
+    fn rr((left, top, width, height): (u32, u32, u32, u32)) -> CropRect {
+        CropRect {
+            left,
+            top,
+            width,
+            height,
+        }
+    }
+
     fn crop(full: &[u8], w: u32, (x, y, cw, ch): (u32, u32, u32, u32)) -> Vec<u8> {
         let mut v = Vec::with_capacity((cw * ch * 3) as usize);
         for row in y..y + ch {
@@ -207,11 +220,11 @@ mod tests {
             (130, 257),
         ] {
             for (name, bytes) in variants(w, h, u64::from(w * 1000 + h)) {
-                let full = decode_region(&bytes, (w, h), (0, 0, w, h))
+                let full = decode_region(&bytes, (w, h), rr((0, 0, w, h)))
                     .unwrap_or_else(|e| panic!("{name}: {e}"))
                     .unwrap();
                 for rect in rects(w, h, &mut rng) {
-                    let got = decode_region(&bytes, (w, h), rect).unwrap().unwrap();
+                    let got = decode_region(&bytes, (w, h), rr(rect)).unwrap().unwrap();
                     assert!(
                         got == crop(&full, w, rect),
                         "{name}: region {rect:?} differs from the full decode"
@@ -227,7 +240,7 @@ mod tests {
     fn full_decode_is_close_to_the_image_crate() {
         for (name, bytes) in variants(97, 61, 3) {
             let gray = name.starts_with("gray");
-            let ours = decode_region(&bytes, (97, 61), (0, 0, 97, 61))
+            let ours = decode_region(&bytes, (97, 61), rr((0, 0, 97, 61)))
                 .unwrap()
                 .unwrap();
             let zune = image::load_from_memory(&bytes).unwrap().into_rgb8();
@@ -251,21 +264,24 @@ mod tests {
         Encoder::new(&mut bytes, 90)
             .encode(&cmyk, 20, 10, ColorType::Cmyk)
             .unwrap();
-        assert_eq!(decode_region(&bytes, (20, 10), (0, 0, 20, 10)), Ok(None));
+        assert_eq!(
+            decode_region(&bytes, (20, 10), rr((0, 0, 20, 10))),
+            Ok(None)
+        );
 
         let (_, good) = variants(40, 30, 1).swap_remove(0);
-        let e = decode_region(&good, (41, 30), (0, 0, 40, 30)).unwrap_err();
+        let e = decode_region(&good, (41, 30), rr((0, 0, 40, 30))).unwrap_err();
         assert!(e.contains("header says 40x30, the index says 41x30"), "{e}");
-        let e = decode_region(&good, (40, 30), (30, 0, 11, 30)).unwrap_err();
+        let e = decode_region(&good, (40, 30), rr((30, 0, 11, 30))).unwrap_err();
         assert!(e.contains("not inside"), "{e}");
         let e = decode_region(
             b"\xFF\xD8\xFF\xE0 not a jpeg at all",
             (40, 30),
-            (0, 0, 1, 1),
+            rr((0, 0, 1, 1)),
         )
         .unwrap_err();
         assert!(!e.is_empty());
-        let e = decode_region(b"hello", (40, 30), (0, 0, 1, 1)).unwrap_err();
+        let e = decode_region(b"hello", (40, 30), rr((0, 0, 1, 1))).unwrap_err();
         assert!(e.contains("Not a JPEG"), "{e}");
     }
 }

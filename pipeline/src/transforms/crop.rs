@@ -21,6 +21,22 @@ pub struct CropRect {
     pub height: u32,
 }
 
+impl CropRect {
+    /// True when the rectangle is non-empty and lies inside a `width` x `height` image.
+    pub fn fits_in(&self, width: u32, height: u32) -> bool {
+        self.width > 0
+            && self.height > 0
+            && self
+                .left
+                .checked_add(self.width)
+                .is_some_and(|r| r <= width)
+            && self
+                .top
+                .checked_add(self.height)
+                .is_some_and(|b| b <= height)
+    }
+}
+
 /// timm's RandomResizedCrop parameters for a `width` x `height` image: up to 10 tries of
 /// area ~ U(scale) * W*H and log-uniform aspect; w = round(sqrt(area*aspect)),
 /// h = round(sqrt(area/aspect)) (round half to even, as Python); accepted when w <= W and
