@@ -24,7 +24,7 @@
 //! adds element by element (`perf`: 26% of a `resnet_tiny` train step in such adds).
 //! Grouped convolutions, other devices and dtypes use candle's `conv2d`.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fused::slice_f32;
@@ -351,14 +351,34 @@ impl CustomOp2 for ConvOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
         let op = ConvGrad {
             g: self.g,
             out: self.out,
         };
-        let dx = grad.apply_op2_no_bwd(w, &ConvGradInput(op))?;
-        let dw = grad.apply_op2_no_bwd(x, &ConvGradWeight(op))?;
+        // G as [O, B*Ho*Wo], once for both products.
+        let gt = grad.contiguous()?.apply_op1_no_bwd(&GradRows(op))?;
+        let dx = gt.apply_op2_no_bwd(w, &ConvGradInput(op))?;
+        let dw = gt.apply_op2_no_bwd(x, &ConvGradWeight(op))?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `grad [B, O, Ho, Wo]` to `G [O, B*Ho*Wo]`, the layout of both gradient products.
+struct GradRows(ConvGrad);
+
+impl CustomOp1 for GradRows {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col-grad-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let ConvGrad { g, out: o } = self.0;
+        let grad = slice_f32(s, l, "conv2d gradient")?;
+        let p = g.ho * g.wo;
+        Ok((
+            CpuStorage::F32(nchw_to_rows(grad, g.b, o, p)),
+            Shape::from((o, g.pixels())),
+        ))
     }
 }
 
@@ -369,7 +389,7 @@ struct ConvGrad {
     out: usize,
 }
 
-/// `(grad [B, O, Ho, Wo], weight) -> dx [B, C, H, W]`: `dcols = W^T G`, then col2im.
+/// `(G [O, B*Ho*Wo], weight) -> dx [B, C, H, W]`: `dcols = W^T G`, then col2im.
 struct ConvGradInput(ConvGrad);
 
 impl CustomOp2 for ConvGradInput {
@@ -385,11 +405,10 @@ impl CustomOp2 for ConvGradInput {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let ConvGrad { g, out: o } = self.0;
-        let grad = slice_f32(gs, gl, "conv2d gradient")?;
+        let gt = slice_f32(gs, gl, "conv2d gradient")?;
         let w = slice_f32(ws, wl, "conv2d weight")?;
-        let (ckk, n, p) = (g.c * g.k * g.k, g.pixels(), g.ho * g.wo);
-        let gt = nchw_to_rows(grad, g.b, o, p);
-        let dcols = gemm_f32((ckk, n, o), (w, ckk, true), (&gt, n, false));
+        let (ckk, n) = (g.c * g.k * g.k, g.pixels());
+        let dcols = gemm_f32((ckk, n, o), (w, ckk, true), (gt, n, false));
         Ok((
             CpuStorage::F32(col2im(&g, &dcols)),
             Shape::from((g.b, g.c, g.h, g.w)),
@@ -397,7 +416,7 @@ impl CustomOp2 for ConvGradInput {
     }
 }
 
-/// `(grad [B, O, Ho, Wo], x) -> dW [O, C, k, k]`: `G cols^T`.
+/// `(G [O, B*Ho*Wo], x) -> dW [O, C, k, k]`: `G cols^T`.
 struct ConvGradWeight(ConvGrad);
 
 impl CustomOp2 for ConvGradWeight {
@@ -413,12 +432,13 @@ impl CustomOp2 for ConvGradWeight {
         xl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let ConvGrad { g, out: o } = self.0;
-        let grad = slice_f32(gs, gl, "conv2d gradient")?;
+        let gt = slice_f32(gs, gl, "conv2d gradient")?;
         let x = slice_f32(xs, xl, "conv2d input")?;
-        let (ckk, n, p) = (g.c * g.k * g.k, g.pixels(), g.ho * g.wo);
-        let gt = nchw_to_rows(grad, g.b, o, p);
+        let (ckk, n) = (g.c * g.k * g.k, g.pixels());
+        // Gathered again rather than kept from the forward pass: the columns are k*k
+        // times the input and would stay alive for every convolution until the backward.
         let cols = im2col(&g, x);
-        let dw = gemm_f32((o, ckk, n), (&gt, n, false), (&cols, n, true));
+        let dw = gemm_f32((o, ckk, n), (gt, n, false), (&cols, n, true));
         Ok((CpuStorage::F32(dw), Shape::from((o, g.c, g.k, g.k))))
     }
 }
