@@ -133,6 +133,8 @@ fn h_pass(row: &[u8], cols: &[usize; 4], dx: f64) -> [f64; 3] {
 #[derive(Clone, Copy, Debug)]
 struct Taps {
     inside: bool,
+    /// No tap needed clamping: the 4 offsets are `at[0] + k * unit`, k = 0..3.
+    interior: bool,
     /// Offsets of the 4 taps (`index * unit`: bytes within a row, or row starts).
     at: [usize; 4],
     d: f64,
@@ -144,6 +146,7 @@ impl Taps {
         if !(v >= 0.0 && v < size as f64) {
             return Taps {
                 inside: false,
+                interior: false,
                 at: [0; 4],
                 d: 0.0,
             };
@@ -154,6 +157,7 @@ impl Taps {
         let clamp = |k: isize| (i + k).clamp(0, size as isize - 1) as usize * unit;
         Taps {
             inside: true,
+            interior: i >= 0 && i + 3 < size as isize,
             at: [clamp(0), clamp(1), clamp(2), clamp(3)],
             d: t - f,
         }
@@ -205,7 +209,46 @@ fn bicubic_px(src: &[u8], stride: usize, rows: &Taps, cols: &Taps) -> [f64; 3] {
 /// ShearY), and when `a[3]` is zero the source y does not depend on its column
 /// (translations, ShearX): those taps are computed once per column or per row, with the
 /// same operations, so the bytes are the same as computing them per pixel.
+///
+/// On x86-64 CPUs with AVX2, points whose taps need no clamping go through
+/// [`super::bicubic_avx2`], which gives the same bytes.
 pub fn affine(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { affine_avx2(img, a, fill) };
+    }
+    affine_with(img, a, fill, |_, _, _| None)
+}
+
+/// [`affine`] with the AVX2 sampler for interior points.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn affine_avx2(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
+    affine_with(img, a, fill, |src, rows, cols| {
+        if rows.interior && cols.interior {
+            // SAFETY: this function only runs on CPUs with AVX2.
+            unsafe {
+                super::bicubic_avx2::sample_interior(src, rows.at, cols.at[0], cols.d, rows.d)
+            }
+        } else {
+            None
+        }
+    })
+}
+
+/// The affine loop; `fast` may sample a point (clipped bytes) in place of the scalar
+/// [`bicubic_px`], and must give the same bytes when it does.
+#[inline(always)]
+fn affine_with(
+    img: &RgbImage,
+    a: [f64; 6],
+    fill: [u8; 3],
+    fast: impl Fn(&[u8], &Taps, &Taps) -> Option<[u8; 3]>,
+) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut out = RgbImage::from_pixel(img.width(), img.height(), image::Rgb(fill));
     if w == 0 || h == 0 {
@@ -250,6 +293,10 @@ pub fn affine(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
                 None => Taps::new(cx2 + ry2 + a[5], h, stride),
             };
             if !rows.inside {
+                continue;
+            }
+            if let Some(px) = fast(src, &rows, &cols) {
+                px_out.copy_from_slice(&px);
                 continue;
             }
             let px = bicubic_px(src, stride, &rows, &cols);
@@ -322,6 +369,61 @@ mod tests {
                 affine_per_pixel(&img, a, [9, 8, 7]),
                 "case {n}: {a:?}"
             );
+        }
+    }
+
+    /// The AVX2 sampler gives the scalar path's bytes: random images (with saturating
+    /// overshoot), rotations, shears, scales and fractional translations, including
+    /// exact-zero fractions on either axis.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_sampler_equals_scalar() {
+        use rand::{Rng, SeedableRng};
+        if !std::is_x86_feature_detected!("avx2") {
+            eprintln!("no AVX2 on this CPU: nothing to compare");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for case in 0..60 {
+            let (w, h) = (rng.random_range(1..40u32), rng.random_range(1..40u32));
+            let img = RgbImage::from_fn(w, h, |_, _| {
+                // Mostly extremes, so the cubic overshoots and clips.
+                let mut v = || {
+                    if rng.random_bool(0.5) {
+                        rng.random_range(0..=255u8)
+                    } else {
+                        [0, 255][rng.random_range(0..2)]
+                    }
+                };
+                image::Rgb([v(), v(), v()])
+            });
+            let t = |rng: &mut rand_chacha::ChaCha8Rng| {
+                if rng.random_bool(0.2) {
+                    rng.random_range(-5..5) as f64
+                } else {
+                    rng.random_range(-6.0..6.0)
+                }
+            };
+            let a = match case % 5 {
+                0 => rotate_matrix(rng.random_range(-30.0..30.0), w, h)
+                    .unwrap_or([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+                1 => [1.0, rng.random_range(-0.3..0.3), t(&mut rng), 0.0, 1.0, 0.0],
+                2 => [1.0, 0.0, 0.0, rng.random_range(-0.3..0.3), 1.0, t(&mut rng)],
+                3 => [1.0, 0.0, t(&mut rng), 0.0, 1.0, t(&mut rng)],
+                _ => [
+                    rng.random_range(0.7..1.4),
+                    rng.random_range(-0.2..0.2),
+                    t(&mut rng),
+                    rng.random_range(-0.2..0.2),
+                    rng.random_range(0.7..1.4),
+                    t(&mut rng),
+                ],
+            };
+            let fill = [1, 2, 3];
+            // SAFETY: AVX2 checked above.
+            let fast = unsafe { affine_avx2(&img, a, fill) };
+            let scalar = affine_with(&img, a, fill, |_, _, _| None);
+            assert_eq!(fast, scalar, "case {case}: {w}x{h}, {a:?}");
         }
     }
 

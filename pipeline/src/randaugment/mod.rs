@@ -52,6 +52,8 @@
 //! (five `u64` per layer, see [`sample`]), so the same generator state always gives the
 //! same bytes.
 
+#[cfg(target_arch = "x86_64")]
+mod bicubic_avx2;
 pub mod config;
 pub mod enhance;
 pub mod geometric;

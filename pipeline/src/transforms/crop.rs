@@ -270,15 +270,40 @@ pub fn apply_train_crop_region(
     }
 }
 
-/// Mirrors the image left-right in place.
+/// Mirrors the image left-right in place, a row at a time (the image crate's
+/// `flip_horizontal_in_place` goes pixel by pixel through bounds-checked accessors and
+/// cost about 4% of the loader's time).
 pub fn hflip(img: &mut RgbImage) {
-    image::imageops::flip_horizontal_in_place(img);
+    let stride = img.width() as usize * 3;
+    if stride == 0 {
+        return;
+    }
+    for row in img.as_mut().chunks_exact_mut(stride) {
+        let n = row.len() / 3;
+        for i in 0..n / 2 {
+            let (a, b) = (3 * i, 3 * (n - 1 - i));
+            let (head, tail) = row.split_at_mut(b);
+            head[a..a + 3].swap_with_slice(&mut tail[..3]);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rng::{rng_from_seed, ReplayDraws};
+
+    #[test]
+    fn hflip_mirrors_rows() {
+        for (w, h) in [(1, 1), (2, 3), (5, 2), (8, 4)] {
+            let img = RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x * 7 + y) as u8, (x * 13) as u8, (y * 29 + 1) as u8])
+            });
+            let mut flipped = img.clone();
+            hflip(&mut flipped);
+            assert_eq!(flipped, image::imageops::flip_horizontal(&img), "{w}x{h}");
+        }
+    }
 
     #[test]
     fn rrc_fallback_clamps_aspect() {
