@@ -9,7 +9,7 @@ Run from the repository root:
 
 What it writes: for each case NAME, NAME.jpg (a noisy image with hard colour edges, saved
 by Pillow at quality 90 with the case's chroma subsampling / progressive / grayscale
-setting) and NAME.png, Pillow's own decode of NAME.jpg converted to RGB (lossless), plus
+setting, or CMYK) and NAME.png, Pillow's own decode of NAME.jpg converted to RGB (lossless), plus
 index.json listing the cases. The test `jpeg_records_decode_to_pillows_pixels` checks that
 our decode of every NAME.jpg, and of regions of it, equals NAME.png byte for byte.
 """
@@ -29,16 +29,23 @@ CASES = [
     ("rgb444_64x48", 64, 48, "RGB", {"subsampling": 0}),
     ("rgb420_progressive_131x77", 131, 77, "RGB", {"subsampling": 2, "progressive": True}),
     ("gray_53x41", 53, 41, "L", {}),
+    # CMYK: Pillow writes Adobe-inverted CMYK; "subsampling" 2 samples C at 2x2 and the
+    # other three channels (K included) at 1x1, a layout where the K plane is subsampled
+    # relative to the image.
+    ("cmyk444_45x29", 45, 29, "CMYK", {"subsampling": 0}),
+    ("cmyk_subsampled_61x39", 61, 39, "CMYK", {"subsampling": 2}),
 ]
 
 
 def image(w, h, mode, seed):
     rng = np.random.default_rng(seed)
-    c = 3 if mode == "RGB" else 1
+    c = {"RGB": 3, "CMYK": 4, "L": 1}[mode]
     y, x = np.mgrid[0:h, 0:w]
     base = np.where(((x // 5 + y // 3)[..., None] + np.arange(c)) % 2 == 0, 40, 190)
     px = base + rng.integers(0, 60, size=(h, w, c)) + (x % 7)[..., None]
     px = np.clip(px, 0, 255).astype(np.uint8)
+    if c == 4:
+        return Image.frombytes("CMYK", (w, h), px.tobytes())
     return Image.fromarray(px[..., 0] if c == 1 else px)
 
 

@@ -54,11 +54,37 @@ static void jr_emit_message(j_common_ptr cinfo, int msg_level) {
 
 static void jr_output_message(j_common_ptr cinfo) { (void)cinfo; }
 
-/* Colour spaces decoded here: 1-component grayscale, 3-component YCbCr or RGB. */
+/* 4-component CMYK or YCCK (libjpeg converts YCCK to CMYK). */
+static int jr_is_cmyk(const struct jpeg_decompress_struct *c) {
+  return c->num_components == 4 &&
+         (c->jpeg_color_space == JCS_CMYK || c->jpeg_color_space == JCS_YCCK);
+}
+
+/* Colour spaces decoded here: 1-component grayscale, 3-component YCbCr or RGB, CMYK. */
 static int jr_supported(const struct jpeg_decompress_struct *c) {
   return (c->num_components == 1 && c->jpeg_color_space == JCS_GRAYSCALE) ||
          (c->num_components == 3 &&
-          (c->jpeg_color_space == JCS_YCbCr || c->jpeg_color_space == JCS_RGB));
+          (c->jpeg_color_space == JCS_YCbCr || c->jpeg_color_space == JCS_RGB)) ||
+         jr_is_cmyk(c);
+}
+
+/*
+ * n CMYK pixels as libjpeg outputs them to RGB, as Pillow does it: Pillow reads every
+ * 4-component JPEG with the "CMYK;I" raw mode (all four samples inverted, "assume adobe
+ * conventions", JpegImagePlugin.py), then convert("RGB") runs cmyk2rgb (Convert.c):
+ * nk = 255 - K', channel = clip(nk - MULDIV255(C', nk)), with C' = 255 - C, K' = 255 - K
+ * and MULDIV255(a, b) = ((a*b + 128) >> 8 + a*b + 128) >> 8.
+ */
+static void jr_cmyk_to_rgb(const JSAMPLE *in, unsigned char *out, unsigned n) {
+  unsigned i, ch;
+  for (i = 0; i < n; i++, in += 4, out += 3) {
+    int nk = 255 - (255 - (int)in[3]);
+    for (ch = 0; ch < 3; ch++) {
+      int t = (255 - (int)in[ch]) * nk + 128;
+      int v = nk - (((t >> 8) + t) >> 8);
+      out[ch] = (unsigned char)(v < 0 ? 0 : (v > 255 ? 255 : v));
+    }
+  }
 }
 
 static void jr_init(struct jpeg_decompress_struct *c, jr_error_mgr *e, char *msg,
@@ -81,8 +107,9 @@ static void jr_init(struct jpeg_decompress_struct *c, jr_error_mgr *e, char *msg
  * edge replication stays outside the wanted columns; without this margin the test
  * region_decode_equals_full_decode_cropped fails on 4:2:0), rows above are skipped with jpeg_skip_scanlines, and reading stops at
  * the last wanted row (jpeg_abort_decompress). A size other than the expected one is an
- * error (reported with the header's size in *img_w, *img_h). Returns JR_UNSUPPORTED for
- * colour spaces other than grayscale, YCbCr and RGB.
+ * error (reported with the header's size in *img_w, *img_h). CMYK and YCCK files decode
+ * to CMYK and convert to RGB as Pillow does (jr_cmyk_to_rgb). Returns JR_UNSUPPORTED for
+ * other colour spaces.
  */
 int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_w,
                      unsigned exp_h, unsigned x, unsigned y, unsigned w, unsigned h,
@@ -93,7 +120,7 @@ int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_
   JSAMPARRAY rows16;
   JDIMENSION xoff, cw, skip_to, done;
   unsigned long line;
-  unsigned dx, margin;
+  unsigned dx, margin, cmyk, bpp;
   jr_init(&c, &e, msg, msg_cap);
   if (setjmp(e.jump)) {
     jpeg_destroy_decompress(&c);
@@ -119,7 +146,9 @@ int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_
     return JR_UNSUPPORTED;
   }
   margin = (unsigned)c.max_h_samp_factor;
-  c.out_color_space = JCS_RGB;
+  cmyk = (unsigned)jr_is_cmyk(&c);
+  bpp = cmyk ? 4 : 3;
+  c.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
   c.dct_method = JDCT_ISLOW;
   c.do_fancy_upsampling = TRUE;
   jpeg_start_decompress(&c);
@@ -129,7 +158,7 @@ int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_
   if (xoff > 0 || cw < c.output_width) jpeg_crop_scanline(&c, &xoff, &cw);
   dx = x - xoff;
   rows16 = (*c.mem->alloc_sarray)((j_common_ptr)&c, JPOOL_IMAGE,
-                                  (JDIMENSION)(c.output_width * 3), 16);
+                                  (JDIMENSION)(c.output_width * bpp), 16);
   skip_to = y;
   done = 0;
   while (done < skip_to) {
@@ -139,7 +168,7 @@ int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_
   }
   while (c.output_scanline < skip_to)
     if (jpeg_read_scanlines(&c, rows16, 1) == 0) break;
-  if (dx == 0 && c.output_width == w) {
+  if (!cmyk && dx == 0 && c.output_width == w) {
     /* Whole decoded rows are wanted: decode straight into `out`, a few rows a call. */
     JSAMPROW rows[16];
     line = 0;
@@ -165,9 +194,13 @@ int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_
         jpeg_destroy_decompress(&c);
         return JR_ERROR;
       }
-      for (k = 0; k < got; k++)
-        memcpy(out + (line + k) * (unsigned long)w * 3, rows16[k] + (unsigned long)dx * 3,
-               (size_t)w * 3);
+      for (k = 0; k < got; k++) {
+        unsigned char *dst = out + (line + k) * (unsigned long)w * 3;
+        if (cmyk)
+          jr_cmyk_to_rgb(rows16[k] + (unsigned long)dx * 4, dst, w);
+        else
+          memcpy(dst, rows16[k] + (unsigned long)dx * 3, (size_t)w * 3);
+      }
       line += got;
     }
   }

@@ -1,6 +1,6 @@
 //! JPEG records decode to Pillow's pixels: fixtures made by `tools/make_jpeg_fixtures.py`
-//! (Pillow 11.3.0, its bundled libjpeg-turbo) hold JPEGs of every chroma layout and
-//! Pillow's own decode of each. Our full decode and every region of it must equal them
+//! (Pillow 11.3.0, its bundled libjpeg-turbo) hold JPEGs of every chroma layout, CMYK
+//! included, and Pillow's own decode of each (`convert("RGB")`). Our full decode and every region of it must equal them
 //! byte for byte.
 
 use std::path::Path;
@@ -37,7 +37,7 @@ fn fixtures() -> Vec<(String, Vec<u8>, image::RgbImage)> {
 #[test]
 fn jpeg_records_decode_to_pillows_pixels() {
     let cases = fixtures();
-    assert_eq!(cases.len(), 6);
+    assert_eq!(cases.len(), 8);
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for (name, jpg, pillow) in cases {
         let (w, h) = pillow.dimensions();

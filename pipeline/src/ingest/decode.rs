@@ -135,6 +135,25 @@ pub fn decode_input(bytes: &[u8], max_pixels: u64) -> Result<Decoded, String> {
         Some(_) => ExtendedColorType::Unknown(0),
         None => decoder.original_color_type(),
     };
+    if jpeg_components == Some(4) {
+        // CMYK / YCCK: libjpeg plus Pillow's conversion (the image crate's differs from
+        // Pillow's, and comes out too dark when the K plane is subsampled).
+        let full = CropRect {
+            left: 0,
+            top: 0,
+            width: w,
+            height: h,
+        };
+        let px = super::jpeg::decode_region(bytes, (w, h), full)?
+            .ok_or_else(|| "CMYK JPEG left undecoded".to_string())?;
+        let rgb =
+            RgbImage::from_raw(w, h, px).ok_or_else(|| "CMYK buffer size mismatch".to_string())?;
+        return Ok(Decoded {
+            rgb,
+            format,
+            source_color,
+        });
+    }
     let img = image::DynamicImage::from_decoder(decoder)
         .map_err(|e| format!("cannot decode {}: {e}", format_name(format)))?;
     Ok(Decoded {
@@ -146,7 +165,8 @@ pub fn decode_input(bytes: &[u8], max_pixels: u64) -> Result<Decoded, String> {
 
 /// Decode a stored record to 8-bit RGB (JPEG, or zstd-compressed raw RGB), checking that
 /// the result has the size the index promises. JPEGs go through libjpeg-turbo (Pillow's
-/// pixels); CMYK/YCCK JPEGs, which that path leaves out, through the `image` crate.
+/// pixels, CMYK and YCCK included); colour spaces libjpeg is not asked to handle, through
+/// the `image` crate.
 pub fn decode_record(rec: &RecordRef<'_>) -> Result<RgbImage, IngestError> {
     decode_record_region(rec, full_rect(rec))
 }
@@ -218,7 +238,8 @@ pub fn decode_record_region(rec: &RecordRef<'_>, rect: CropRect) -> Result<RgbIm
     }
 }
 
-/// The full decode of a JPEG the libjpeg path leaves out (CMYK, YCCK), by the `image` crate.
+/// The full decode of a JPEG the libjpeg path leaves out (neither grayscale, YCbCr, RGB,
+/// CMYK nor YCCK), by the `image` crate.
 fn decode_jpeg_with_image(rec: &RecordRef<'_>) -> Result<RgbImage, IngestError> {
     let mut reader = ImageReader::with_format(Cursor::new(rec.bytes), ImageFormat::Jpeg);
     let mut limits = image::Limits::default();
@@ -331,13 +352,19 @@ mod tests {
     }
 
     #[test]
-    fn cmyk_records_decode_with_the_image_crate_on_every_path() {
+    fn cmyk_records_and_inputs_decode_through_libjpeg() {
         let bytes = jpeg(40, 30, ColorType::Cmyk, 4);
         let r = record(&bytes, 40, 30);
         let full = decode_record(&r).unwrap();
-        let want = image::load_from_memory(&bytes).unwrap().into_rgb8();
-        assert!(full == want, "CMYK goes through the image crate");
+        let want = super::super::jpeg::decode_region(&bytes, (40, 30), rect(0, 0, 40, 30))
+            .unwrap()
+            .unwrap();
+        assert!(full.as_raw() == &want, "CMYK records go through libjpeg");
         let part = decode_record_region(&r, rect(3, 5, 20, 11)).unwrap();
         assert!(part == image::imageops::crop_imm(&full, 3, 5, 20, 11).to_image());
+        // Ingest too: the same pixels, and the source colour is reported as CMYK.
+        let d = decode_input(&bytes, 1 << 20).unwrap();
+        assert!(d.rgb == full);
+        assert_eq!(d.source_color, ExtendedColorType::Cmyk8);
     }
 }

@@ -44,8 +44,9 @@ fn c_len(bytes: &[u8]) -> Result<c_ulong, String> {
 }
 
 /// Decodes the rectangle `rect` of a JPEG whose size must be `width` x `height` to packed
-/// RGB (`rect.width * rect.height * 3` bytes). `Ok(None)`: a colour space this decoder
-/// leaves to the `image` crate (CMYK, YCCK). `Err` holds a reason (libjpeg's message, a
+/// RGB (`rect.width * rect.height * 3` bytes). CMYK and YCCK files convert to RGB as
+/// Pillow's `convert("RGB")` does. `Ok(None)`: a colour space this decoder leaves to the
+/// `image` crate (none of grayscale, YCbCr, RGB, CMYK, YCCK). `Err` holds a reason (libjpeg's message, a
 /// size that differs from the expected one, or a rectangle outside the image).
 pub fn decode_region(
     bytes: &[u8],
@@ -258,16 +259,26 @@ mod tests {
     }
 
     #[test]
-    fn cmyk_is_left_to_the_image_crate_and_bad_input_is_an_error() {
-        let cmyk = pixels(20, 10, 4, 1);
-        let mut bytes = Vec::new();
-        Encoder::new(&mut bytes, 90)
-            .encode(&cmyk, 20, 10, ColorType::Cmyk)
-            .unwrap();
-        assert_eq!(
-            decode_region(&bytes, (20, 10), rr((0, 0, 20, 10))),
-            Ok(None)
-        );
+    fn cmyk_and_ycck_decode_and_bad_input_is_an_error() {
+        // Pillow's pixels for CMYK are checked by the fixtures (tests/jpeg_reference.rs);
+        // here: both 4-component kinds decode, and regions equal the full decode cropped.
+        for ct in [ColorType::Cmyk, ColorType::CmykAsYcck] {
+            let cmyk = pixels(20, 10, 4, 1);
+            let mut bytes = Vec::new();
+            Encoder::new(&mut bytes, 90)
+                .encode(&cmyk, 20, 10, ct)
+                .unwrap();
+            let full = decode_region(&bytes, (20, 10), rr((0, 0, 20, 10)))
+                .unwrap()
+                .expect("4-component JPEGs decode here");
+            let part = decode_region(&bytes, (20, 10), rr((3, 2, 9, 7)))
+                .unwrap()
+                .unwrap();
+            let want: Vec<u8> = (2..9)
+                .flat_map(|y| full[(y * 20 + 3) * 3..(y * 20 + 12) * 3].to_vec())
+                .collect();
+            assert_eq!(part, want, "{ct:?}");
+        }
 
         let (_, good) = variants(40, 30, 1).swap_remove(0);
         let e = decode_region(&good, (41, 30), rr((0, 0, 40, 30))).unwrap_err();
