@@ -22,7 +22,8 @@
 //! and the graph holds one node per convolution. Built from candle ops (im2col, matmul,
 //! reshape, permute), the backward summed gradients through permuted views, which candle
 //! adds element by element (`perf`: 26% of a `resnet_tiny` train step in such adds).
-//! Grouped convolutions, other devices and dtypes use candle's `conv2d`.
+//! Grouped convolutions (RegNet) run one such product per group, the groups in parallel.
+//! Other devices and dtypes use candle's `conv2d`.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -197,13 +198,11 @@ pub fn conv2d(
             x.dims()
         );
     }
-    if groups != 1 {
-        // Grouped convolutions (RegNet) stay on candle's path.
-        return x.conv2d(weight, padding, stride, 1, groups);
-    }
     let g = Geometry::new((b, c, h, w), kh, stride, padding)?;
-    x.contiguous()?
-        .apply_op2(&weight.contiguous()?, ConvOp { g, out: o })
+    x.contiguous()?.apply_op2(
+        &weight.contiguous()?,
+        ConvOp(ConvSpec { g, out: o, groups }),
+    )
 }
 
 /// `lhs x rhs` as a new row-major `[m, n]` matrix, for row-major `f32` operands with the
@@ -211,12 +210,64 @@ pub fn conv2d(
 /// does not depend on scheduling). `lhs_t` / `rhs_t` read that operand transposed:
 /// element `(i, j)` at `j * ld + i` instead of `i * ld + j`.
 fn gemm_f32(
+    dims: (usize, usize, usize),
+    lhs: (&[f32], usize, bool),
+    rhs: (&[f32], usize, bool),
+) -> Vec<f32> {
+    let (m, n, _) = dims;
+    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: `gemm_raw` writes all `m * n` elements of the allocation before `set_len`
+    // (the output is not zeroed first: that cost up to a tenth of a convolution).
+    unsafe {
+        gemm_raw(dst.as_mut_ptr(), dims, lhs, rhs, true);
+        dst.set_len(m * n);
+    }
+    dst
+}
+
+/// [`gemm_f32`] into `dst` (`m * n` elements, overwritten, never read); `parallel`: split
+/// the product over rayon's threads, else compute it on the calling thread.
+fn gemm_into(
+    dst: &mut [f32],
     (m, n, k): (usize, usize, usize),
     (lhs, lhs_ld, lhs_t): (&[f32], usize, bool),
     (rhs, rhs_ld, rhs_t): (&[f32], usize, bool),
-) -> Vec<f32> {
-    if m == 0 || n == 0 || k == 0 {
-        return vec![0f32; m * n];
+    parallel: bool,
+) {
+    assert_eq!(dst.len(), m * n, "gemm: destination size");
+    // SAFETY: `dst` holds the `m * n` elements `gemm_raw` writes (asserted).
+    unsafe {
+        gemm_raw(
+            dst.as_mut_ptr(),
+            (m, n, k),
+            (lhs, lhs_ld, lhs_t),
+            (rhs, rhs_ld, rhs_t),
+            parallel,
+        )
+    }
+}
+
+/// The product behind [`gemm_f32`] and [`gemm_into`]: writes every one of the `m * n`
+/// row-major elements at `dst` (never reading them).
+///
+/// # Safety
+/// `dst` must be valid for writes of `m * n` `f32`s.
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    (m, n, k): (usize, usize, usize),
+    (lhs, lhs_ld, lhs_t): (&[f32], usize, bool),
+    (rhs, rhs_ld, rhs_t): (&[f32], usize, bool),
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m * n {
+            // SAFETY: i < m * n, inside `dst` (the caller's guarantee).
+            unsafe { dst.add(i).write(0.0) };
+        }
+        return;
     }
     let last = |rows: usize, cols: usize, ld: usize, t: bool| {
         if t {
@@ -239,23 +290,21 @@ fn gemm_f32(
     let (lhs_cs, lhs_rs) = strides(lhs_ld, lhs_t);
     let (rhs_cs, rhs_rs) = strides(rhs_ld, rhs_t);
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
+    let parallelism = if parallel && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
     // SAFETY: the reads stay inside `lhs` and `rhs` (their largest offsets with these
-    // strides are asserted above); the writes cover exactly the `m * n` elements of
-    // `dst`'s allocation, row-major, through a raw pointer (no reference to uninitialized
-    // memory is made). With `read_dst = false` gemm stores `lhs x rhs` into every element
-    // without reading it, so all `m * n` elements are initialized before `set_len`.
+    // strides are asserted above); the writes cover exactly the `m * n` row-major
+    // elements at `dst` (the caller's guarantee). With `read_dst = false` gemm stores
+    // `lhs x rhs` into every element without reading it.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             false,
@@ -272,9 +321,41 @@ fn gemm_f32(
             false,
             parallelism,
         );
-        dst.set_len(m * n);
     }
-    dst
+}
+
+/// One operand of [`gemm_groups`]: the whole buffer, its leading dimension, whether it is
+/// read transposed, and the distance between consecutive groups' blocks.
+type GroupOperand<'a> = (&'a [f32], usize, bool, usize);
+
+/// `groups` independent products `lhs_g x rhs_g`, each `[m, n]`, stacked in group order
+/// into one `[groups * m, n]` buffer; block `g` of an operand starts at `g * block`. One
+/// group: a single product split over rayon's threads. Several: the groups run in
+/// parallel, each product on one thread (the same values: each output element is one
+/// product's, summed in the same order either way).
+fn gemm_groups(
+    groups: usize,
+    dims: (usize, usize, usize),
+    (lhs, lhs_ld, lhs_t, lhs_block): GroupOperand<'_>,
+    (rhs, rhs_ld, rhs_t, rhs_block): GroupOperand<'_>,
+) -> Vec<f32> {
+    let (m, n, _) = dims;
+    if groups == 1 {
+        return gemm_f32(dims, (lhs, lhs_ld, lhs_t), (rhs, rhs_ld, rhs_t));
+    }
+    let mut out = vec![0f32; groups * m * n];
+    out.par_chunks_mut((m * n).max(1))
+        .enumerate()
+        .for_each(|(g, dst)| {
+            gemm_into(
+                dst,
+                dims,
+                (&lhs[g * lhs_block..], lhs_ld, lhs_t),
+                (&rhs[g * rhs_block..], rhs_ld, rhs_t),
+                false,
+            )
+        });
+    out
 }
 
 /// `[O, B*P]` (one row per channel) to `[B, O, P]` (NCHW), `P = Ho*Wo`.
@@ -313,12 +394,10 @@ fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
     cols
 }
 
-/// `conv2d(x [B, C, H, W], weight [O, C, k, k]) -> [B, O, Ho, Wo]`, contiguous, with a
-/// hand-written backward.
-struct ConvOp {
-    g: Geometry,
-    out: usize,
-}
+/// `conv2d(x [B, C, H, W], weight [O, C/groups, k, k]) -> [B, O, Ho, Wo]`, contiguous,
+/// with a hand-written backward. Group `i` is the rows `i*O/groups..` of the weight and of
+/// the output, and the rows of channels `i*C/groups..` of the columns: one product each.
+struct ConvOp(ConvSpec);
 
 impl CustomOp2 for ConvOp {
     fn name(&self) -> &'static str {
@@ -332,12 +411,18 @@ impl CustomOp2 for ConvOp {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, o) = (self.g, self.out);
+        let ConvSpec { g, out: o, groups } = self.0;
         let x = slice_f32(xs, xl, "conv2d input")?;
         let w = slice_f32(ws, wl, "conv2d weight")?;
-        let (ckk, n, p) = (g.c * g.k * g.k, g.pixels(), g.ho * g.wo);
+        let (n, p) = (g.pixels(), g.ho * g.wo);
+        let (og, cgkk) = self.0.group_dims();
         let cols = im2col(&g, x);
-        let rows = gemm_f32((o, n, ckk), (w, ckk, false), (&cols, n, false));
+        let rows = gemm_groups(
+            groups,
+            (og, n, cgkk),
+            (w, cgkk, false, og * cgkk),
+            (&cols, n, false, cgkk * n),
+        );
         Ok((
             CpuStorage::F32(rows_to_nchw(&rows, g.b, o, p)),
             Shape::from((g.b, o, g.ho, g.wo)),
@@ -351,10 +436,7 @@ impl CustomOp2 for ConvOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let op = ConvGrad {
-            g: self.g,
-            out: self.out,
-        };
+        let op = self.0;
         // G as [O, B*Ho*Wo], once for both products.
         let gt = grad.contiguous()?.apply_op1_no_bwd(&GradRows(op))?;
         let dx = gt.apply_op2_no_bwd(w, &ConvGradInput(op))?;
@@ -364,7 +446,7 @@ impl CustomOp2 for ConvOp {
 }
 
 /// `grad [B, O, Ho, Wo]` to `G [O, B*Ho*Wo]`, the layout of both gradient products.
-struct GradRows(ConvGrad);
+struct GradRows(ConvSpec);
 
 impl CustomOp1 for GradRows {
     fn name(&self) -> &'static str {
@@ -372,7 +454,7 @@ impl CustomOp1 for GradRows {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let ConvGrad { g, out: o } = self.0;
+        let ConvSpec { g, out: o, .. } = self.0;
         let grad = slice_f32(s, l, "conv2d gradient")?;
         let p = g.ho * g.wo;
         Ok((
@@ -382,15 +464,27 @@ impl CustomOp1 for GradRows {
     }
 }
 
-/// What both gradient ops of [`ConvOp`] need.
+/// One convolution: its geometry, output channels and groups (the forward op and the
+/// three backward ops each hold one).
 #[derive(Clone, Copy)]
-struct ConvGrad {
+struct ConvSpec {
     g: Geometry,
     out: usize,
+    groups: usize,
+}
+
+impl ConvSpec {
+    /// (output channels, columns rows `C/groups * k * k`) of one group.
+    fn group_dims(&self) -> (usize, usize) {
+        (
+            self.out / self.groups,
+            self.g.c / self.groups * self.g.k * self.g.k,
+        )
+    }
 }
 
 /// `(G [O, B*Ho*Wo], weight) -> dx [B, C, H, W]`: `dcols = W^T G`, then col2im.
-struct ConvGradInput(ConvGrad);
+struct ConvGradInput(ConvSpec);
 
 impl CustomOp2 for ConvGradInput {
     fn name(&self) -> &'static str {
@@ -404,11 +498,19 @@ impl CustomOp2 for ConvGradInput {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let ConvGrad { g, out: o } = self.0;
+        let g = self.0.g;
         let gt = slice_f32(gs, gl, "conv2d gradient")?;
         let w = slice_f32(ws, wl, "conv2d weight")?;
-        let (ckk, n) = (g.c * g.k * g.k, g.pixels());
-        let dcols = gemm_f32((ckk, n, o), (w, ckk, true), (gt, n, false));
+        let n = g.pixels();
+        let (og, cgkk) = self.0.group_dims();
+        // Per group: W_g^T [C/groups*k*k, O/groups] x G_g [O/groups, N], stacked into the
+        // columns' row order.
+        let dcols = gemm_groups(
+            self.0.groups,
+            (cgkk, n, og),
+            (w, cgkk, true, og * cgkk),
+            (gt, n, false, og * n),
+        );
         Ok((
             CpuStorage::F32(col2im(&g, &dcols)),
             Shape::from((g.b, g.c, g.h, g.w)),
@@ -417,7 +519,7 @@ impl CustomOp2 for ConvGradInput {
 }
 
 /// `(G [O, B*Ho*Wo], x) -> dW [O, C, k, k]`: `G cols^T`.
-struct ConvGradWeight(ConvGrad);
+struct ConvGradWeight(ConvSpec);
 
 impl CustomOp2 for ConvGradWeight {
     fn name(&self) -> &'static str {
@@ -431,15 +533,25 @@ impl CustomOp2 for ConvGradWeight {
         xs: &CpuStorage,
         xl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let ConvGrad { g, out: o } = self.0;
+        let ConvSpec { g, out: o, groups } = self.0;
         let gt = slice_f32(gs, gl, "conv2d gradient")?;
         let x = slice_f32(xs, xl, "conv2d input")?;
-        let (ckk, n) = (g.c * g.k * g.k, g.pixels());
+        let n = g.pixels();
+        let (og, cgkk) = self.0.group_dims();
         // Gathered again rather than kept from the forward pass: the columns are k*k
         // times the input and would stay alive for every convolution until the backward.
         let cols = im2col(&g, x);
-        let dw = gemm_f32((o, ckk, n), (gt, n, false), (&cols, n, true));
-        Ok((CpuStorage::F32(dw), Shape::from((o, g.c, g.k, g.k))))
+        // Per group: G_g [O/groups, N] x cols_g^T [N, C/groups*k*k].
+        let dw = gemm_groups(
+            groups,
+            (og, cgkk, n),
+            (gt, n, false, og * n),
+            (&cols, n, true, cgkk * n),
+        );
+        Ok((
+            CpuStorage::F32(dw),
+            Shape::from((o, g.c / groups, g.k, g.k)),
+        ))
     }
 }
 
@@ -463,6 +575,9 @@ mod tests {
             (2, 6, 4, 7, 9, 1, 2, 0, 1),
             (2, 8, 8, 6, 6, 3, 1, 1, 4),
             (1, 4, 8, 5, 5, 3, 2, 1, 2),
+            // RegNet-like: several channels per group, stride 2; depthwise.
+            (2, 12, 12, 9, 9, 3, 2, 1, 3),
+            (2, 6, 6, 5, 7, 3, 1, 1, 6),
             // Inputs smaller than the window, padding wider than half the window, stride 3
             // (sizes where (h + 2p - k) divides by 3: candle's own conv2d backward, the
             // reference here, fails otherwise).
