@@ -2,7 +2,8 @@
 """Open a deit-pipe teacher cache with pyarrow and pandas and print what is in it.
 
 Checks that the files written by `formats::cache_schema` (Rust) are ordinary Parquet that
-other tools read: schema, footer metadata, rows, and the schema's invariants.
+other tools read: schema, footer metadata, rows, and the schema's invariants, through
+pyarrow and pandas, then the whole directory through DuckDB's SQL (if installed).
 
 Usage:
     python tools/check_cache_pyarrow.py CACHE_DIR [--rows 5]
@@ -11,7 +12,7 @@ Make a cache to look at with:
     cargo run --release -p formats --features parquet --example cache_size -- /tmp/cache 1000 10
 
 Pinned versions (what this was run with): Python 3, pyarrow 26.0.1, pandas 3.1.1,
-numpy 2.4.6. Only pyarrow, pandas and numpy are needed (no torch: the torch wheels from
+numpy 2.4.6, duckdb 2.0.1 (optional). Only pyarrow, pandas and numpy are needed (no torch: the torch wheels from
 PyPI pull ~6 GB of CUDA libraries and are not used here).
 """
 import argparse
@@ -98,7 +99,33 @@ def main() -> None:
     import pyarrow.dataset as ds
     n = ds.dataset([str(f) for f in files], format="parquet").count_rows()
     assert n == total, f"dataset view sees {n} rows, files hold {total}"
+    check_duckdb(files, total)
     print(f"OK: {len(files)} files, {total} rows, all invariants hold")
+
+
+def check_duckdb(files, total: int) -> None:
+    """The same files through DuckDB's SQL (skipped, with a note, if duckdb is absent)."""
+    try:
+        import duckdb
+    except ImportError:
+        print("   duckdb not installed: DuckDB check skipped (pip install duckdb)")
+        return
+    paths = [str(f) for f in files]
+    con = duckdb.connect()
+    rows, epochs, slots_ok, hard = con.execute(
+        "SELECT count(*), count(DISTINCT epoch), "
+        "bool_and(len(topk_ids) = len(logit_gaps) + 1), "
+        "count(*) FILTER (WHERE topk_ids[1] IS NOT NULL) "
+        "FROM read_parquet(?)", [paths]).fetchone()
+    assert rows == total, f"DuckDB sees {rows} rows, files hold {total}"
+    assert slots_ok, "DuckDB: a row with len(topk_ids) != len(logit_gaps) + 1"
+    assert hard == total, "DuckDB: a row without a hard label (topk_ids[1])"
+    dup = con.execute(
+        "SELECT count(*) FROM (SELECT epoch, slot FROM read_parquet(?) "
+        "GROUP BY epoch, slot HAVING count(*) > 1)", [paths]).fetchone()[0]
+    assert dup == 0, f"DuckDB: {dup} duplicated (epoch, slot)"
+    print(f"   DuckDB {duckdb.__version__}: {rows} rows over {epochs} epochs, "
+          "no duplicated (epoch, slot), hard label = topk_ids[1] on every row")
 
 
 if __name__ == "__main__":
