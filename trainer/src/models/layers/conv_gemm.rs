@@ -205,50 +205,12 @@ pub fn conv2d(
     )
 }
 
-/// `lhs x rhs` as a new row-major `[m, n]` matrix, for row-major `f32` operands with the
-/// given leading dimensions, on rayon's threads (`gemm` splits the output, so the result
-/// does not depend on scheduling). `lhs_t` / `rhs_t` read that operand transposed:
-/// element `(i, j)` at `j * ld + i` instead of `i * ld + j`.
-fn gemm_f32(
-    dims: (usize, usize, usize),
-    lhs: (&[f32], usize, bool),
-    rhs: (&[f32], usize, bool),
-) -> Vec<f32> {
-    let (m, n, _) = dims;
-    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: `gemm_raw` writes all `m * n` elements of the allocation before `set_len`
-    // (the output is not zeroed first: that cost up to a tenth of a convolution).
-    unsafe {
-        gemm_raw(dst.as_mut_ptr(), dims, lhs, rhs, true);
-        dst.set_len(m * n);
-    }
-    dst
-}
-
-/// [`gemm_f32`] into `dst` (`m * n` elements, overwritten, never read); `parallel`: split
-/// the product over rayon's threads, else compute it on the calling thread.
-fn gemm_into(
-    dst: &mut [f32],
-    (m, n, k): (usize, usize, usize),
-    (lhs, lhs_ld, lhs_t): (&[f32], usize, bool),
-    (rhs, rhs_ld, rhs_t): (&[f32], usize, bool),
-    parallel: bool,
-) {
-    assert_eq!(dst.len(), m * n, "gemm: destination size");
-    // SAFETY: `dst` holds the `m * n` elements `gemm_raw` writes (asserted).
-    unsafe {
-        gemm_raw(
-            dst.as_mut_ptr(),
-            (m, n, k),
-            (lhs, lhs_ld, lhs_t),
-            (rhs, rhs_ld, rhs_t),
-            parallel,
-        )
-    }
-}
-
-/// The product behind [`gemm_f32`] and [`gemm_into`]: writes every one of the `m * n`
-/// row-major elements at `dst` (never reading them).
+/// `lhs x rhs` written row-major as `[m, n]` at `dst`, for row-major `f32` operands with
+/// the given leading dimensions: every one of the `m * n` elements is written, none is
+/// read. `lhs_t` / `rhs_t` read that operand transposed: element `(i, j)` at `j * ld + i`
+/// instead of `i * ld + j`. `parallel`: split the product over rayon's threads (`gemm`
+/// splits the output, so the result does not depend on scheduling), else compute it on
+/// the calling thread.
 ///
 /// # Safety
 /// `dst` must be valid for writes of `m * n` `f32`s.
@@ -263,10 +225,9 @@ unsafe fn gemm_raw(
         return;
     }
     if k == 0 {
-        for i in 0..m * n {
-            // SAFETY: i < m * n, inside `dst` (the caller's guarantee).
-            unsafe { dst.add(i).write(0.0) };
-        }
+        // SAFETY: `dst` is valid for `m * n` f32 writes (the caller's guarantee); all-zero
+        // bytes are 0.0.
+        unsafe { std::ptr::write_bytes(dst, 0, m * n) };
         return;
     }
     let last = |rows: usize, cols: usize, ld: usize, t: bool| {
@@ -332,7 +293,8 @@ type GroupOperand<'a> = (&'a [f32], usize, bool, usize);
 /// into one `[groups * m, n]` buffer; block `g` of an operand starts at `g * block`. One
 /// group: a single product split over rayon's threads. Several: the groups run in
 /// parallel, each product on one thread (the same values: each output element is one
-/// product's, summed in the same order either way).
+/// product's, summed in the same order either way). The buffer is not zeroed first (that
+/// cost up to a tenth of a convolution): every element is written by one product.
 fn gemm_groups(
     groups: usize,
     dims: (usize, usize, usize),
@@ -340,21 +302,40 @@ fn gemm_groups(
     (rhs, rhs_ld, rhs_t, rhs_block): GroupOperand<'_>,
 ) -> Vec<f32> {
     let (m, n, _) = dims;
+    let len = groups * m * n;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
     if groups == 1 {
-        return gemm_f32(dims, (lhs, lhs_ld, lhs_t), (rhs, rhs_ld, rhs_t));
-    }
-    let mut out = vec![0f32; groups * m * n];
-    out.par_chunks_mut((m * n).max(1))
-        .enumerate()
-        .for_each(|(g, dst)| {
-            gemm_into(
-                dst,
+        // SAFETY: `spare` holds the `m * n` elements the product writes.
+        unsafe {
+            gemm_raw(
+                spare.as_mut_ptr().cast(),
                 dims,
-                (&lhs[g * lhs_block..], lhs_ld, lhs_t),
-                (&rhs[g * rhs_block..], rhs_ld, rhs_t),
-                false,
+                (lhs, lhs_ld, lhs_t),
+                (rhs, rhs_ld, rhs_t),
+                true,
             )
-        });
+        };
+    } else {
+        spare
+            .par_chunks_mut((m * n).max(1))
+            .enumerate()
+            .for_each(|(g, dst)| {
+                // SAFETY: `dst` is group g's `m * n` elements of the buffer.
+                unsafe {
+                    gemm_raw(
+                        dst.as_mut_ptr().cast(),
+                        dims,
+                        (&lhs[g * lhs_block..], lhs_ld, lhs_t),
+                        (&rhs[g * rhs_block..], rhs_ld, rhs_t),
+                        false,
+                    )
+                }
+            });
+    }
+    // SAFETY: every one of the `len` elements was written above (`gemm_raw` writes all of
+    // its `m * n`, and the groups' blocks tile the buffer).
+    unsafe { out.set_len(len) };
     out
 }
 
