@@ -78,7 +78,7 @@ static int jr_supported(const struct jpeg_decompress_struct *c) {
 static void jr_cmyk_to_rgb(const JSAMPLE *in, unsigned char *out, unsigned n) {
   unsigned i, ch;
   for (i = 0; i < n; i++, in += 4, out += 3) {
-    int nk = 255 - (255 - (int)in[3]);
+    int nk = in[3]; /* 255 - K' = K */
     for (ch = 0; ch < 3; ch++) {
       int t = (255 - (int)in[ch]) * nk + 128;
       int v = nk - (((t >> 8) + t) >> 8);

@@ -139,12 +139,7 @@ impl ViewBuilder {
         timed: bool,
     ) -> Result<(), PipelineError> {
         let crop = self.crop_for(seed, img.width(), img.height())?;
-        let full = CropRect {
-            left: 0,
-            top: 0,
-            width: img.width(),
-            height: img.height(),
-        };
+        let full = CropRect::whole(img.width(), img.height());
         self.sample_view_region(img, full, crop, seed, out, times, timed)
     }
 

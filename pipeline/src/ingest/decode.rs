@@ -119,6 +119,19 @@ pub fn decode_input(bytes: &[u8], max_pixels: u64) -> Result<Decoded, String> {
     if w == 0 || h == 0 {
         return Err(format!("empty image ({w}x{h})"));
     }
+    if jpeg_components == Some(4) {
+        // CMYK / YCCK: libjpeg plus Pillow's conversion (the image crate's differs from
+        // Pillow's), before any `image` decoder is built.
+        let px = super::jpeg::decode_region(bytes, (w, h), CropRect::whole(w, h))?
+            .ok_or_else(|| "CMYK JPEG left undecoded".to_string())?;
+        let rgb =
+            RgbImage::from_raw(w, h, px).ok_or_else(|| "CMYK buffer size mismatch".to_string())?;
+        return Ok(Decoded {
+            rgb,
+            format,
+            source_color: ExtendedColorType::Cmyk8,
+        });
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     // Room for a 16-bit RGBA image at the pixel limit.
@@ -135,25 +148,6 @@ pub fn decode_input(bytes: &[u8], max_pixels: u64) -> Result<Decoded, String> {
         Some(_) => ExtendedColorType::Unknown(0),
         None => decoder.original_color_type(),
     };
-    if jpeg_components == Some(4) {
-        // CMYK / YCCK: libjpeg plus Pillow's conversion (the image crate's differs from
-        // Pillow's, and comes out too dark when the K plane is subsampled).
-        let full = CropRect {
-            left: 0,
-            top: 0,
-            width: w,
-            height: h,
-        };
-        let px = super::jpeg::decode_region(bytes, (w, h), full)?
-            .ok_or_else(|| "CMYK JPEG left undecoded".to_string())?;
-        let rgb =
-            RgbImage::from_raw(w, h, px).ok_or_else(|| "CMYK buffer size mismatch".to_string())?;
-        return Ok(Decoded {
-            rgb,
-            format,
-            source_color,
-        });
-    }
     let img = image::DynamicImage::from_decoder(decoder)
         .map_err(|e| format!("cannot decode {}: {e}", format_name(format)))?;
     Ok(Decoded {
@@ -172,12 +166,7 @@ pub fn decode_record(rec: &RecordRef<'_>) -> Result<RgbImage, IngestError> {
 }
 
 fn full_rect(rec: &RecordRef<'_>) -> CropRect {
-    CropRect {
-        left: 0,
-        top: 0,
-        width: rec.width,
-        height: rec.height,
-    }
+    CropRect::whole(rec.width, rec.height)
 }
 
 /// Decode only the rectangle `rect` of a stored record (in stored pixels). The pixels are

@@ -22,6 +22,16 @@ pub struct CropRect {
 }
 
 impl CropRect {
+    /// The whole of a `width` x `height` image.
+    pub fn whole(width: u32, height: u32) -> Self {
+        CropRect {
+            left: 0,
+            top: 0,
+            width,
+            height,
+        }
+    }
+
     /// True when the rectangle is non-empty and lies inside a `width` x `height` image.
     pub fn fits_in(&self, width: u32, height: u32) -> bool {
         self.width > 0
@@ -279,11 +289,11 @@ pub fn hflip(img: &mut RgbImage) {
         return;
     }
     for row in img.as_mut().chunks_exact_mut(stride) {
-        let n = row.len() / 3;
-        for i in 0..n / 2 {
-            let (a, b) = (3 * i, 3 * (n - 1 - i));
-            let (head, tail) = row.split_at_mut(b);
-            head[a..a + 3].swap_with_slice(&mut tail[..3]);
+        // Reversing the bytes mirrors the pixels but also their channel order; reversing
+        // each pixel's 3 bytes puts that back.
+        row.reverse();
+        for px in row.chunks_exact_mut(3) {
+            px.reverse();
         }
     }
 }

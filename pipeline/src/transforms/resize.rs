@@ -71,11 +71,11 @@ pub fn resize(
     out_h: u32,
     interp: Interpolation,
 ) -> Result<RgbImage, PipelineError> {
-    let rect = CropRect {
-        left: 0,
-        top: 0,
-        width: img.width(),
-        height: img.height(),
-    };
-    crop_resize(img, rect, out_w, out_h, interp)
+    crop_resize(
+        img,
+        CropRect::whole(img.width(), img.height()),
+        out_w,
+        out_h,
+        interp,
+    )
 }
