@@ -105,11 +105,11 @@ static void jr_init(struct jpeg_decompress_struct *c, jr_error_mgr *e, char *msg
  * afterwards: columns come from jpeg_crop_scanline (widened to an iMCU boundary, and by
  * max_h_samp_factor more pixels each side, one chroma sample, so the fancy upsampler's
  * edge replication stays outside the wanted columns; without this margin the test
- * region_decode_equals_full_decode_cropped fails on 4:2:0), rows above are skipped with jpeg_skip_scanlines, and reading stops at
- * the last wanted row (jpeg_abort_decompress). A size other than the expected one is an
- * error (reported with the header's size in *img_w, *img_h). CMYK and YCCK files decode
- * to CMYK and convert to RGB as Pillow does (jr_cmyk_to_rgb). Returns JR_UNSUPPORTED for
- * other colour spaces.
+ * region_decode_equals_full_decode_cropped fails on 4:2:0), rows above are skipped with
+ * jpeg_skip_scanlines, and reading stops at the last wanted row (jpeg_abort_decompress).
+ * A size other than the expected one is an error (reported with the header's size in
+ * *img_w, *img_h). CMYK and YCCK files decode to CMYK and convert to RGB as Pillow does
+ * (jr_cmyk_to_rgb). Returns JR_UNSUPPORTED for other colour spaces.
  */
 int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_w,
                      unsigned exp_h, unsigned x, unsigned y, unsigned w, unsigned h,

@@ -46,8 +46,9 @@ fn c_len(bytes: &[u8]) -> Result<c_ulong, String> {
 /// Decodes the rectangle `rect` of a JPEG whose size must be `width` x `height` to packed
 /// RGB (`rect.width * rect.height * 3` bytes). CMYK and YCCK files convert to RGB as
 /// Pillow's `convert("RGB")` does. `Ok(None)`: a colour space this decoder leaves to the
-/// `image` crate (none of grayscale, YCbCr, RGB, CMYK, YCCK). `Err` holds a reason (libjpeg's message, a
-/// size that differs from the expected one, or a rectangle outside the image).
+/// `image` crate (none of grayscale, YCbCr, RGB, CMYK, YCCK). `Err` holds a reason
+/// (libjpeg's message, a size that differs from the expected one, or a rectangle outside
+/// the image).
 pub fn decode_region(
     bytes: &[u8],
     (width, height): (u32, u32),
