@@ -63,6 +63,7 @@ fn write_set(dir: &Path, n: usize, per_shard: usize) -> Manifest {
             seed: 0,
             max_pixels: 89_478_485,
             input: "imagefolder".into(),
+            restart_mcus: 4,
         },
         shards,
         skipped: vec![],

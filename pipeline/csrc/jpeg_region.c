@@ -1,5 +1,7 @@
 /*
- * Region decode of JPEG records through libjpeg-turbo's libjpeg 6.2 API.
+ * Region decode of JPEG records through libjpeg-turbo's libjpeg 6.2 API, and the lossless
+ * re-write of a JPEG with restart markers that makes its tiles decodable on their own
+ * (jr_add_restart_markers, used by `deit-pipe shard`).
  *
  * Why by hand: the maintained Rust bindings cannot be built on a fresh machine of ours.
  * `turbojpeg` needs the TurboJPEG 3 API (libjpeg-turbo 3, built with cmake and nasm) and
@@ -15,9 +17,11 @@
 #include <setjmp.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jpeglib.h>
+#include <jerror.h>
 
 #define JR_OK 0
 #define JR_ERROR 1
@@ -208,3 +212,120 @@ int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_
   jpeg_destroy_decompress(&c);
   return JR_OK;
 }
+
+/* A destination manager that appends into one growing malloc'd buffer this file owns, so
+ * an error (longjmp) can free it; libjpeg's jpeg_mem_dest frees and replaces its buffer
+ * internally and only reports it at the end. */
+typedef struct {
+  struct jpeg_destination_mgr pub;
+  unsigned char *buf;
+  size_t cap;
+  int oom;
+} jr_dest_mgr;
+
+#define JR_DEST_CHUNK 65536
+
+static void jr_dest_init(j_compress_ptr c) {
+  jr_dest_mgr *d = (jr_dest_mgr *)c->dest;
+  d->pub.next_output_byte = d->buf;
+  d->pub.free_in_buffer = d->cap;
+}
+
+static boolean jr_dest_grow(j_compress_ptr c) {
+  jr_dest_mgr *d = (jr_dest_mgr *)c->dest;
+  size_t used = d->cap; /* empty_output_buffer: the whole buffer is full */
+  size_t cap = d->cap * 2;
+  unsigned char *nb = (unsigned char *)realloc(d->buf, cap);
+  if (nb == NULL) {
+    d->oom = 1;
+    ERREXIT1(c, JERR_OUT_OF_MEMORY, 10);
+  }
+  d->buf = nb;
+  d->cap = cap;
+  d->pub.next_output_byte = nb + used;
+  d->pub.free_in_buffer = cap - used;
+  return TRUE;
+}
+
+static void jr_dest_term(j_compress_ptr c) { (void)c; }
+
+/* Largest divisor of n that is at most target (at least 1). */
+static unsigned jr_divisor_at_most(unsigned n, unsigned target) {
+  unsigned r;
+  if (target == 0) target = 1;
+  for (r = target < n ? target : n; r > 1; r--)
+    if (n % r == 0) return r;
+  return 1;
+}
+
+/*
+ * Re-writes the JPEG in `data` losslessly (the same quantized DCT coefficients, so every
+ * decoder gives the same pixels) as a sequential Huffman JPEG with the standard tables and
+ * a restart marker every R MCUs, R the largest divisor of the MCUs per row that is at most
+ * `target_mcus`: each restart interval then covers whole MCUs of one MCU row and can be
+ * cut out and decoded without the rest of the image (pipeline/src/ingest/jpeg_tiles.rs).
+ * Only the frame and its colour-space marker (JFIF or Adobe) are written; other APPn and
+ * COM segments (EXIF, ICC, comments) are dropped: nothing in the pixels depends on them.
+ * On success *out (malloc'd, free with jr_free) holds *out_len bytes and *interval is R.
+ */
+int jr_add_restart_markers(const unsigned char *data, unsigned long len, unsigned target_mcus,
+                           unsigned char **out, unsigned long *out_len, unsigned *interval,
+                           char *msg, size_t msg_cap) {
+  struct jpeg_decompress_struct d;
+  struct jpeg_compress_struct c;
+  jr_error_mgr e;
+  jr_dest_mgr dest;
+  jvirt_barray_ptr *coefs;
+  unsigned mcus_per_row, mcu_px;
+  volatile int have_c = 0;
+  *out = NULL;
+  *out_len = 0;
+  *interval = 0;
+  memset(&dest, 0, sizeof(dest));
+  jr_init(&d, &e, msg, msg_cap);
+  if (setjmp(e.jump)) {
+    if (have_c) jpeg_destroy_compress(&c);
+    jpeg_destroy_decompress(&d);
+    free(dest.buf);
+    return JR_ERROR;
+  }
+  jpeg_create_decompress(&d);
+  jpeg_mem_src(&d, data, len);
+  jpeg_read_header(&d, TRUE);
+  coefs = jpeg_read_coefficients(&d);
+  c.err = d.err;
+  jpeg_create_compress(&c);
+  have_c = 1;
+  jpeg_copy_critical_parameters(&d, &c);
+  /* One component: a non-interleaved scan, one 8x8 block per MCU. */
+  mcu_px = d.num_components == 1 ? 8 : 8 * (unsigned)d.max_h_samp_factor;
+  mcus_per_row = (d.image_width + mcu_px - 1) / mcu_px;
+  c.restart_interval = jr_divisor_at_most(mcus_per_row, target_mcus);
+  /* The standard tables (complete for every symbol), not optimized ones: the optimizing
+   * pass (encode_mcu_gather, no SIMD) took 3x the time of the rest of `shard`, for 2%. */
+  c.optimize_coding = FALSE;
+  dest.cap = JR_DEST_CHUNK;
+  dest.buf = (unsigned char *)malloc(dest.cap);
+  if (dest.buf == NULL) {
+    jr_set_msg(&e, "out of memory");
+    jpeg_destroy_compress(&c);
+    jpeg_destroy_decompress(&d);
+    return JR_ERROR;
+  }
+  dest.pub.init_destination = jr_dest_init;
+  dest.pub.empty_output_buffer = jr_dest_grow;
+  dest.pub.term_destination = jr_dest_term;
+  c.dest = &dest.pub;
+  jpeg_write_coefficients(&c, coefs);
+  jpeg_finish_compress(&c);
+  *out_len = (unsigned long)(dest.cap - dest.pub.free_in_buffer);
+  *interval = c.restart_interval;
+  jpeg_destroy_compress(&c);
+  jpeg_finish_decompress(&d);
+  jpeg_destroy_decompress(&d);
+  *out = dest.buf;
+  return JR_OK;
+}
+
+/* Frees a buffer returned by jr_add_restart_markers. */
+void jr_free(unsigned char *p) { free(p); }

@@ -25,6 +25,9 @@ pub struct Args {
     /// JPEG quality.
     #[arg(long, default_value_t = 90)]
     pub quality: u8,
+    /// Restart interval target of JPEG records (as `deit-pipe shard --restart-mcus`).
+    #[arg(long, default_value_t = pipeline::ingest::process::DEFAULT_RESTART_MCUS)]
+    pub restart_mcus: u32,
     /// Store raw RGB+zstd instead of JPEG.
     #[arg(long)]
     pub raw: bool,
@@ -54,6 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_side: args.max_side,
         quality: args.quality,
         max_pixels: DEFAULT_MAX_PIXELS,
+        restart_mcus: args.restart_mcus,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
@@ -82,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     let out = if args.raw {
                         encode_raw(&img)
                     } else {
-                        encode_jpeg(&img, args.quality)
+                        encode_jpeg(&img, args.quality, args.restart_mcus)
                     };
                     out.map_or(0, |v| v.len())
                 })

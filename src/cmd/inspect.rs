@@ -102,14 +102,15 @@ fn summarize(set: &ShardSet) -> anyhow::Result<()> {
         println!("per class min {min} max {max}");
     }
     println!(
-        "options format {:?} max_side {} quality {} shard_bytes {} seed {} max_pixels {} input {}",
+        "options format {:?} max_side {} quality {} shard_bytes {} seed {} max_pixels {} input {} restart_mcus {}",
         m.options.format,
         m.options.max_side,
         m.options.quality,
         m.options.shard_bytes,
         m.options.seed,
         m.options.max_pixels,
-        m.options.input
+        m.options.input,
+        m.options.restart_mcus
     );
     let (mut ws, mut hs, mut ows, mut ohs) = (vec![], vec![], vec![], vec![]);
     let mut short_hist = [0u64; 6];

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use formats::shard::Encoding;
 use pipeline::ingest::inputs::{read_list, scan_root, SplitInput};
 use pipeline::ingest::job::{shard_split, JobConfig, ABORT_AFTER_ENV};
-use pipeline::ingest::process::{IngestOptions, DEFAULT_MAX_PIXELS};
+use pipeline::ingest::process::{IngestOptions, DEFAULT_MAX_PIXELS, DEFAULT_RESTART_MCUS};
 use std::path::PathBuf;
 
 /// Stored image format.
@@ -71,6 +71,11 @@ pub struct Args {
     /// JPEG quality for re-encoded images.
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: u8,
+    /// JPEG records get a restart marker every N MCUs at most (the largest divisor of the
+    /// MCUs per row up to N), written losslessly: a training crop then decodes only the
+    /// intervals it covers. 0 stores kept JPEGs byte for byte as they came.
+    #[arg(long, default_value_t = DEFAULT_RESTART_MCUS, value_parser = clap::value_parser!(u32).range(0..=65535))]
+    pub restart_mcus: u32,
     /// Target size of one shard file (e.g. 1GiB, 256MiB).
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     pub shard_bytes: u64,
@@ -118,6 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             max_side: args.max_side,
             quality: args.quality,
             max_pixels: args.max_pixels,
+            restart_mcus: args.restart_mcus,
         },
         shard_bytes: args.shard_bytes,
         seed: args.seed,

@@ -28,6 +28,12 @@ pub struct ShardOptions {
     pub max_pixels: u64,
     /// Where the file list came from: `imagefolder` or `list`.
     pub input: String,
+    /// Target MCUs per restart interval of JPEG records (0: stored JPEGs keep the input's
+    /// bytes). Each record's interval is the largest divisor of its MCUs per row that is at
+    /// most this, so intervals tile the rows and a crop decodes only the intervals it
+    /// covers. Absent in manifests written before this field existed (read as 0).
+    #[serde(default)]
+    pub restart_mcus: u32,
 }
 
 /// One shard: a data file, its index and the digest of its records.

@@ -186,8 +186,28 @@ pub fn decode_record_region(rec: &RecordRef<'_>, rect: CropRect) -> Result<RgbIm
     let img = match rec.encoding {
         Encoding::Jpeg => {
             check_jpeg(rec.bytes).map_err(|e| IngestError::Record(format!("JPEG: {e}")))?;
-            let region = super::jpeg::decode_region(rec.bytes, (w, h), rect)
-                .map_err(|e| IngestError::Record(format!("JPEG: {e}")))?;
+            // Records with restart markers tiling their rows: decode only the intervals
+            // around the rectangle (see `jpeg_tiles`).
+            let tiled = (!full)
+                .then(|| super::jpeg_tiles::TileLayout::parse(rec.bytes))
+                .flatten()
+                .and_then(|layout| Some((layout.tile_for(rect)?, layout)));
+            let region = match tiled {
+                Some((tile, layout)) => {
+                    let inner = CropRect {
+                        left: rect.left - tile.left,
+                        top: rect.top - tile.top,
+                        ..rect
+                    };
+                    super::jpeg::decode_region(
+                        &layout.tile_jpeg(rec.bytes, tile),
+                        (tile.width, tile.height),
+                        inner,
+                    )
+                }
+                None => super::jpeg::decode_region(rec.bytes, (w, h), rect),
+            }
+            .map_err(|e| IngestError::Record(format!("JPEG: {e}")))?;
             match region {
                 Some(px) => {
                     return RgbImage::from_raw(rect.width, rect.height, px)

@@ -67,6 +67,7 @@ fn shard_options(cfg: &JobConfig) -> ShardOptions {
         seed: cfg.seed,
         max_pixels: cfg.ingest.max_pixels,
         input: cfg.input_kind.clone(),
+        restart_mcus: cfg.ingest.restart_mcus,
     }
 }
 

@@ -31,6 +31,17 @@ extern "C" {
         msg: *mut c_char,
         msg_cap: usize,
     ) -> c_int;
+    fn jr_add_restart_markers(
+        data: *const c_uchar,
+        len: c_ulong,
+        target_mcus: c_uint,
+        out: *mut *mut c_uchar,
+        out_len: *mut c_ulong,
+        interval: *mut c_uint,
+        msg: *mut c_char,
+        msg_cap: usize,
+    ) -> c_int;
+    fn jr_free(p: *mut c_uchar);
 }
 
 fn message(buf: &[u8; MSG_CAP]) -> String {
@@ -105,8 +116,45 @@ pub fn decode_region(
     }
 }
 
+/// Re-writes a JPEG losslessly (same DCT coefficients, so the same pixels from any
+/// decoder) as a sequential JPEG with the standard Huffman tables and a restart marker every
+/// R MCUs, R the largest divisor of the MCUs per row that is at most `target_mcus`, so its
+/// restart intervals tile every MCU row ([`super::jpeg_tiles`]). APPn/COM segments other
+/// than the colour-space marker are dropped. Returns the bytes and R.
+pub fn add_restart_markers(bytes: &[u8], target_mcus: u32) -> Result<(Vec<u8>, u32), String> {
+    let len = c_len(bytes)?;
+    let mut out: *mut c_uchar = std::ptr::null_mut();
+    let mut out_len: c_ulong = 0;
+    let mut interval: c_uint = 0;
+    let mut msg = [0u8; MSG_CAP];
+    // SAFETY: `bytes` is a live slice of `len` bytes that libjpeg only reads; the out
+    // pointers are locals of the declared C types; `msg` has MSG_CAP writable bytes. On
+    // success `out` is a malloc'd buffer of `out_len` bytes that we copy and then free
+    // with the C side's `free` (jr_free); on failure it is left null.
+    let rc = unsafe {
+        jr_add_restart_markers(
+            bytes.as_ptr(),
+            len,
+            target_mcus,
+            &mut out,
+            &mut out_len,
+            &mut interval,
+            msg.as_mut_ptr().cast::<c_char>(),
+            MSG_CAP,
+        )
+    };
+    if rc != JR_OK || out.is_null() {
+        return Err(message(&msg));
+    }
+    // SAFETY: on JR_OK `out` points to `out_len` initialized bytes owned by us.
+    let v = unsafe { std::slice::from_raw_parts(out, out_len as usize) }.to_vec();
+    // SAFETY: `out` came from jr_add_restart_markers and is freed once, here.
+    unsafe { jr_free(out) };
+    Ok((v, interval))
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
     use rand::{Rng, SeedableRng};

@@ -16,6 +16,7 @@ pub mod encode;
 pub mod inputs;
 pub mod job;
 pub mod jpeg;
+pub mod jpeg_tiles;
 pub mod process;
 pub mod resize;
 pub mod synth;

@@ -18,7 +18,15 @@ pub struct IngestOptions {
     pub quality: u8,
     /// Pixel limit (decompression-bomb guard).
     pub max_pixels: u64,
+    /// Target MCUs per restart interval of JPEG records, 0 for none (see
+    /// [`formats::shard::ShardOptions::restart_mcus`]): kept JPEGs are re-written
+    /// losslessly with restart markers, re-encoded ones are encoded with them.
+    pub restart_mcus: u32,
 }
+
+/// Default [`IngestOptions::restart_mcus`]: 4 MCUs (64 pixels of a 4:2:0 image) per
+/// interval. Cost and gain are in BENCHMARKS.md ("Tiled JPEG records").
+pub const DEFAULT_RESTART_MCUS: u32 = 4;
 
 impl Default for IngestOptions {
     fn default() -> Self {
@@ -27,6 +35,7 @@ impl Default for IngestOptions {
             max_side: 512,
             quality: 90,
             max_pixels: DEFAULT_MAX_PIXELS,
+            restart_mcus: DEFAULT_RESTART_MCUS,
         }
     }
 }
@@ -62,7 +71,14 @@ pub fn process_image(
     let (w, h) = target_size(ow, oh, opts.max_side);
     let resized = (w, h) != (ow, oh);
     let out = match opts.format {
-        Encoding::Jpeg if !resized && decoded.is_plain_rgb_jpeg() => bytes.to_vec(),
+        Encoding::Jpeg if !resized && decoded.is_plain_rgb_jpeg() => match opts.restart_mcus {
+            0 => bytes.to_vec(),
+            n => {
+                super::jpeg::add_restart_markers(bytes, n)
+                    .map_err(|e| format!("JPEG restart-marker rewrite: {e}"))?
+                    .0
+            }
+        },
         Encoding::Jpeg | Encoding::RawRgbZstd => {
             let img = if resized {
                 resize_rgb(resizer, &decoded.rgb, w, h)?
@@ -70,7 +86,7 @@ pub fn process_image(
                 decoded.rgb
             };
             match opts.format {
-                Encoding::Jpeg => encode_jpeg(&img, opts.quality)?,
+                Encoding::Jpeg => encode_jpeg(&img, opts.quality, opts.restart_mcus)?,
                 Encoding::RawRgbZstd => encode_raw(&img)?,
             }
         }
@@ -131,7 +147,25 @@ mod tests {
             let drawn = draw(9, "train", 2, index);
             assert_eq!(img.dimensions(), drawn.dimensions());
             match index {
-                0 => assert_eq!(p.bytes, bytes, "small RGB JPEG is stored unchanged"),
+                0 => {
+                    // Re-written with restart markers, losslessly: libjpeg gives the input's
+                    // pixels exactly; with restart_mcus 0 the bytes are kept as they are.
+                    assert_ne!(p.bytes, bytes);
+                    let (w, h) = (p.width, p.height);
+                    let whole = crate::transforms::crop::CropRect::whole(w, h);
+                    let original = crate::ingest::jpeg::decode_region(&bytes, (w, h), whole)
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(img.as_raw(), &original, "{name}");
+                    let layout = crate::ingest::jpeg_tiles::TileLayout::parse(&p.bytes).unwrap();
+                    assert!((1..=DEFAULT_RESTART_MCUS).contains(&layout.interval()));
+                    let keep = IngestOptions {
+                        restart_mcus: 0,
+                        ..opts.clone()
+                    };
+                    let kept = process_image(&bytes, &keep, &mut r).unwrap();
+                    assert_eq!(kept.bytes, bytes, "small RGB JPEG is stored unchanged");
+                }
                 1 => {
                     assert_ne!(p.bytes, bytes, "grayscale JPEG is re-encoded as RGB");
                     assert!(img.pixels().all(|px| px.0[0].abs_diff(px.0[1]) <= 3));
