@@ -4,7 +4,8 @@
 //! were built from these seeds; changing anything here changes every view. Bump
 //! [`SEED_SCHEME`] (it is part of [`crate::config::AugmentConfig::hash`]) when you do.
 //!
-//! Scheme `deit-pipe-seed-v1`:
+//! Scheme `deit-pipe-seed-v2` (v1 drew the erase noise by the f64 Box-Muller of [`normal`],
+//! two values per pair of `next_u64`s):
 //! - `derive_seed(run_seed, domain, epoch, index)` = XXH3-64 (seed 0) of the 32 bytes
 //!   `domain.tag() ‖ run_seed ‖ epoch ‖ index`, each a little-endian `u64`.
 //!   Domains: [`Domain::Permutation`] (index 0: the epoch's sample permutation),
@@ -17,15 +18,20 @@
 //! - Samplers use only `next_u64` and the pure-Rust `libm` (same bits on every platform):
 //!   [`unit_f64`] = top 53 bits / 2^53; [`uniform`] = `lo + (hi - lo) * u`;
 //!   [`randint`] = Lemire's multiply-and-reject (inclusive bounds); [`normal`] =
-//!   Box-Muller (cos branch); [`gamma`] = Marsaglia-Tsang; [`beta`] = X / (X + Y).
+//!   Box-Muller (cos branch); [`gamma`] = Marsaglia-Tsang; [`beta`] = X / (X + Y);
+//!   [`fill_normal_f32`] (RandomErasing's noise) = Box-Muller in f32, one `next_u64` per
+//!   pair, in blocks of 8 pairs (module `normal_f32`).
 //!   `rand`'s own distributions are not used: their algorithms may change between versions.
+
+mod normal_f32;
+pub use normal_f32::fill_normal_f32;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Name of the seed derivation scheme; part of the augmentation hash.
-pub const SEED_SCHEME: &str = "deit-pipe-seed-v1";
+pub const SEED_SCHEME: &str = "deit-pipe-seed-v2";
 
 /// What a derived seed is for; keeps the seeds of different uses independent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,22 +137,6 @@ pub fn normal(rng: &mut impl RngCore) -> f64 {
     let u1 = 1.0 - unit_f64(rng); // (0, 1]
     let u2 = unit_f64(rng);
     libm::sqrt(-2.0 * libm::log(u1)) * libm::cos(std::f64::consts::TAU * u2)
-}
-
-/// Fills `out` with N(0, 1) values (both Box-Muller branches, in order cos, sin).
-pub fn fill_normal_f32(rng: &mut impl RngCore, out: &mut [f32]) {
-    let mut chunks = out.chunks_exact_mut(2);
-    for pair in &mut chunks {
-        let u1 = 1.0 - unit_f64(rng);
-        let u2 = unit_f64(rng);
-        let r = libm::sqrt(-2.0 * libm::log(u1));
-        let (s, c) = libm::sincos(std::f64::consts::TAU * u2);
-        pair[0] = (r * c) as f32;
-        pair[1] = (r * s) as f32;
-    }
-    if let [last] = chunks.into_remainder() {
-        *last = normal(rng) as f32;
-    }
 }
 
 /// Gamma(shape, 1) by Marsaglia and Tsang (shape < 1 boosted by `U^(1/shape)`).
