@@ -42,10 +42,11 @@
 //!
 //! # Cost
 //! `cargo bench -p pipeline --bench randaugment` (224x224, one thread, on-CPU time on a
-//! heavily loaded 2-core VM, 2026-11-29): LUT/blend ops 0.1-0.2 ms, Sharpness 0.5 ms,
-//! Translate/Shear 1.0-1.6 ms (one axis has a zero fraction: 3 cubics per pixel),
-//! Rotate 3.1 ms (15 cubics per pixel, all in f64 for exactness), full DeiT `apply` 0.6 ms
-//! on average.
+//! heavily loaded 2-core VM, 2026-11-29): Translate/Shear 1.0-1.6 ms (one axis has a
+//! zero fraction: 3 cubics per pixel), Rotate 3.1 ms (15 cubics per pixel, all in f64 for
+//! exactness), full DeiT `apply` 0.6 ms on average. Pointwise and blend ops (wall time,
+//! same VM, 2026-11-30; AVX2 forms where the CPU has them): 0.02-0.06 ms, Equalize
+//! 0.12 ms (a store-bound histogram, then a table pass), Sharpness 0.1 ms.
 //!
 //! # Randomness
 //! [`RandAugmentConfig::apply`] draws from a `ChaCha8Rng` in a fixed, documented order
@@ -56,9 +57,13 @@
 mod bicubic_avx2;
 pub mod config;
 pub mod enhance;
+#[cfg(target_arch = "x86_64")]
+mod enhance_avx2;
 pub mod geometric;
 pub mod ops;
 pub mod pointwise;
+#[cfg(target_arch = "x86_64")]
+mod pointwise_avx2;
 pub mod sample;
 
 pub use config::{RandAugmentConfig, RandAugmentError};
