@@ -210,8 +210,10 @@ fn bicubic_px(src: &[u8], stride: usize, rows: &Taps, cols: &Taps) -> [f64; 3] {
 /// (translations, ShearX): those taps are computed once per column or per row, with the
 /// same operations, so the bytes are the same as computing them per pixel.
 ///
-/// On x86-64 CPUs with AVX2, points whose taps need no clamping go through
-/// [`super::bicubic_avx2`], which gives the same bytes.
+/// On x86-64 CPUs with AVX2, rows that need only one cubic pass (the other axis' fraction
+/// is exactly 0: TranslateX/Y, ShearX/Y) go through the byte-lane kernels of
+/// [`super::axis_avx2`], and other points whose taps need no clamping through
+/// [`super::bicubic_avx2`]; both give the same bytes.
 pub fn affine(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
@@ -221,14 +223,22 @@ pub fn affine(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
     affine_with(img, a, fill, |_, _, _| None)
 }
 
-/// [`affine`] with the AVX2 sampler for interior points.
+/// [`affine`] with AVX2: whole rows through the 1-D kernels of [`super::axis_avx2`] where
+/// one fraction is exactly 0, the AVX2 point sampler for other interior points.
+///
+/// A row whose source y is the same for every column (`a[3] == 0`) with fraction 0 is a
+/// horizontal pass of one source row; otherwise, when `a[1] == 0` and some columns have
+/// source-x fraction 0, the row is a vertical pass (per-column source rows). The kernels
+/// recompute each pixel's coordinates with the scalar path's operations and hand back to
+/// [`pixels`] whatever they cannot do exactly (fill, clamped or irregular taps).
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn affine_avx2(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
-    affine_with(img, a, fill, |src, rows, cols| {
+    use super::axis_avx2::{h_row, v_row, v_row_uniform, Columns, Plan};
+    let fast = |src: &[u8], rows: &Taps, cols: &Taps| {
         if rows.interior && cols.interior {
             // SAFETY: this function only runs on CPUs with AVX2.
             unsafe {
@@ -237,73 +247,182 @@ unsafe fn affine_avx2(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
         } else {
             None
         }
-    })
+    };
+    let mut out = filled(img.width(), img.height(), fill);
+    let Some(g) = Grid::new(img, a) else {
+        return out;
+    };
+    let (w, stride) = (g.w, g.stride);
+    // Where a1 == 0, each column's source column when its x-fraction is exactly 0.
+    let zero_frac_col: Option<Vec<Option<usize>>> = g.x_taps.as_ref().map(|t| {
+        t.iter()
+            .map(|t| (t.inside && t.d == 0.0).then_some(t.at[1] / 3))
+            .collect()
+    });
+    let columns = Columns::new(&g.col, zero_frac_col.as_deref());
+    let vertical = columns.any_vertical();
+    let mut plan = Plan::new(&columns);
+    // The horizontal plan of rows with a1 == 0 is the same for every row.
+    let mut h_planned = false;
+    let dst: &mut [u8] = out.as_mut();
+    for (y, out_row) in dst.chunks_exact_mut(stride).enumerate() {
+        let yin = y as f64 + 0.5;
+        let (ry, ry2) = (a[1] * yin, a[4] * yin);
+        let back = |o: &mut [u8], xs: std::ops::Range<usize>| pixels(&g, y, o, xs, fast);
+        if a[3] == 0.0 {
+            let t = Taps::new(g.cx2_zero + ry2 + a[5], g.h, stride);
+            if !t.inside {
+                continue;
+            }
+            // SAFETY (all three kernels and the plans): this function only runs on CPUs
+            // with AVX2.
+            if t.d == 0.0 {
+                if !h_planned {
+                    unsafe { plan.horizontal(&columns, ry, a[2]) };
+                    h_planned = a[1] == 0.0;
+                }
+                let row = &g.src[t.at[1]..t.at[1] + stride];
+                unsafe { h_row(row, out_row, &plan, back) };
+                continue;
+            }
+            if vertical {
+                unsafe { v_row_uniform(g.src, t.at, t.d, out_row, &columns, back) };
+                continue;
+            }
+        } else if vertical {
+            h_planned = false;
+            unsafe {
+                plan.vertical(&columns, ry2, a[5], g.h);
+                v_row(g.src, g.h, out_row, &columns, &plan, back);
+            }
+            continue;
+        }
+        pixels(&g, y, out_row, 0..w, fast);
+    }
+    out
 }
 
-/// The affine loop; `fast` may sample a point (clipped bytes) in place of the scalar
-/// [`bicubic_px`], and must give the same bytes when it does.
+/// A `w`x`h` image of colour `fill` (one row written, then copied: `from_pixel` writes
+/// pixel by pixel).
+fn filled(w: u32, h: u32, fill: [u8; 3]) -> RgbImage {
+    let row: Vec<u8> = fill.iter().copied().cycle().take(3 * w as usize).collect();
+    let mut buf = Vec::with_capacity(row.len() * h as usize);
+    for _ in 0..h {
+        buf.extend_from_slice(&row);
+    }
+    RgbImage::from_raw(w, h, buf).expect("buffer of w·h pixels")
+}
+
+/// What the affine loop precomputes for an image and matrix.
+struct Grid<'a> {
+    src: &'a [u8],
+    a: [f64; 6],
+    w: usize,
+    h: usize,
+    stride: usize,
+    /// Per-column products a0·xin and a3·xin, computed once (same values as per pixel).
+    col: Vec<(f64, f64)>,
+    /// With a1 == ±0, the column taps (the same for every row).
+    x_taps: Option<Vec<Taps>>,
+    /// a3·0.5, standing for a3·xin when a3 == ±0.
+    cx2_zero: f64,
+}
+
+impl<'a> Grid<'a> {
+    /// `None` for an empty image.
+    fn new(img: &'a RgbImage, a: [f64; 6]) -> Option<Self> {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        if w == 0 || h == 0 {
+            return None;
+        }
+        let col: Vec<(f64, f64)> = (0..w)
+            .map(|x| {
+                let xin = x as f64 + 0.5;
+                (a[0] * xin, a[3] * xin)
+            })
+            .collect();
+        // a1 == ±0: a1·yin is the same signed zero for every row (yin > 0), so row 0's
+        // value stands for all rows; likewise a3·xin for a3 == ±0.
+        let x_taps = (a[1] == 0.0).then(|| {
+            let ry = a[1] * 0.5;
+            col.iter()
+                .map(|&(cx, _)| Taps::new(cx + ry + a[2], w, 3))
+                .collect()
+        });
+        Some(Grid {
+            src: img.as_raw(),
+            a,
+            w,
+            h,
+            stride: w * 3,
+            col,
+            x_taps,
+            cx2_zero: a[3] * 0.5,
+        })
+    }
+}
+
+/// The scalar affine loop over the pixels `xs` of output row `y` (`out_row`, the whole
+/// row); `fast` may sample a point (clipped bytes) in place of the scalar
+/// [`bicubic_px`], and must give the same bytes when it does. Pixels outside the source
+/// are left as they are (the fill).
+#[inline(always)]
+fn pixels(
+    g: &Grid,
+    y: usize,
+    out_row: &mut [u8],
+    xs: std::ops::Range<usize>,
+    fast: impl Fn(&[u8], &Taps, &Taps) -> Option<[u8; 3]>,
+) {
+    let a = g.a;
+    let yin = y as f64 + 0.5;
+    let (ry, ry2) = (a[1] * yin, a[4] * yin);
+    let y_taps = (a[3] == 0.0).then(|| Taps::new(g.cx2_zero + ry2 + a[5], g.h, g.stride));
+    if y_taps.is_some_and(|t| !t.inside) {
+        return;
+    }
+    let px_out = out_row[xs.start * 3..xs.end * 3].chunks_exact_mut(3);
+    for ((x, &(cx, cx2)), px_out) in xs.clone().zip(&g.col[xs]).zip(px_out) {
+        let cols = match &g.x_taps {
+            Some(t) => t[x],
+            None => Taps::new(cx + ry + a[2], g.w, 3),
+        };
+        if !cols.inside {
+            continue;
+        }
+        let rows = match y_taps {
+            Some(t) => t,
+            None => Taps::new(cx2 + ry2 + a[5], g.h, g.stride),
+        };
+        if !rows.inside {
+            continue;
+        }
+        if let Some(px) = fast(g.src, &rows, &cols) {
+            px_out.copy_from_slice(&px);
+            continue;
+        }
+        let px = bicubic_px(g.src, g.stride, &rows, &cols);
+        for (o, v) in px_out.iter_mut().zip(px) {
+            *o = v as u8;
+        }
+    }
+}
+
+/// The affine loop, all pixels through [`pixels`] (`|_, _, _| None`: the scalar form).
 #[inline(always)]
 fn affine_with(
     img: &RgbImage,
     a: [f64; 6],
     fill: [u8; 3],
-    fast: impl Fn(&[u8], &Taps, &Taps) -> Option<[u8; 3]>,
+    fast: impl Fn(&[u8], &Taps, &Taps) -> Option<[u8; 3]> + Copy,
 ) -> RgbImage {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let mut out = RgbImage::from_pixel(img.width(), img.height(), image::Rgb(fill));
-    if w == 0 || h == 0 {
+    let mut out = filled(img.width(), img.height(), fill);
+    let Some(g) = Grid::new(img, a) else {
         return out;
-    }
-    let src = img.as_raw();
-    let stride = w * 3;
-    // Per-column products a0·xin and a3·xin, computed once (same values as per pixel).
-    let col: Vec<(f64, f64)> = (0..w)
-        .map(|x| {
-            let xin = x as f64 + 0.5;
-            (a[0] * xin, a[3] * xin)
-        })
-        .collect();
-    // a1 == ±0: a1·yin is the same signed zero for every row (yin > 0), so row 0's value
-    // stands for all rows; likewise a3·xin for a3 == ±0.
-    let x_taps: Option<Vec<Taps>> = (a[1] == 0.0).then(|| {
-        let ry = a[1] * 0.5;
-        col.iter()
-            .map(|&(cx, _)| Taps::new(cx + ry + a[2], w, 3))
-            .collect()
-    });
-    let cx2_zero = a[3] * 0.5;
+    };
     let dst: &mut [u8] = out.as_mut();
-    for (y, out_row) in dst.chunks_exact_mut(stride).enumerate() {
-        let yin = y as f64 + 0.5;
-        let (ry, ry2) = (a[1] * yin, a[4] * yin);
-        let y_taps = (a[3] == 0.0).then(|| Taps::new(cx2_zero + ry2 + a[5], h, stride));
-        if y_taps.is_some_and(|t| !t.inside) {
-            continue;
-        }
-        for (x, (&(cx, cx2), px_out)) in col.iter().zip(out_row.chunks_exact_mut(3)).enumerate() {
-            let cols = match &x_taps {
-                Some(t) => t[x],
-                None => Taps::new(cx + ry + a[2], w, 3),
-            };
-            if !cols.inside {
-                continue;
-            }
-            let rows = match y_taps {
-                Some(t) => t,
-                None => Taps::new(cx2 + ry2 + a[5], h, stride),
-            };
-            if !rows.inside {
-                continue;
-            }
-            if let Some(px) = fast(src, &rows, &cols) {
-                px_out.copy_from_slice(&px);
-                continue;
-            }
-            let px = bicubic_px(src, stride, &rows, &cols);
-            for (o, v) in px_out.iter_mut().zip(px) {
-                *o = v as u8;
-            }
-        }
+    for (y, out_row) in dst.chunks_exact_mut(g.stride).enumerate() {
+        pixels(&g, y, out_row, 0..g.w, fast);
     }
     out
 }
@@ -325,7 +444,7 @@ mod tests {
     /// The per-pixel form of [`affine`]: both axes' taps computed for every pixel.
     fn affine_per_pixel(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
         let (w, h) = (img.width() as usize, img.height() as usize);
-        let mut out = RgbImage::from_pixel(img.width(), img.height(), image::Rgb(fill));
+        let mut out = filled(img.width(), img.height(), fill);
         let stride = w * 3;
         for y in 0..h {
             for x in 0..w {
@@ -424,6 +543,103 @@ mod tests {
             let fast = unsafe { affine_avx2(&img, a, fill) };
             let scalar = affine_with(&img, a, fill, |_, _, _| None);
             assert_eq!(fast, scalar, "case {case}: {w}x{h}, {a:?}");
+        }
+    }
+
+    /// The 1-D row kernels (and the whole AVX2 path) give the scalar path's bytes for
+    /// translations and shears: random images biased to 0/255 (so the cubic clips),
+    /// sizes from 1x1 to 224x224, translations that are tiny, signed zero, integers,
+    /// half-integers give or take an ulp, fractional, or move everything outside, and
+    /// shears in [-0.3, 0.3] with signed zeros, alone and combined with a translation.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn axis_kernels_equal_scalar() {
+        use rand::{Rng, SeedableRng};
+        if !std::is_x86_feature_detected!("avx2") {
+            eprintln!("no AVX2 on this CPU: nothing to compare");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(23);
+        let sizes = [
+            (1, 1),
+            (2, 3),
+            (3, 2),
+            (3, 40),
+            (40, 3),
+            (2, 2),
+            (4, 4),
+            (5, 7),
+            (224, 224),
+            (224, 224),
+        ];
+        for case in 0..400 {
+            let (w, h) = if case < 2 * sizes.len() {
+                sizes[case % sizes.len()]
+            } else {
+                (rng.random_range(1..70u32), rng.random_range(1..70u32))
+            };
+            let img = RgbImage::from_fn(w, h, |_, _| {
+                let mut v = || {
+                    if rng.random_bool(0.4) {
+                        rng.random_range(0..=255u8)
+                    } else {
+                        [0, 255][rng.random_range(0..2)]
+                    }
+                };
+                image::Rgb([v(), v(), v()])
+            });
+            let size = f64::from(w.max(h));
+            let t = |rng: &mut rand_chacha::ChaCha8Rng| -> f64 {
+                let k = rng.random_range(-8..8) as f64;
+                match rng.random_range(0..12) {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 => k,
+                    3 => [1e-9, -1e-9, 1e-300, -5e-324][rng.random_range(0..4)],
+                    4 => k + 0.5,
+                    5 => f64::from_bits((k + 0.5).to_bits() + rng.random_range(0..3)),
+                    6 => f64::from_bits((k + 0.5).to_bits().wrapping_sub(1)),
+                    7 => [size, -size, 1e6, -1e6, size + 2.5][rng.random_range(0..5)],
+                    // What TranslateXRel/YRel pass: ±0.45f·size.
+                    8 => rng.random_range(-0.45..0.45) * size,
+                    _ => rng.random_range(-6.0..6.0),
+                }
+            };
+            let s = |rng: &mut rand_chacha::ChaCha8Rng| -> f64 {
+                match rng.random_range(0..8) {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 => [0.3, -0.3, 0.27, -0.27][rng.random_range(0..4)],
+                    _ => rng.random_range(-0.3..0.3),
+                }
+            };
+            let z = |rng: &mut rand_chacha::ChaCha8Rng| [0.0, -0.0][rng.random_range(0..2)];
+            let a = match case % 6 {
+                0 => [1.0, z(&mut rng), t(&mut rng), z(&mut rng), 1.0, z(&mut rng)],
+                1 => [1.0, z(&mut rng), z(&mut rng), z(&mut rng), 1.0, t(&mut rng)],
+                2 => [1.0, s(&mut rng), z(&mut rng), z(&mut rng), 1.0, z(&mut rng)],
+                3 => [1.0, z(&mut rng), z(&mut rng), s(&mut rng), 1.0, z(&mut rng)],
+                4 => [1.0, z(&mut rng), t(&mut rng), z(&mut rng), 1.0, t(&mut rng)],
+                _ => {
+                    if rng.random_bool(0.5) {
+                        [1.0, s(&mut rng), t(&mut rng), 0.0, 1.0, t(&mut rng)]
+                    } else {
+                        [1.0, 0.0, t(&mut rng), s(&mut rng), 1.0, t(&mut rng)]
+                    }
+                }
+            };
+            let fill = [1, 2, 3];
+            let scalar = affine_with(&img, a, fill, |_, _, _| None);
+            // SAFETY: AVX2 checked above.
+            let fast = unsafe { affine_avx2(&img, a, fill) };
+            assert_eq!(fast, scalar, "case {case}: {w}x{h}, {a:?}");
+            if case % 6 < 4 && w * h <= 400 {
+                assert_eq!(
+                    scalar,
+                    affine_per_pixel(&img, a, fill),
+                    "case {case}: {w}x{h}, {a:?}"
+                );
+            }
         }
     }
 

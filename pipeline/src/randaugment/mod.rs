@@ -42,17 +42,22 @@
 //!
 //! # Cost
 //! `cargo bench -p pipeline --bench randaugment` (224x224, one thread, on-CPU time on a
-//! heavily loaded 2-core VM, 2026-11-29): Translate/Shear 1.0-1.6 ms (one axis has a
-//! zero fraction: 3 cubics per pixel), Rotate 3.1 ms (15 cubics per pixel, all in f64 for
-//! exactness), full DeiT `apply` 0.6 ms on average. Pointwise and blend ops (wall time,
-//! same VM, 2026-11-30; AVX2 forms where the CPU has them): 0.02-0.06 ms, Equalize
-//! 0.12 ms (a store-bound histogram, then a table pass), Sharpness 0.1 ms.
+//! heavily loaded 2-core VM, 2026-11-29): Rotate 3.1 ms (15 cubics per pixel, all in f64
+//! for exactness), full DeiT `apply` 0.6 ms on average (before the changes below).
+//! Translate/Shear need one cubic per byte (one axis has a zero fraction) and run as AVX2
+//! byte-lane kernels (`axis_avx2`): wall time, same VM less loaded, 2026-11-30:
+//! TranslateX/Y 0.10-0.13 ms, ShearX 0.24 ms, ShearY 0.41-0.44 ms (0.4-1.4 ms before).
+//! Pointwise and blend ops (wall time, same VM, 2026-11-30; AVX2 forms where the CPU has
+//! them): 0.02-0.06 ms, Equalize 0.12 ms (a store-bound histogram, then a table pass),
+//! Sharpness 0.1 ms.
 //!
 //! # Randomness
 //! [`RandAugmentConfig::apply`] draws from a `ChaCha8Rng` in a fixed, documented order
 //! (five `u64` per layer, see [`sample`]), so the same generator state always gives the
 //! same bytes.
 
+#[cfg(target_arch = "x86_64")]
+mod axis_avx2;
 #[cfg(target_arch = "x86_64")]
 mod bicubic_avx2;
 pub mod config;
