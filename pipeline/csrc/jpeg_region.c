@@ -114,17 +114,23 @@ static void jr_init(struct jpeg_decompress_struct *c, jr_error_mgr *e, char *msg
  * A size other than the expected one is an error (reported with the header's size in
  * *img_w, *img_h). CMYK and YCCK files decode to CMYK and convert to RGB as Pillow does
  * (jr_cmyk_to_rgb). Returns JR_UNSUPPORTED for other colour spaces.
+ *
+ * `out` has room for out_cap bytes (at least w * h * 3). With `wide` set, the decoded
+ * columns may be kept as they come from jpeg_crop_scanline (a wider band, iMCU-aligned,
+ * with the margin) instead of being copied out, when they fit in out_cap: rows are then
+ * packed at that width. *out_x, *out_w give the columns written (x, w when not widened).
  */
 int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_w,
                      unsigned exp_h, unsigned x, unsigned y, unsigned w, unsigned h,
-                     unsigned char *out, unsigned *img_w,
-                     unsigned *img_h, char *msg, size_t msg_cap) {
+                     unsigned char *out, unsigned long out_cap, int wide, unsigned *out_x,
+                     unsigned *out_w, unsigned *img_w, unsigned *img_h, char *msg,
+                     size_t msg_cap) {
   struct jpeg_decompress_struct c;
   jr_error_mgr e;
   JSAMPARRAY rows16;
   JDIMENSION xoff, cw, skip_to, done;
   unsigned long line;
-  unsigned dx, margin, cmyk, bpp;
+  unsigned dx, margin, cmyk, bpp, row_w;
   jr_init(&c, &e, msg, msg_cap);
   if (setjmp(e.jump)) {
     jpeg_destroy_decompress(&c);
@@ -140,7 +146,8 @@ int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_
     jpeg_destroy_decompress(&c);
     return JR_BAD_ARGS;
   }
-  if (w == 0 || h == 0 || x > exp_w || w > exp_w - x || y > exp_h || h > exp_h - y) {
+  if (w == 0 || h == 0 || x > exp_w || w > exp_w - x || y > exp_h || h > exp_h - y ||
+      (unsigned long)w * h * 3 > out_cap) {
     jr_set_msg(&e, "region outside the image");
     jpeg_destroy_decompress(&c);
     return JR_BAD_ARGS;
@@ -172,13 +179,22 @@ int jr_decode_region(const unsigned char *data, unsigned long len, unsigned exp_
   }
   while (c.output_scanline < skip_to)
     if (jpeg_read_scanlines(&c, rows16, 1) == 0) break;
-  if (!cmyk && dx == 0 && c.output_width == w) {
+  *out_x = x;
+  *out_w = w;
+  if (!cmyk && wide && (unsigned long)c.output_width * 3 * h <= out_cap) {
+    /* The caller takes the decoded band as it is: no copy. */
+    *out_x = xoff;
+    *out_w = c.output_width;
+    dx = 0;
+  }
+  row_w = *out_w;
+  if (!cmyk && dx == 0 && c.output_width == row_w) {
     /* Whole decoded rows are wanted: decode straight into `out`, a few rows a call. */
     JSAMPROW rows[16];
     line = 0;
     while (line < h) {
       JDIMENSION k, n = h - line < 16 ? (JDIMENSION)(h - line) : 16, got;
-      for (k = 0; k < n; k++) rows[k] = out + (line + k) * (unsigned long)w * 3;
+      for (k = 0; k < n; k++) rows[k] = out + (line + k) * (unsigned long)row_w * 3;
       got = jpeg_read_scanlines(&c, rows, n);
       if (got == 0) {
         jr_set_msg(&e, "decoder returned no scanline");

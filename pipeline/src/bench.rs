@@ -202,7 +202,7 @@ pub fn stage_breakdown(
             let region = builder.crop_region(crop, rec.width, rec.height);
             st.crop_resize += t.elapsed().as_nanos() as u64;
             let t = Instant::now();
-            let img = crate::ingest::decode_record_region(&rec, region)
+            let (img, region) = crate::ingest::decode_record_region_around(&rec, region)
                 .map_err(|e| rec_err(idx, e.to_string()))?;
             decode += t.elapsed().as_nanos() as u64;
             builder.sample_view_region(&img, region, crop, seed, dst, &mut st, true)?;

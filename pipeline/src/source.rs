@@ -54,6 +54,17 @@ pub trait RecordSource: Send + Sync {
                 .to_image(),
         )
     }
+    /// Decodes a rectangle of record `index` holding at least `rect` (stored pixels),
+    /// returned with that rectangle: over `rect` the pixels of [`Self::decode`]; sources
+    /// may add columns when that saves work (a copy), whose values callers must not read
+    /// (they can differ from a full decode at the band's edge). The default is `rect`.
+    fn decode_region_around(
+        &self,
+        index: usize,
+        rect: CropRect,
+    ) -> Result<(RgbImage, CropRect), PipelineError> {
+        Ok((self.decode_region(index, rect)?, rect))
+    }
 }
 
 /// Record shards of one split, read through `formats::shard`.
@@ -121,6 +132,18 @@ impl RecordSource for ShardSource {
             .record(index)
             .map_err(|e| self.record_error(index, e.to_string()))?;
         crate::ingest::decode_record_region(&r, rect)
+            .map_err(|e| self.record_error(index, e.to_string()))
+    }
+    fn decode_region_around(
+        &self,
+        index: usize,
+        rect: CropRect,
+    ) -> Result<(RgbImage, CropRect), PipelineError> {
+        let r = self
+            .set
+            .record(index)
+            .map_err(|e| self.record_error(index, e.to_string()))?;
+        crate::ingest::decode_record_region_around(&r, rect)
             .map_err(|e| self.record_error(index, e.to_string()))
     }
 }

@@ -252,7 +252,7 @@ pub fn build_pair_into(
 
 /// The un-mixed view of record `index` for a slot seed: the crop is drawn from the stored
 /// size in `info`, and only the region it reads is decoded
-/// ([`RecordSource::decode_region`]). Same bits as decoding fully and calling
+/// ([`RecordSource::decode_region_around`]). Same bits as decoding fully and calling
 /// [`ViewBuilder::sample_view`].
 pub fn sample_view_from_source(
     source: &dyn RecordSource,
@@ -264,7 +264,7 @@ pub fn sample_view_from_source(
 ) -> Result<(), PipelineError> {
     let crop = builder.crop_for(seed, info.width, info.height)?;
     let region = builder.crop_region(crop, info.width, info.height);
-    let img = source.decode_region(index, region)?;
+    let (img, region) = source.decode_region_around(index, region)?;
     builder.sample_view_region(
         &img,
         region,

@@ -171,10 +171,31 @@ fn full_rect(rec: &RecordRef<'_>) -> CropRect {
 
 /// Decode only the rectangle `rect` of a stored record (in stored pixels). The pixels are
 /// exactly those of [`decode_record`] cropped to `rect`: JPEGs decode only the blocks the
-/// rectangle needs (libjpeg-turbo's `jpeg_crop_scanline` and `jpeg_skip_scanlines`),
-/// other records are decoded fully and cropped. A truncated JPEG (no end-of-image marker)
-/// is an error whatever the rectangle.
+/// rectangle needs (libjpeg-turbo's `jpeg_crop_scanline` and `jpeg_skip_scanlines`, and
+/// only the restart intervals around it in records tiled by `shard`), other records are
+/// decoded fully and cropped. A truncated JPEG (no end-of-image marker) is an error
+/// whatever the rectangle.
 pub fn decode_record_region(rec: &RecordRef<'_>, rect: CropRect) -> Result<RgbImage, IngestError> {
+    region(rec, rect, false).map(|(img, _)| img)
+}
+
+/// [`decode_record_region`] that may return a wider band of columns (what libjpeg decodes
+/// anyway) to save copying the rectangle out. The returned rectangle holds `rect`'s rows
+/// and at least its columns; over `rect` the pixels are exactly those of
+/// [`decode_record`], outside it they are decoder output that may differ at the band's
+/// edge (see [`super::jpeg::decode_region_wide`]): read only `rect`.
+pub fn decode_record_region_around(
+    rec: &RecordRef<'_>,
+    rect: CropRect,
+) -> Result<(RgbImage, CropRect), IngestError> {
+    region(rec, rect, true)
+}
+
+fn region(
+    rec: &RecordRef<'_>,
+    rect: CropRect,
+    wide: bool,
+) -> Result<(RgbImage, CropRect), IngestError> {
     let (w, h) = (rec.width, rec.height);
     if !rect.fits_in(w, h) {
         return Err(IngestError::Record(format!(
@@ -183,35 +204,45 @@ pub fn decode_record_region(rec: &RecordRef<'_>, rect: CropRect) -> Result<RgbIm
         )));
     }
     let full = rect == full_rect(rec);
+    let jpeg_err = |e: String| IngestError::Record(format!("JPEG: {e}"));
     let img = match rec.encoding {
         Encoding::Jpeg => {
-            check_jpeg(rec.bytes).map_err(|e| IngestError::Record(format!("JPEG: {e}")))?;
+            check_jpeg(rec.bytes).map_err(jpeg_err)?;
             // Records with restart markers tiling their rows: decode only the intervals
             // around the rectangle (see `jpeg_tiles`).
             let tiled = (!full)
                 .then(|| super::jpeg_tiles::TileLayout::parse(rec.bytes))
                 .flatten()
                 .and_then(|layout| Some((layout.tile_for(rect)?, layout)));
-            let region = match tiled {
-                Some((tile, layout)) => {
-                    let inner = CropRect {
+            let (bytes, origin, size, inner) = match &tiled {
+                Some((tile, layout)) => (
+                    std::borrow::Cow::Owned(layout.tile_jpeg(rec.bytes, *tile)),
+                    (tile.left, tile.top),
+                    (tile.width, tile.height),
+                    CropRect {
                         left: rect.left - tile.left,
                         top: rect.top - tile.top,
                         ..rect
-                    };
-                    super::jpeg::decode_region(
-                        &layout.tile_jpeg(rec.bytes, tile),
-                        (tile.width, tile.height),
-                        inner,
-                    )
-                }
-                None => super::jpeg::decode_region(rec.bytes, (w, h), rect),
+                    },
+                ),
+                None => (std::borrow::Cow::Borrowed(rec.bytes), (0, 0), (w, h), rect),
+            };
+            let decoded = if wide {
+                super::jpeg::decode_region_wide(&bytes, size, inner)
+            } else {
+                super::jpeg::decode_region(&bytes, size, inner).map(|o| o.map(|px| (px, inner)))
             }
-            .map_err(|e| IngestError::Record(format!("JPEG: {e}")))?;
-            match region {
-                Some(px) => {
-                    return RgbImage::from_raw(rect.width, rect.height, px)
-                        .ok_or_else(|| IngestError::Record("region buffer size mismatch".into()))
+            .map_err(jpeg_err)?;
+            match decoded {
+                Some((px, got)) => {
+                    let got = CropRect {
+                        left: got.left + origin.0,
+                        top: got.top + origin.1,
+                        ..got
+                    };
+                    let img = RgbImage::from_raw(got.width, got.height, px)
+                        .ok_or_else(|| IngestError::Record("region buffer size mismatch".into()))?;
+                    return Ok((img, got));
                 }
                 None => decode_jpeg_with_image(rec)?,
             }
@@ -238,12 +269,11 @@ pub fn decode_record_region(rec: &RecordRef<'_>, rect: CropRect) -> Result<RgbIm
         )));
     }
     if full {
-        Ok(img)
+        Ok((img, rect))
     } else {
-        Ok(
-            image::imageops::crop_imm(&img, rect.left, rect.top, rect.width, rect.height)
-                .to_image(),
-        )
+        let part = image::imageops::crop_imm(&img, rect.left, rect.top, rect.width, rect.height)
+            .to_image();
+        Ok((part, rect))
     }
 }
 

@@ -26,6 +26,10 @@ extern "C" {
         w: c_uint,
         h: c_uint,
         out: *mut c_uchar,
+        out_cap: c_ulong,
+        wide: c_int,
+        out_x: *mut c_uint,
+        out_w: *mut c_uint,
         img_w: *mut c_uint,
         img_h: *mut c_uint,
         msg: *mut c_char,
@@ -62,9 +66,37 @@ fn c_len(bytes: &[u8]) -> Result<c_ulong, String> {
 /// the image).
 pub fn decode_region(
     bytes: &[u8],
-    (width, height): (u32, u32),
+    size: (u32, u32),
     rect: CropRect,
 ) -> Result<Option<Vec<u8>>, String> {
+    Ok(decode(bytes, size, rect, false)?.map(|(px, _)| px))
+}
+
+/// [`decode_region`] that may return more columns than `rect`: the band libjpeg decodes
+/// anyway (iMCU-aligned, with the upsampler's margin), packed at its own width, which saves
+/// copying the wanted columns out. Returns the pixels and the band they cover (the rows of
+/// `rect`, columns containing `rect`'s). Over `rect` the pixels are exactly the full
+/// decode's; the band's extra columns are what the decoder gave, and its outermost column
+/// on a side where the image was cropped can differ from a full decode (the upsampler
+/// replicates the edge there), so readers must stay inside `rect`.
+pub fn decode_region_wide(
+    bytes: &[u8],
+    size: (u32, u32),
+    rect: CropRect,
+) -> Result<Option<(Vec<u8>, CropRect)>, String> {
+    decode(bytes, size, rect, true)
+}
+
+/// Columns a widened band can add: the upsampler's margin (at most 4 pixels) each side
+/// and the left edge rounded down to an iMCU (at most 31 pixels).
+const WIDE_SLACK: usize = 64;
+
+fn decode(
+    bytes: &[u8],
+    (width, height): (u32, u32),
+    rect: CropRect,
+    wide: bool,
+) -> Result<Option<(Vec<u8>, CropRect)>, String> {
     let CropRect {
         left: x,
         top: y,
@@ -76,19 +108,23 @@ pub fn decode_region(
             "region {w}x{h} at ({x}, {y}) is not inside the {width}x{height} image"
         ));
     }
-    let n = (w as usize)
+    let cols = w as usize + if wide { WIDE_SLACK } else { 0 };
+    let cap = cols
         .checked_mul(h as usize)
         .and_then(|p| p.checked_mul(3))
         .ok_or_else(|| format!("region {w}x{h} too large"))?;
-    let mut out = vec![0u8; n];
+    let mut out: Vec<u8> = Vec::with_capacity(cap);
     let (mut iw, mut ih) = (0 as c_uint, 0 as c_uint);
+    let (mut ox, mut ow) = (0 as c_uint, 0 as c_uint);
     let mut msg = [0u8; MSG_CAP];
     let len = c_len(bytes)?;
-    // SAFETY: `bytes` is a live slice of `len` bytes that libjpeg only reads. `out` holds
-    // exactly w * h * 3 bytes and the C side writes h rows of w * 3 bytes after checking
-    // the header's size equals (width, height) and the rectangle lies inside it (checked
-    // above too). `iw`, `ih` are locals of type c_uint; `msg` has MSG_CAP writable bytes,
-    // written NUL-terminated within `msg_cap`. Errors return through longjmp inside C.
+    // SAFETY: `bytes` is a live slice of `len` bytes that libjpeg only reads. `out` has
+    // `cap` bytes of capacity; the C side checks cap >= w * h * 3 and writes h rows packed
+    // at the width it reports in `ow` (w, or a wider band only when ow * h * 3 <= cap),
+    // after checking the header's size equals (width, height) and the rectangle lies
+    // inside it (checked above too). The out parameters are locals of type c_uint; `msg`
+    // has MSG_CAP writable bytes, written NUL-terminated within `msg_cap`. Errors return
+    // through longjmp inside C.
     let rc = unsafe {
         jr_decode_region(
             bytes.as_ptr(),
@@ -100,6 +136,10 @@ pub fn decode_region(
             w,
             h,
             out.as_mut_ptr(),
+            cap as c_ulong,
+            c_int::from(wide),
+            &mut ox,
+            &mut ow,
             &mut iw,
             &mut ih,
             msg.as_mut_ptr().cast::<c_char>(),
@@ -107,7 +147,21 @@ pub fn decode_region(
         )
     };
     match rc {
-        JR_OK => Ok(Some(out)),
+        JR_OK => {
+            let n = ow as usize * h as usize * 3;
+            if n > cap || ox > x || ox + ow < x + w {
+                return Err(format!("decoder reported columns {ox}+{ow} for {x}+{w}"));
+            }
+            // SAFETY: on JR_OK the C side wrote all h rows of ow * 3 bytes, packed, at the
+            // start of `out` (n <= cap checked just above).
+            unsafe { out.set_len(n) };
+            let got = CropRect {
+                left: ox,
+                width: ow,
+                ..rect
+            };
+            Ok(Some((out, got)))
+        }
         JR_UNSUPPORTED => Ok(None),
         JR_BAD_ARGS if (iw, ih) != (width, height) => Err(format!(
             "JPEG header says {iw}x{ih}, the index says {width}x{height}"
@@ -278,6 +332,20 @@ pub(crate) mod tests {
                     assert!(
                         got == crop(&full, w, rect),
                         "{name}: region {rect:?} differs from the full decode"
+                    );
+                    // The widened band: a rectangle holding `rect`'s rows and columns,
+                    // inside the image, with the full decode's pixels over `rect`.
+                    let (px, band) = decode_region_wide(&bytes, (w, h), rr(rect))
+                        .unwrap()
+                        .unwrap();
+                    let r = rr(rect);
+                    assert_eq!((band.top, band.height), (r.top, r.height), "{name}");
+                    assert!(band.left <= r.left && band.left + band.width >= r.left + r.width);
+                    assert!(band.fits_in(w, h), "{name}: {band:?}");
+                    let inner = (r.left - band.left, 0, r.width, r.height);
+                    assert!(
+                        crop(&px, band.width, inner) == crop(&full, w, rect),
+                        "{name}: {rect:?} in band {band:?}"
                     );
                     checked += 1;
                 }

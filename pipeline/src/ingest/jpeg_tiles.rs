@@ -325,6 +325,58 @@ mod tests {
         assert!(tiled > 1000, "only {tiled} tiles tried");
     }
 
+    /// The record-level band decode (what the loader calls) on tiled and untiled records:
+    /// the full decode's pixels over a band holding the rectangle.
+    #[test]
+    fn record_band_decode_equals_full_decode() {
+        use crate::ingest::{decode_record, decode_record_region_around};
+        use formats::shard::{Encoding, RecordRef};
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        let (w, h) = (131u32, 77u32);
+        let mut checked = 0;
+        for (name, bytes) in crate::ingest::jpeg::tests::variants(w, h, 4) {
+            let (tiled, _) = add_restart_markers(&bytes, 2).expect("rewrites");
+            for b in [bytes, tiled] {
+                let rec = RecordRef {
+                    label: 0,
+                    orig_width: w,
+                    orig_height: h,
+                    width: w,
+                    height: h,
+                    encoding: Encoding::Jpeg,
+                    bytes: &b,
+                };
+                let full = decode_record(&rec).expect("decodes");
+                for _ in 0..40 {
+                    let (rw, rh) = (rng.random_range(1..=w), rng.random_range(1..=h));
+                    let rect = CropRect {
+                        left: rng.random_range(0..=w - rw),
+                        top: rng.random_range(0..=h - rh),
+                        width: rw,
+                        height: rh,
+                    };
+                    let (img, band) = decode_record_region_around(&rec, rect).expect("decodes");
+                    assert!(band.fits_in(w, h), "{name}: {band:?}");
+                    assert!(band.left <= rect.left && band.top <= rect.top);
+                    assert!(band.left + band.width >= rect.left + rect.width);
+                    assert!(band.top + band.height >= rect.top + rect.height);
+                    assert_eq!(img.dimensions(), (band.width, band.height));
+                    let inner = CropRect {
+                        left: rect.left - band.left,
+                        top: rect.top - band.top,
+                        ..rect
+                    };
+                    assert!(
+                        crop(img.as_raw(), band.width, inner) == crop(full.as_raw(), w, rect),
+                        "{name}: {rect:?} via {band:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 600);
+    }
+
     /// Without the margin the tile's edge pixels differ on 4:2:0 (the check above would not
     /// see a broken margin otherwise).
     #[test]

@@ -21,7 +21,9 @@ pub mod process;
 pub mod resize;
 pub mod synth;
 
-pub use decode::{decode_input, decode_record, decode_record_region, Decoded};
+pub use decode::{
+    decode_input, decode_record, decode_record_region, decode_record_region_around, Decoded,
+};
 pub use process::{process_image, IngestOptions, Processed};
 
 use std::path::PathBuf;
