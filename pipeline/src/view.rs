@@ -193,6 +193,7 @@ impl ViewBuilder {
         clock(&mut times.randaugment, t1);
         let t2 = now();
         self.norm.to_chw(&v, out);
+        crate::transforms::buffers::recycle(v);
         if self.cfg.erasing.prob > 0.0 {
             let mut erase_rng = stage_rng(seed, Stage::Erase);
             erase(out, size, size, &self.cfg.erasing, &mut erase_rng);

@@ -71,7 +71,11 @@ pub fn rotate_matrix(deg: f64, w: u32, h: u32) -> Option<[f64; 6]> {
 /// `Image.rotate(deg, resample=BICUBIC, fillcolor=fill)` (counter-clockwise, no expand).
 pub fn rotate(img: RgbImage, deg: f64, fill: [u8; 3]) -> RgbImage {
     match rotate_matrix(deg, img.width(), img.height()) {
-        Some(m) => affine(&img, m, fill),
+        Some(m) => {
+            let out = affine(&img, m, fill);
+            crate::transforms::buffers::recycle(img);
+            out
+        }
         None => {
             let angle = py_mod(deg, 360.0);
             if angle == 180.0 {
@@ -305,10 +309,17 @@ unsafe fn affine_avx2(img: &RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
 /// A `w`x`h` image of colour `fill` (one row written, then copied: `from_pixel` writes
 /// pixel by pixel).
 fn filled(w: u32, h: u32, fill: [u8; 3]) -> RgbImage {
-    let row: Vec<u8> = fill.iter().copied().cycle().take(3 * w as usize).collect();
-    let mut buf = Vec::with_capacity(row.len() * h as usize);
-    for _ in 0..h {
-        buf.extend_from_slice(&row);
+    let stride = 3 * w as usize;
+    // A pooled buffer (`transforms::buffers`): every byte is written here.
+    let mut buf = crate::transforms::buffers::take(stride * h as usize);
+    if stride > 0 {
+        let (first, rest) = buf.split_at_mut(stride.min(stride * h as usize));
+        for (b, v) in first.iter_mut().zip(fill.iter().copied().cycle()) {
+            *b = v;
+        }
+        for row in rest.chunks_exact_mut(stride) {
+            row.copy_from_slice(first);
+        }
     }
     RgbImage::from_raw(w, h, buf).expect("buffer of w·h pixels")
 }

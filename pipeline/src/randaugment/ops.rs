@@ -263,22 +263,26 @@ pub fn apply_op_with_arg(img: RgbImage, op: Op, arg: OpArg, fill: [u8; 3]) -> Rg
         }
         (Op::Sharpness | Op::SharpnessNonIncreasing, OpArg::Float(f)) => enhance::sharpness(img, f),
         (Op::Rotate, OpArg::Float(deg)) => geometric::rotate(img, deg, fill),
-        (Op::ShearX, OpArg::Float(s)) => {
-            geometric::affine(&img, [1.0, s, 0.0, 0.0, 1.0, 0.0], fill)
-        }
-        (Op::ShearY, OpArg::Float(s)) => {
-            geometric::affine(&img, [1.0, 0.0, 0.0, s, 1.0, 0.0], fill)
-        }
+        (Op::ShearX, OpArg::Float(s)) => affine_owned(img, [1.0, s, 0.0, 0.0, 1.0, 0.0], fill),
+        (Op::ShearY, OpArg::Float(s)) => affine_owned(img, [1.0, 0.0, 0.0, s, 1.0, 0.0], fill),
         (Op::TranslateXRel, OpArg::Float(pct)) => {
             let px = pct * f64::from(img.width());
-            geometric::affine(&img, [1.0, 0.0, px, 0.0, 1.0, 0.0], fill)
+            affine_owned(img, [1.0, 0.0, px, 0.0, 1.0, 0.0], fill)
         }
         (Op::TranslateYRel, OpArg::Float(pct)) => {
             let px = pct * f64::from(img.height());
-            geometric::affine(&img, [1.0, 0.0, 0.0, 0.0, 1.0, px], fill)
+            affine_owned(img, [1.0, 0.0, 0.0, 0.0, 1.0, px], fill)
         }
         _ => img,
     }
+}
+
+/// [`geometric::affine`] of an owned image, whose buffer then goes back to the pool
+/// ([`crate::transforms::buffers`]) for the next output.
+fn affine_owned(img: RgbImage, a: [f64; 6], fill: [u8; 3]) -> RgbImage {
+    let out = geometric::affine(&img, a, fill);
+    crate::transforms::buffers::recycle(img);
+    out
 }
 
 /// [`apply_op_f64`] on an owned image (pointwise ops reuse its buffer).

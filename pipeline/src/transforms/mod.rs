@@ -4,6 +4,7 @@
 //! Each sampler is split into a pure "parameters from draws" function (tested against
 //! timm with recorded draws) and an apply function.
 
+pub mod buffers;
 pub mod crop;
 pub mod erase;
 pub mod eval;

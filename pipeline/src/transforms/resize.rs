@@ -18,6 +18,9 @@ use crate::error::PipelineError;
 
 thread_local! {
     static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
+    /// The intermediate (horizontally resized) image's buffer, reused between calls: a
+    /// fresh zeroed allocation each time cost about as much as the vertical pass itself.
+    static TMP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn filter(interp: Interpolation) -> FilterType {
@@ -45,16 +48,23 @@ pub fn crop_resize(
     // fast_image_resize does u8 images vertical-first. The order changes results at hard
     // edges (the clipped overshoot), so run the two passes separately in Pillow's order.
     let dst = if rect.width != out_w && rect.height != out_h {
-        let mut tmp = Image::new(out_w, rect.height, PixelType::U8x3);
-        let mut dst = Image::new(out_w, out_h, PixelType::U8x3);
-        RESIZER.with(|r| -> Result<(), PipelineError> {
-            let mut r = r.borrow_mut();
-            r.resize(&cropped, &mut tmp, &opts).map_err(|e| err(&e))?;
-            r.resize(&tmp, &mut dst, &opts).map_err(|e| err(&e))
+        let mut dst = out_image(out_w, out_h)?;
+        TMP.with(|buf| -> Result<(), PipelineError> {
+            let mut buf = buf.borrow_mut();
+            let len = out_w as usize * rect.height as usize * 3;
+            buf.resize(len, 0);
+            let mut tmp =
+                Image::from_slice_u8(out_w, rect.height, &mut buf[..len], PixelType::U8x3)
+                    .map_err(|e| err(&e))?;
+            RESIZER.with(|r| -> Result<(), PipelineError> {
+                let mut r = r.borrow_mut();
+                r.resize(&cropped, &mut tmp, &opts).map_err(|e| err(&e))?;
+                r.resize(&tmp, &mut dst, &opts).map_err(|e| err(&e))
+            })
         })?;
         dst
     } else {
-        let mut dst = Image::new(out_w, out_h, PixelType::U8x3);
+        let mut dst = out_image(out_w, out_h)?;
         RESIZER
             .with(|r| r.borrow_mut().resize(&cropped, &mut dst, &opts))
             .map_err(|e| err(&e))?;
@@ -62,6 +72,12 @@ pub fn crop_resize(
     };
     RgbImage::from_raw(out_w, out_h, dst.into_vec())
         .ok_or_else(|| PipelineError::Resize("output buffer size mismatch".into()))
+}
+
+/// An output image over a pooled buffer ([`super::buffers`]; the resize writes every byte).
+fn out_image(w: u32, h: u32) -> Result<Image<'static>, PipelineError> {
+    let buf = super::buffers::take(w as usize * h as usize * 3);
+    Image::from_vec_u8(w, h, buf, PixelType::U8x3).map_err(|e| PipelineError::Resize(e.to_string()))
 }
 
 /// Resizes the whole image to `out_w` x `out_h`.
