@@ -205,8 +205,30 @@ pub fn shard_split(
                 already_complete: true,
             });
         }
+        let old = &m.options;
+        let mut differs = Vec::new();
+        if old.restart_mcus != opts.restart_mcus {
+            differs.push(format!(
+                "restart_mcus {} (pass --restart-mcus {} to reuse it)",
+                old.restart_mcus, old.restart_mcus
+            ));
+        }
+        if (old.format, old.max_side, old.quality) != (opts.format, opts.max_side, opts.quality) {
+            differs.push(format!(
+                "format/max_side/quality {:?}/{}/{}",
+                old.format, old.max_side, old.quality
+            ));
+        }
+        if m.classes != input.classes {
+            differs.push("other classes".into());
+        }
+        let what = if differs.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", differs.join(", "))
+        };
         return Err(IngestError::Layout(format!(
-            "{} already holds a finished shard set made with other options or classes; \
+            "{} already holds a finished shard set made with other options or classes{what}; \
              choose another --out or delete it",
             dir.display()
         )));
