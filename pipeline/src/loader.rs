@@ -1,7 +1,7 @@
 //! The streaming loader: decodes and augments on its own rayon pool (never the global
 //! one, which candle uses), assembles batches in slot order into reused buffers, and
-//! prefetches up to `prefetch` batches through a bounded channel. Memory is bounded by
-//! (prefetch + 2) batches. Errors (a bad record names its shard and index) come through
+//! prefetches up to `prefetch` batches through a bounded channel. Two batches are built
+//! at a time, so memory is bounded by (prefetch + 3) batches. Errors (a bad record names its shard and index) come through
 //! the iterator and end it; dropping the loader stops the workers and joins the thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -324,33 +324,61 @@ impl Loader {
             .build()
             .map_err(|e| PipelineError::Loader(format!("cannot start the worker pool: {e}")))?;
         let (tx, rx) = bounded::<Item>(opts.prefetch);
-        let (recycle_tx, recycle_rx) = bounded::<Vec<f32>>(opts.prefetch + 2);
+        let (recycle_tx, recycle_rx) = bounded::<Vec<f32>>(opts.prefetch + 3);
         let stop = Arc::new(AtomicBool::new(false));
         let stop_w = stop.clone();
         let handle = std::thread::Builder::new()
             .name("deit-loader".into())
             .spawn(move || {
-                for b in 0..num_batches {
+                // Two batches are built at once (`rayon::join`): their pairs share the
+                // pool, so a thread that finishes its part of one batch early works on the
+                // other instead of idling at the batch's end. Delivery stays in order.
+                let mut b = 0;
+                while b < num_batches {
                     if stop_w.load(Ordering::Relaxed) {
                         return;
                     }
-                    let buf = recycle_rx.try_recv().unwrap_or_default();
-                    let item = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        pool.install(|| make(b, buf, &stop_w))
+                    let two = b + 1 < num_batches;
+                    let buf0 = recycle_rx.try_recv().unwrap_or_default();
+                    let buf1 = if two {
+                        recycle_rx.try_recv().unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    };
+                    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        pool.install(|| {
+                            if two {
+                                let (x, y) = rayon::join(
+                                    || make(b, buf0, &stop_w),
+                                    || make(b + 1, buf1, &stop_w),
+                                );
+                                vec![x, y]
+                            } else {
+                                vec![make(b, buf0, &stop_w)]
+                            }
+                        })
                     }))
                     .unwrap_or_else(|_| {
-                        Err(PipelineError::Loader(format!(
-                            "a worker panicked in batch {b}"
-                        )))
+                        let which = if two {
+                            format!("batch {b} or {}", b + 1)
+                        } else {
+                            format!("batch {b}")
+                        };
+                        vec![Err(PipelineError::Loader(format!(
+                            "a worker panicked in {which}"
+                        )))]
                     });
-                    let failed = item.is_err();
-                    let item = item.map(|mut batch| {
-                        batch.recycle = Some(recycle_tx.clone());
-                        batch
-                    });
-                    if stop_w.load(Ordering::Relaxed) || tx.send(item).is_err() || failed {
-                        return;
+                    for item in built {
+                        let failed = item.is_err();
+                        let item = item.map(|mut batch| {
+                            batch.recycle = Some(recycle_tx.clone());
+                            batch
+                        });
+                        if stop_w.load(Ordering::Relaxed) || tx.send(item).is_err() || failed {
+                            return;
+                        }
                     }
+                    b += if two { 2 } else { 1 };
                 }
             })
             .map_err(|e| PipelineError::Loader(format!("cannot start the loader thread: {e}")))?;
