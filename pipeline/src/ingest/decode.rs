@@ -291,7 +291,7 @@ fn decode_jpeg_with_image(rec: &RecordRef<'_>) -> Result<RgbImage, IngestError> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
     use rand::{Rng, SeedableRng};
@@ -309,7 +309,8 @@ mod tests {
         bytes
     }
 
-    fn record(bytes: &[u8], w: u32, h: u32) -> RecordRef<'_> {
+    /// A JPEG record of `bytes` at its stored size.
+    pub(crate) fn record(bytes: &[u8], w: u32, h: u32) -> RecordRef<'_> {
         RecordRef {
             label: 0,
             orig_width: w,

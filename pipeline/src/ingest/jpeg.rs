@@ -276,7 +276,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn crop(full: &[u8], w: u32, (x, y, cw, ch): (u32, u32, u32, u32)) -> Vec<u8> {
+    /// The packed RGB rectangle `(x, y, cw, ch)` of a `w`-wide packed RGB image.
+    pub(crate) fn crop(full: &[u8], w: u32, (x, y, cw, ch): (u32, u32, u32, u32)) -> Vec<u8> {
         let mut v = Vec::with_capacity((cw * ch * 3) as usize);
         for row in y..y + ch {
             let at = ((row * w + x) * 3) as usize;

@@ -260,13 +260,9 @@ mod tests {
             .expect("supported")
     }
 
+    /// The shared crop helper of the decoder tests, for a `CropRect`.
     fn crop(px: &[u8], w: u32, r: CropRect) -> Vec<u8> {
-        let mut v = Vec::new();
-        for y in r.top..r.top + r.height {
-            let at = ((y * w + r.left) * 3) as usize;
-            v.extend_from_slice(&px[at..at + r.width as usize * 3]);
-        }
-        v
+        crate::ingest::jpeg::tests::crop(px, w, (r.left, r.top, r.width, r.height))
     }
 
     /// Every layout of `variants` (4:2:0, 4:2:2, 4:4:4, 4:4:0, gray, progressive,
@@ -330,22 +326,13 @@ mod tests {
     #[test]
     fn record_band_decode_equals_full_decode() {
         use crate::ingest::{decode_record, decode_record_region_around};
-        use formats::shard::{Encoding, RecordRef};
         let mut rng = ChaCha8Rng::seed_from_u64(17);
         let (w, h) = (131u32, 77u32);
         let mut checked = 0;
         for (name, bytes) in crate::ingest::jpeg::tests::variants(w, h, 4) {
             let (tiled, _) = add_restart_markers(&bytes, 2).expect("rewrites");
             for b in [bytes, tiled] {
-                let rec = RecordRef {
-                    label: 0,
-                    orig_width: w,
-                    orig_height: h,
-                    width: w,
-                    height: h,
-                    encoding: Encoding::Jpeg,
-                    bytes: &b,
-                };
+                let rec = crate::ingest::decode::tests::record(&b, w, h);
                 let full = decode_record(&rec).expect("decodes");
                 for _ in 0..40 {
                     let (rw, rh) = (rng.random_range(1..=w), rng.random_range(1..=h));

@@ -301,39 +301,9 @@ mod tests {
         }
     }
 
-    fn random_image(rng: &mut rand_chacha::ChaCha8Rng, w: u32, h: u32, mode: u32) -> RgbImage {
-        use rand::Rng;
-        RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb(std::array::from_fn(|_| match mode {
-                0 => rng.random(),
-                1 => [0, 255][rng.random_range(0..2)],
-                2 => [0, 1, 127, 128, 254, 255][rng.random_range(0..6)],
-                _ => ((x * 7 + y * 3) % 40 + 100) as u8,
-            }))
-        })
-    }
-
-    /// Random images (uniform, only 0/255, extremes, smooth) of odd and full sizes.
+    /// The shared test inputs ([`super::super::test_images`]).
     fn images() -> Vec<RgbImage> {
-        use rand::SeedableRng;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let sizes = [
-            (1, 1),
-            (2, 3),
-            (3, 3),
-            (5, 4),
-            (4, 5),
-            (11, 9),
-            (37, 23),
-            (224, 224),
-        ];
-        let mut out = Vec::new();
-        for (w, h) in sizes {
-            for mode in 0..4 {
-                out.push(random_image(&mut rng, w, h, mode));
-            }
-        }
-        out
+        super::super::test_images::images(5)
     }
 
     const FACTORS: [f64; 13] = [

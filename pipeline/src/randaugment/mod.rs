@@ -70,6 +70,8 @@ pub mod pointwise;
 #[cfg(target_arch = "x86_64")]
 mod pointwise_avx2;
 pub mod sample;
+#[cfg(test)]
+mod test_images;
 
 pub use config::{RandAugmentConfig, RandAugmentError};
 pub use ops::{apply_op, apply_op_f64, apply_op_owned, apply_op_with_arg, Op, OpArg};

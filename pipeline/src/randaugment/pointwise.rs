@@ -415,36 +415,9 @@ mod tests {
         }
     }
 
-    /// Random images (uniform, only 0/255, extremes, a narrow smooth range, constant) of
-    /// odd and full sizes.
+    /// The shared test inputs ([`super::super::test_images`]).
     fn images() -> Vec<RgbImage> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let sizes = [
-            (1, 1),
-            (2, 3),
-            (5, 4),
-            (4, 5),
-            (16, 1),
-            (17, 3),
-            (37, 23),
-            (224, 224),
-        ];
-        let mut out = Vec::new();
-        for (w, h) in sizes {
-            for mode in 0..5 {
-                out.push(RgbImage::from_fn(w, h, |x, y| {
-                    image::Rgb(std::array::from_fn(|c| match mode {
-                        0 => rng.random(),
-                        1 => [0, 255][rng.random_range(0..2)],
-                        2 => [0, 1, 127, 128, 254, 255][rng.random_range(0..6)],
-                        3 => ((x * 7 + y * 3) % 40 + 100) as u8,
-                        _ => 60 * c as u8,
-                    }))
-                }));
-            }
-        }
-        out
+        super::super::test_images::images(9)
     }
 
     fn check(name: &str, ours: impl Fn(&mut RgbImage), theirs: impl Fn(&mut RgbImage)) {

@@ -18,9 +18,6 @@ use crate::error::PipelineError;
 
 thread_local! {
     static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
-    /// The intermediate (horizontally resized) image's buffer, reused between calls: a
-    /// fresh zeroed allocation each time cost about as much as the vertical pass itself.
-    static TMP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn filter(interp: Interpolation) -> FilterType {
@@ -49,19 +46,14 @@ pub fn crop_resize(
     // edges (the clipped overshoot), so run the two passes separately in Pillow's order.
     let dst = if rect.width != out_w && rect.height != out_h {
         let mut dst = out_image(out_w, out_h)?;
-        TMP.with(|buf| -> Result<(), PipelineError> {
-            let mut buf = buf.borrow_mut();
-            let len = out_w as usize * rect.height as usize * 3;
-            buf.resize(len, 0);
-            let mut tmp =
-                Image::from_slice_u8(out_w, rect.height, &mut buf[..len], PixelType::U8x3)
-                    .map_err(|e| err(&e))?;
-            RESIZER.with(|r| -> Result<(), PipelineError> {
-                let mut r = r.borrow_mut();
-                r.resize(&cropped, &mut tmp, &opts).map_err(|e| err(&e))?;
-                r.resize(&tmp, &mut dst, &opts).map_err(|e| err(&e))
-            })
+        // The intermediate (horizontally resized) image, also on a pooled buffer.
+        let mut tmp = out_image(out_w, rect.height)?;
+        RESIZER.with(|r| -> Result<(), PipelineError> {
+            let mut r = r.borrow_mut();
+            r.resize(&cropped, &mut tmp, &opts).map_err(|e| err(&e))?;
+            r.resize(&tmp, &mut dst, &opts).map_err(|e| err(&e))
         })?;
+        super::buffers::give(tmp.into_vec());
         dst
     } else {
         let mut dst = out_image(out_w, out_h)?;
