@@ -33,22 +33,9 @@ pub(crate) fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
-/// Whether the AVX2 forms in [`super::enhance_avx2`] can run on this CPU.
-#[inline]
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// `ImageEnhance.Color(img).enhance(factor)`, in place.
 pub fn color(img: &mut RgbImage, factor: f64) {
-    color_with(img.as_mut(), factor as f32, simd_available());
+    color_with(img.as_mut(), factor as f32, super::avx2_available());
 }
 
 /// Color on an interleaved RGB buffer; the AVX2 form for whole groups of 8 pixels when
@@ -111,7 +98,7 @@ fn blend_const_with(buf: &mut [u8], degenerate: u8, f: f32, simd: bool) {
 
 /// `ImageEnhance.Contrast(img).enhance(factor)`, in place.
 pub fn contrast(img: &mut RgbImage, factor: f64) {
-    contrast_with(img, factor, simd_available());
+    contrast_with(img, factor, super::avx2_available());
 }
 
 fn contrast_with(img: &mut RgbImage, factor: f64, simd: bool) {
@@ -126,14 +113,14 @@ fn contrast_with(img: &mut RgbImage, factor: f64, simd: bool) {
 
 /// `ImageEnhance.Brightness(img).enhance(factor)`, in place.
 pub fn brightness(img: &mut RgbImage, factor: f64) {
-    blend_const_with(img.as_mut(), 0, factor as f32, simd_available());
+    blend_const_with(img.as_mut(), 0, factor as f32, super::avx2_available());
 }
 
 /// `ImageEnhance.Sharpness(img).enhance(factor)`: blends the SMOOTH-filtered image
 /// with the input. Returns the image, computed in place row by row (the input rows the
 /// filter still needs are kept as copies).
 pub fn sharpness(img: RgbImage, factor: f64) -> RgbImage {
-    sharpness_with(img, factor, simd_available())
+    sharpness_with(img, factor, super::avx2_available())
 }
 
 fn sharpness_with(mut img: RgbImage, factor: f64, simd: bool) -> RgbImage {
@@ -324,7 +311,7 @@ mod tests {
 
     /// The paths to check: scalar always, AVX2 where the CPU has it.
     fn paths() -> Vec<bool> {
-        if simd_available() {
+        if crate::randaugment::avx2_available() {
             vec![false, true]
         } else {
             vec![false]

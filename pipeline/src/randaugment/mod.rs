@@ -76,3 +76,17 @@ mod test_images;
 pub use config::{RandAugmentConfig, RandAugmentError};
 pub use ops::{apply_op, apply_op_f64, apply_op_owned, apply_op_with_arg, Op, OpArg};
 pub use sample::LayerDraw;
+
+/// Whether the CPU has AVX2, for the hand-vectorized forms of the colour and pointwise ops
+/// (detected at run time; other CPUs take the scalar code, which gives the same bytes).
+#[inline]
+pub(crate) fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

@@ -90,20 +90,7 @@ fn flush(h: &mut [[u64; 256]; 3], part: &mut [[[u32; 256]; 3]; 4]) {
 /// `int(i * scale + offset)`, `scale = 255.0 / (hi - lo)`, `offset = -lo * scale`, clamped;
 /// identity for a channel with a single value.
 pub fn autocontrast(img: &mut RgbImage) {
-    autocontrast_with(img, simd_available());
-}
-
-/// Whether the AVX2 form in [`super::pointwise_avx2`] can run on this CPU.
-#[inline]
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    autocontrast_with(img, super::avx2_available());
 }
 
 /// AutoContrast; the AVX2 form for whole groups of 8 pixels when `simd` (the caller
@@ -444,7 +431,7 @@ mod tests {
             |i| autocontrast_with(i, false),
             reference::autocontrast,
         );
-        if simd_available() {
+        if crate::randaugment::avx2_available() {
             check(
                 "autocontrast (AVX2)",
                 |i| autocontrast_with(i, true),
