@@ -1,6 +1,7 @@
 //! pipeline crate of deit-pipe: decode, DeiT train/eval transforms, augmentation config,
 //! deterministic epoch plans, view hashes and the streaming loader.
 
+pub mod batch_pool;
 pub mod bench;
 pub mod config;
 pub mod error;

@@ -1,16 +1,21 @@
 //! The streaming loader: decodes and augments on its own rayon pool (never the global
 //! one, which candle uses), assembles batches in slot order into reused buffers, and
 //! prefetches up to `prefetch` batches through a bounded channel. Two batches are built
-//! at a time, so memory is bounded by (prefetch + 3) batches. Errors (a bad record names its shard and index) come through
-//! the iterator and end it; dropping the loader stops the workers and joins the thread.
+//! at a time, so at most (prefetch + 3) batches are alive at once (the channel, the two
+//! being built, the one the consumer holds). Batch buffers come from the process-wide
+//! [`crate::batch_pool::BATCH_POOL`] and go back to it when a batch is dropped, so the next
+//! loader (the next epoch) reuses them. Errors (a bad record names its shard and index)
+//! come through the iterator and end it; dropping the loader stops the workers and joins
+//! the thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver};
 use rayon::prelude::*;
 
+use crate::batch_pool::BATCH_POOL;
 use crate::error::PipelineError;
 use crate::plan::EpochPlan;
 use crate::source::RecordSource;
@@ -91,7 +96,6 @@ pub struct Batch {
     pub lam: Vec<f32>,
     /// [`view_hash`] of each image.
     pub view_hash: Vec<u64>,
-    recycle: Option<Sender<Vec<f32>>>,
 }
 
 impl Batch {
@@ -143,13 +147,9 @@ impl Batch {
 }
 
 impl Drop for Batch {
+    /// Hands the image buffer (unless taken out) back to the batch pool.
     fn drop(&mut self) {
-        if let Some(tx) = self.recycle.take() {
-            let buf = std::mem::take(&mut self.images);
-            if buf.capacity() > 0 {
-                let _ = tx.try_send(buf);
-            }
-        }
+        BATCH_POOL.give(std::mem::take(&mut self.images));
     }
 }
 
@@ -194,12 +194,12 @@ impl Loader {
         let view_len = builder.view_len();
         let size = builder.size();
         let epoch = plan.epoch();
-        let make = move |b: usize, mut buf: Vec<f32>, stop: &AtomicBool| -> Item {
+        let make = move |b: usize, stop: &AtomicBool| -> Item {
             let start = b * pairs_per_batch;
             let end = (start + pairs_per_batch).min(pairs.len());
             let my_pairs = &pairs[start..end];
             let n = 2 * my_pairs.len();
-            batch_buffer(&mut buf, n * view_len);
+            let mut buf = BATCH_POOL.take(n * view_len);
             let results: Vec<Result<[SlotRow; 2], PipelineError>> = buf
                 .par_chunks_mut(2 * view_len)
                 .zip(my_pairs.par_iter())
@@ -229,7 +229,6 @@ impl Loader {
                 label_b: Vec::with_capacity(n),
                 lam: Vec::with_capacity(n),
                 view_hash: Vec::with_capacity(n),
-                recycle: None,
             };
             for r in results {
                 let [x, y] = r?;
@@ -265,11 +264,11 @@ impl Loader {
         };
         let view_len = builder.view_len();
         let size = builder.size();
-        let make = move |b: usize, mut buf: Vec<f32>, stop: &AtomicBool| -> Item {
+        let make = move |b: usize, stop: &AtomicBool| -> Item {
             let start = b * bs;
             let end = (start + bs).min(total);
             let n = end - start;
-            batch_buffer(&mut buf, n * view_len);
+            let mut buf = BATCH_POOL.take(n * view_len);
             let results: Vec<Result<(u32, u64), PipelineError>> = buf
                 .par_chunks_mut(view_len)
                 .zip((start..end).into_par_iter())
@@ -300,7 +299,6 @@ impl Loader {
                 label_b: Vec::with_capacity(n),
                 lam: vec![1.0; n],
                 view_hash: Vec::with_capacity(n),
-                recycle: None,
             };
             for r in results {
                 let (label, h) = r?;
@@ -316,7 +314,7 @@ impl Loader {
     fn spawn(
         num_batches: usize,
         opts: &LoaderOptions,
-        make: impl Fn(usize, Vec<f32>, &AtomicBool) -> Item + Send + Sync + 'static,
+        make: impl Fn(usize, &AtomicBool) -> Item + Send + Sync + 'static,
     ) -> Result<Loader, PipelineError> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.threads)
@@ -324,7 +322,6 @@ impl Loader {
             .build()
             .map_err(|e| PipelineError::Loader(format!("cannot start the worker pool: {e}")))?;
         let (tx, rx) = bounded::<Item>(opts.prefetch);
-        let (recycle_tx, recycle_rx) = bounded::<Vec<f32>>(opts.prefetch + 3);
         let stop = Arc::new(AtomicBool::new(false));
         let stop_w = stop.clone();
         let handle = std::thread::Builder::new()
@@ -339,22 +336,14 @@ impl Loader {
                         return;
                     }
                     let two = b + 1 < num_batches;
-                    let buf0 = recycle_rx.try_recv().unwrap_or_default();
-                    let buf1 = if two {
-                        recycle_rx.try_recv().unwrap_or_default()
-                    } else {
-                        Vec::new()
-                    };
                     let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         pool.install(|| {
                             if two {
-                                let (x, y) = rayon::join(
-                                    || make(b, buf0, &stop_w),
-                                    || make(b + 1, buf1, &stop_w),
-                                );
+                                let (x, y) =
+                                    rayon::join(|| make(b, &stop_w), || make(b + 1, &stop_w));
                                 vec![x, y]
                             } else {
-                                vec![make(b, buf0, &stop_w)]
+                                vec![make(b, &stop_w)]
                             }
                         })
                     }))
@@ -370,10 +359,6 @@ impl Loader {
                     });
                     for item in built {
                         let failed = item.is_err();
-                        let item = item.map(|mut batch| {
-                            batch.recycle = Some(recycle_tx.clone());
-                            batch
-                        });
                         if stop_w.load(Ordering::Relaxed) || tx.send(item).is_err() || failed {
                             return;
                         }
@@ -412,17 +397,5 @@ impl Drop for Loader {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
-    }
-}
-
-/// Sizes a batch buffer to `len` floats (every one is then written by the views). A
-/// recycled buffer is reused; a new one comes from `vec![0.0; len]`, i.e. the allocator's
-/// zeroed pages, instead of `resize`, which would write the zeros itself (a 38 MB pass
-/// per new batch at 224 px and batch 64).
-fn batch_buffer(buf: &mut Vec<f32>, len: usize) {
-    if buf.capacity() >= len {
-        buf.resize(len, 0.0);
-    } else {
-        *buf = vec![0.0; len];
     }
 }

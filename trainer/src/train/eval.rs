@@ -183,8 +183,7 @@ pub fn evaluate(
                  (dataset and model class counts differ)"
             );
         }
-        let shape = batch.shape();
-        let x = Tensor::from_vec(batch.take_images(), shape.as_slice(), device)?;
+        let x = super::batch_images(&mut batch, device)?;
         let out = model.model.forward(&x, &ctx).context("eval forward pass")?;
         let to_vec = |t: &Tensor| -> Result<Vec<f32>> {
             Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)

@@ -443,10 +443,9 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 continue;
             }
             let n = batch.len();
-            let shape = batch.shape();
             let dense = (criterion.base == BaseCriterion::SoftTarget)
                 .then(|| batch.dense_targets(num_classes, cfg.augment.mix.label_smoothing));
-            let images = Tensor::from_vec(batch.take_images(), shape.as_slice(), &device)?;
+            let images = super::batch_images(&mut batch, &device)?;
             let teacher_targets =
                 teacher.targets(kind, &batch, &images, cfg.distillation.allow_replay_drift)?;
             let targets_t = match dense {

@@ -12,5 +12,21 @@ pub mod teacher;
 
 pub use run::{train, NoProgress, TrainJob, TrainProgress, TrainSummary};
 
+use candle_core::{Device, Tensor};
+use pipeline::loader::Batch;
+
+/// A batch's images as a `[N, 3, S, S]` tensor on `device`. On the CPU the tensor takes
+/// the batch's buffer (no copy); on an accelerator the images are copied to the device
+/// and the host buffer stays in the batch, which hands it back to the loader's buffer
+/// pool when dropped (`pipeline::batch_pool`), so later batches reuse it.
+pub fn batch_images(batch: &mut Batch, device: &Device) -> candle_core::Result<Tensor> {
+    let shape = batch.shape();
+    if device.is_cpu() {
+        Tensor::from_vec(batch.take_images(), shape.as_slice(), device)
+    } else {
+        Tensor::from_slice(&batch.images, shape.as_slice(), device)
+    }
+}
+
 /// File name of the resolved config inside a run directory.
 pub const CONFIG_FILE: &str = "config.toml";
