@@ -96,6 +96,12 @@ impl Columns {
         }
     }
 
+    /// `a0·(x + 0.5)` and `a3·(x + 0.5)` per pixel, padded to a multiple of 4 pixels with
+    /// finite values (the scalar path's per-column products).
+    pub(super) fn products(&self) -> (&[f64], &[f64]) {
+        (&self.a0x, &self.a3x)
+    }
+
     /// Whether some run of columns can take the vertical pass.
     pub(super) fn any_vertical(&self) -> bool {
         self.runs.iter().any(|&(_, s)| s != SCALAR)
