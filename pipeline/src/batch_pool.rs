@@ -65,14 +65,24 @@ impl BufferPool {
         }
     }
 
-    /// Returns a buffer; dropped when the pool is full or the buffer has no capacity.
+    /// Returns a buffer. When the pool is full the smallest buffer (possibly this one) is
+    /// dropped, so buffers of an earlier, smaller batch shape do not crowd out the ones
+    /// the current loader needs. Buffers without capacity are dropped.
     pub fn give(&self, buf: Vec<f32>) {
-        if buf.capacity() == 0 {
+        if buf.capacity() == 0 || self.keep == 0 {
             return;
         }
         let mut bufs = self.lock();
-        if bufs.len() < self.keep {
-            bufs.push(buf);
+        bufs.push(buf);
+        if bufs.len() > self.keep {
+            let smallest = bufs
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            if let Some(i) = smallest {
+                bufs.swap_remove(i);
+            }
         }
     }
 
@@ -115,11 +125,14 @@ mod tests {
         let e = pool.take(20);
         assert_eq!(&e[..10], &[2.0; 10]);
         assert_eq!(&e[10..], &[0.0; 10]);
-        pool.give(e);
-        pool.give(a);
-        pool.give(c);
+        pool.give(e); // capacity 1000
+        pool.give(a); // capacity 100
+        pool.give(c); // capacity 2000: the pool is full, the smallest (a) goes
         assert_eq!(pool.len(), 2, "keeps at most `keep` buffers");
+        pool.give(vec![0.0; 10]); // smaller than both: dropped itself
         pool.give(Vec::new());
         assert_eq!(pool.len(), 2);
+        let caps = [pool.take(1500).capacity(), pool.take(900).capacity()];
+        assert_eq!(caps, [2000, 1000], "the larger buffers were kept");
     }
 }
