@@ -12,7 +12,9 @@
 //! as operands of products. With f32 every cast is a no-op and the graph is the plain f32
 //! model, op for op.
 
-use super::layers::{drop_path, gelu, matmul_bias_in, softmax_last_dim, LayerNorm, Linear};
+use super::layers::{
+    attention, drop_path, fused, gelu, matmul_bias_in, softmax_last_dim, LayerNorm, Linear,
+};
 use super::{DeitConfig, ForwardCtx, ModelOutput, ModelSpec};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -80,6 +82,12 @@ impl Attention {
 
     /// `x` f32 `(B, N, D)` -> f32; products in `compute`, softmax in f32.
     fn forward(&self, x: &Tensor, compute: DType) -> Result<Tensor> {
+        if compute == DType::F32 && fused::enabled(x) {
+            // One op from the qkv projection's output to the proj input (CPU, f32).
+            let qkv = self.qkv.forward_in(x, compute)?;
+            let o = attention::attention(&qkv, self.heads, self.scale)?;
+            return self.proj.forward_in(&o, compute);
+        }
         let (b, n, c) = x.dims3()?;
         let hd = c / self.heads;
         // rows of qkv.weight: [0, D) = q, [D, 2D) = k, [2D, 3D) = v; heads contiguous in each.

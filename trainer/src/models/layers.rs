@@ -8,6 +8,7 @@ use candle_nn::VarBuilder;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+pub mod attention;
 pub mod conv_gemm;
 pub mod fused;
 pub mod fused_bn;

@@ -205,29 +205,34 @@ pub fn conv2d(
     )
 }
 
-/// `lhs x rhs` written row-major as `[m, n]` at `dst`, for row-major `f32` operands with
-/// the given leading dimensions: every one of the `m * n` elements is written, none is
-/// read. `lhs_t` / `rhs_t` read that operand transposed: element `(i, j)` at `j * ld + i`
-/// instead of `i * ld + j`. `parallel`: split the product over rayon's threads (`gemm`
-/// splits the output, so the result does not depend on scheduling), else compute it on
-/// the calling thread.
+/// `scale * (lhs x rhs)` written row-major as `[m, n]` at `dst` (row `i` starts at
+/// `dst + i * dst_ld`), for row-major `f32` operands with the given leading dimensions:
+/// every one of the `m * n` elements is written, none is read. `lhs_t` / `rhs_t` read that
+/// operand transposed: element `(i, j)` at `j * ld + i` instead of `i * ld + j`.
+/// `parallel`: split the product over rayon's threads (`gemm` splits the output, so the
+/// result does not depend on scheduling), else compute it on the calling thread.
 ///
 /// # Safety
-/// `dst` must be valid for writes of `m * n` `f32`s.
-unsafe fn gemm_raw(
-    dst: *mut f32,
+/// `dst` must be valid for writes of the `m` rows of `n` `f32`s at stride `dst_ld >= n`,
+/// and nothing else may access those elements during the call.
+pub(super) unsafe fn gemm_raw(
+    (dst, dst_ld): (*mut f32, usize),
     (m, n, k): (usize, usize, usize),
     (lhs, lhs_ld, lhs_t): (&[f32], usize, bool),
     (rhs, rhs_ld, rhs_t): (&[f32], usize, bool),
+    scale: f32,
     parallel: bool,
 ) {
     if m == 0 || n == 0 {
         return;
     }
+    assert!(dst_ld >= n, "gemm: destination rows overlap");
     if k == 0 {
-        // SAFETY: `dst` is valid for `m * n` f32 writes (the caller's guarantee); all-zero
-        // bytes are 0.0.
-        unsafe { std::ptr::write_bytes(dst, 0, m * n) };
+        for i in 0..m {
+            // SAFETY: row `i` of the destination is valid for `n` f32 writes (the caller's
+            // guarantee); all-zero bytes are 0.0.
+            unsafe { std::ptr::write_bytes(dst.add(i * dst_ld), 0, n) };
+        }
         return;
     }
     let last = |rows: usize, cols: usize, ld: usize, t: bool| {
@@ -257,9 +262,9 @@ unsafe fn gemm_raw(
         gemm::Parallelism::None
     };
     // SAFETY: the reads stay inside `lhs` and `rhs` (their largest offsets with these
-    // strides are asserted above); the writes cover exactly the `m * n` row-major
-    // elements at `dst` (the caller's guarantee). With `read_dst = false` gemm stores
-    // `lhs x rhs` into every element without reading it.
+    // strides are asserted above); the writes cover exactly the `m` rows of `n` elements
+    // at stride `dst_ld` from `dst` (the caller's guarantee). With `read_dst = false`
+    // gemm stores `scale * (lhs x rhs)` into every element without reading it.
     unsafe {
         gemm::gemm(
             m,
@@ -267,7 +272,7 @@ unsafe fn gemm_raw(
             k,
             dst,
             1,
-            n as isize,
+            dst_ld as isize,
             false,
             lhs.as_ptr(),
             lhs_cs,
@@ -276,7 +281,7 @@ unsafe fn gemm_raw(
             rhs_cs,
             rhs_rs,
             0.0,
-            1.0,
+            scale,
             false,
             false,
             false,
@@ -309,10 +314,11 @@ fn gemm_groups(
         // SAFETY: `spare` holds the `m * n` elements the product writes.
         unsafe {
             gemm_raw(
-                spare.as_mut_ptr().cast(),
+                (spare.as_mut_ptr().cast(), n),
                 dims,
                 (lhs, lhs_ld, lhs_t),
                 (rhs, rhs_ld, rhs_t),
+                1.0,
                 true,
             )
         };
@@ -324,10 +330,11 @@ fn gemm_groups(
                 // SAFETY: `dst` is group g's `m * n` elements of the buffer.
                 unsafe {
                     gemm_raw(
-                        dst.as_mut_ptr().cast(),
+                        (dst.as_mut_ptr().cast(), n),
                         dims,
                         (&lhs[g * lhs_block..], lhs_ld, lhs_t),
                         (&rhs[g * rhs_block..], rhs_ld, rhs_t),
+                        1.0,
                         false,
                     )
                 }

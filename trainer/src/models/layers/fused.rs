@@ -219,17 +219,8 @@ impl CustomOp1 for SoftmaxOp {
             .zip(x.par_chunks(chunk))
             .for_each(|(o, xi)| {
                 for (orow, xrow) in o.chunks_mut(d).zip(xi.chunks(d)) {
-                    let max = lanes8(xrow, f32::NEG_INFINITY, f32::max);
-                    // Exponentials first, then their sum: a loop that also summed would
-                    // stay scalar (the compiler keeps float additions in order).
-                    for (ov, xv) in orow.iter_mut().zip(xrow) {
-                        *ov = exp(xv - max);
-                    }
-                    let sum = lanes8(orow, 0.0, |a, b| a + b);
-                    let inv = 1.0 / sum;
-                    for ov in orow.iter_mut() {
-                        *ov *= inv;
-                    }
+                    orow.copy_from_slice(xrow);
+                    softmax_row(orow);
                 }
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -238,6 +229,29 @@ impl CustomOp1 for SoftmaxOp {
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let g = grad.contiguous()?;
         Ok(Some(res.apply_op2_no_bwd(&g, &SoftmaxBwd)?))
+    }
+}
+
+/// Softmax of one row, in place: `exp(x - max) / sum`.
+pub(super) fn softmax_row(row: &mut [f32]) {
+    let max = lanes8(row, f32::NEG_INFINITY, f32::max);
+    // Exponentials first, then their sum: a loop that also summed would stay scalar (the
+    // compiler keeps float additions in order).
+    for v in row.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let inv = 1.0 / lanes8(row, 0.0, |a, b| a + b);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Softmax backward of one row, in place: `grad` (dy on entry) becomes
+/// `dx = y * (dy - sum(dy * y))`.
+pub(super) fn softmax_bwd_row(y: &[f32], grad: &mut [f32]) {
+    let dot: f32 = y.iter().zip(grad.iter()).map(|(a, b)| a * b).sum();
+    for (g, &yv) in grad.iter_mut().zip(y) {
+        *g = yv * (*g - dot);
     }
 }
 
@@ -265,10 +279,8 @@ impl CustomOp2 for SoftmaxBwd {
             .zip(y.par_chunks(chunk).zip(g.par_chunks(chunk)))
             .for_each(|(o, (yi, gi))| {
                 for ((orow, yrow), grow) in o.chunks_mut(d).zip(yi.chunks(d)).zip(gi.chunks(d)) {
-                    let dot: f32 = yrow.iter().zip(grow).map(|(a, b)| a * b).sum();
-                    for j in 0..d {
-                        orow[j] = yrow[j] * (grow[j] - dot);
-                    }
+                    orow.copy_from_slice(grow);
+                    softmax_bwd_row(yrow, orow);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
