@@ -17,6 +17,32 @@ use candle_core::{
 use rayon::prelude::*;
 use std::cell::Cell;
 
+/// Defines `fn $name(args)` that runs `$body(args)` compiled for AVX2 when the CPU has it
+/// (the build targets baseline x86-64, so these kernels' vectorized loops would otherwise
+/// be 4 floats wide), else as built. `$body` must be `#[inline(always)]`, so each variant
+/// gets its own copy. The results are the same bits either way: Rust never contracts
+/// `a * b + c` into an FMA, the reductions have a fixed order ([`lanes8`]), and the
+/// element-wise maths is the same IEEE operations at any vector width.
+macro_rules! avx2_variant {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:ident) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn variant($($a: $t),*) {
+                    $body($($a),*)
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { variant($($a),*) };
+                }
+            }
+            $body($($a),*)
+        }
+    };
+}
+
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
 }
@@ -232,8 +258,14 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
-/// Softmax of one row, in place: `exp(x - max) / sum`.
-pub(super) fn softmax_row(row: &mut [f32]) {
+avx2_variant!(
+    /// Softmax of one row, in place: `exp(x - max) / sum`.
+    pub(super) fn softmax_row(row: &mut [f32]) => softmax_row_body
+);
+
+/// [`softmax_row`]'s work (inlined into each instruction-set variant).
+#[inline(always)]
+fn softmax_row_body(row: &mut [f32]) {
     let max = lanes8(row, f32::NEG_INFINITY, f32::max);
     // Exponentials first, then their sum: a loop that also summed would stay scalar (the
     // compiler keeps float additions in order).
@@ -379,6 +411,32 @@ fn erf(x: f32) -> f32 {
     x * p / q
 }
 
+avx2_variant!(
+    /// GELU of a block of `x` into `o`.
+    fn gelu_block(o: &mut [f32], x: &[f32]) => gelu_block_body
+);
+avx2_variant!(
+    /// GELU's backward of a block: `o = g * (Phi(x) + x * phi(x))`.
+    fn gelu_bwd_block(o: &mut [f32], x: &[f32], g: &[f32]) => gelu_bwd_block_body
+);
+
+#[inline(always)]
+fn gelu_block_body(o: &mut [f32], x: &[f32]) {
+    for (ov, &v) in o.iter_mut().zip(x) {
+        *ov = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+#[inline(always)]
+fn gelu_bwd_block_body(o: &mut [f32], x: &[f32], g: &[f32]) {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for ((ov, &v), &gv) in o.iter_mut().zip(x).zip(g) {
+        let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * exp(-0.5 * v * v);
+        *ov = gv * (cdf + v * pdf);
+    }
+}
+
 impl CustomOp1 for GeluOp {
     fn name(&self) -> &'static str {
         "fused-gelu"
@@ -389,11 +447,7 @@ impl CustomOp1 for GeluOp {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(16384)
             .zip(x.par_chunks(16384))
-            .for_each(|(o, xi)| {
-                for (ov, &v) in o.iter_mut().zip(xi) {
-                    *ov = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            });
+            .for_each(|(o, xi)| gelu_block(o, xi));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -421,16 +475,9 @@ impl CustomOp2 for GeluBwd {
         let x = slice_f32(s1, l1, "gelu_bwd x")?;
         let g = slice_f32(s2, l2, "gelu_bwd grad")?;
         let mut out = vec![0f32; x.len()];
-        const INV_SQRT_2PI: f32 = 0.398_942_3;
         out.par_chunks_mut(16384)
             .zip(x.par_chunks(16384).zip(g.par_chunks(16384)))
-            .for_each(|(o, (xi, gi))| {
-                for ((ov, &v), &gv) in o.iter_mut().zip(xi).zip(gi) {
-                    let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = INV_SQRT_2PI * exp(-0.5 * v * v);
-                    *ov = gv * (cdf + v * pdf);
-                }
-            });
+            .for_each(|(o, (xi, gi))| gelu_bwd_block(o, xi, gi));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -551,6 +598,28 @@ mod tests {
         }
         assert_eq!(super::exp(0.0), 1.0);
         assert!(super::exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn avx2_variants_give_the_same_bits_as_the_baseline_build() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for len in [1usize, 7, 8, 9, 198, 1000] {
+            let x: Vec<f32> = (0..len).map(|_| rng.random_range(-30.0..30.0)).collect();
+            let g: Vec<f32> = (0..len).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let (mut a, mut b) = (x.clone(), x.clone());
+            super::softmax_row(&mut a);
+            super::softmax_row_body(&mut b);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "softmax, {len} values");
+            let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
+            super::gelu_block(&mut a, &x);
+            super::gelu_block_body(&mut b, &x);
+            assert_eq!(bits(&a), bits(&b), "gelu, {len} values");
+            super::gelu_bwd_block(&mut a, &x, &g);
+            super::gelu_bwd_block_body(&mut b, &x, &g);
+            assert_eq!(bits(&a), bits(&b), "gelu backward, {len} values");
+        }
     }
 
     #[test]
