@@ -12,6 +12,7 @@ pub mod attention;
 pub mod conv_gemm;
 pub mod fused;
 pub mod fused_bn;
+pub mod linear_op;
 
 /// Fully connected layer `y = x W^T + b`, weight `[out, in]` (timm / PyTorch layout).
 /// Inputs of any rank are flattened to 2-D for one GEMM (no broadcast of the weight).
@@ -44,6 +45,10 @@ impl Linear {
     /// bias gradient is summed over all rows in f32 (candle's CPU sum over rows would
     /// accumulate in bf16).
     pub fn forward_in(&self, x: &Tensor, compute: DType) -> Result<Tensor> {
+        if compute == DType::F32 && self.weight.dtype() == DType::F32 && fused::enabled(x) {
+            // One graph node, no reshapes (CPU, f32).
+            return linear_op::linear(x, &self.weight, self.bias.as_ref());
+        }
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_dim.max(1);

@@ -536,9 +536,11 @@ impl CustomOp2 for AddBiasOp {
     }
 }
 
-/// Sum of the rows of a contiguous (rows, d) tensor, in parallel.
-struct ColumnSum {
-    d: usize,
+/// Sum of the rows of a contiguous (rows, d) tensor, in parallel (partial sums over
+/// fixed row blocks, added in block order: the same result for any thread count).
+pub(super) struct ColumnSum {
+    /// Row length.
+    pub(super) d: usize,
 }
 
 impl CustomOp1 for ColumnSum {

@@ -1,0 +1,305 @@
+//! A linear layer `y = x·Wᵀ + b` as one CPU op (f32) with a hand-written backward, over
+//! any number of leading dimensions of `x`.
+//!
+//! Why: composed from candle ops, a linear layer on a `(B, N, in)` activation is a reshape
+//! to 2-D, a transposed view of `W`, a matmul, a bias add and a reshape back: five graph
+//! nodes, and candle's backward allocates a zeroed gradient and adds into it for every
+//! input of every node, so the two reshapes and the bias add each cost two more passes over
+//! an activation-sized tensor (a DeiT block has four linear layers). Here there is one node;
+//! its backward is two products on the operands as they lie (`dx = dy·W`,
+//! `dW = dyᵀ·x`, through `gemm` with strides, no copies) and a column sum for `db`.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::conv_gemm::gemm_raw;
+use super::fused::{slice_f32, ColumnSum};
+
+/// `x·Wᵀ + b` for `x` `(..., in)`, `w` `(out, in)` and an optional `b` `(out)`; the
+/// output is `(..., out)`. Differentiable in all three. CPU, f32 only (the caller checks,
+/// see [`super::fused::enabled`]).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    if x.dims().last() != Some(&inp) {
+        candle_core::bail!("linear: input {:?} does not end in {inp}", x.dims());
+    }
+    if let Some(b) = b {
+        if b.dims() != [out] {
+            candle_core::bail!("linear: bias {:?} for {out} outputs", b.dims());
+        }
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearOp),
+        None => x.apply_op2(&w, LinearOp),
+    }
+}
+
+struct LinearOp;
+
+/// `(rows, in, out)` of a call and the output shape.
+fn sizes(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize, Shape)> {
+    let (out, inp) = lw.shape().dims2()?;
+    let rows = lx.shape().elem_count() / inp.max(1);
+    let mut dims = lx.shape().dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out;
+    }
+    Ok((rows, inp, out, Shape::from(dims)))
+}
+
+/// `x·Wᵀ (+ b)` into a new buffer.
+fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    (rows, inp, out): (usize, usize, usize),
+) -> Vec<f32> {
+    let len = rows * out;
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    // SAFETY: the product writes all `rows x out` elements of `y`'s spare capacity (row
+    // stride `out`); nothing else holds the buffer.
+    unsafe {
+        gemm_raw(
+            (y.spare_capacity_mut().as_mut_ptr().cast(), out),
+            (rows, out, inp),
+            (x, inp, false),
+            (w, inp, true),
+            1.0,
+            true,
+        );
+        y.set_len(len);
+    }
+    if let (Some(b), true) = (b, out > 0) {
+        y.par_chunks_mut((16384 / out).max(1) * out)
+            .for_each(|block| {
+                for row in block.chunks_exact_mut(out) {
+                    for (v, bv) in row.iter_mut().zip(b) {
+                        *v += bv;
+                    }
+                }
+            });
+    }
+    y
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, inp, out, shape) = sizes(lx, lw)?;
+        let (x, w) = (
+            slice_f32(sx, lx, "linear x")?,
+            slice_f32(sw, lw, "linear w")?,
+        );
+        Ok((
+            CpuStorage::F32(forward(x, w, None, (rows, inp, out))),
+            shape,
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        Ok((
+            Some(g.apply_op2_no_bwd(w, &InputGrad)?.reshape(x.shape())?),
+            Some(g.apply_op2_no_bwd(x, &WeightGrad { inp: w.dim(1)? })?),
+        ))
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "fused-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, inp, out, shape) = sizes(lx, lw)?;
+        let (x, w) = (
+            slice_f32(sx, lx, "linear x")?,
+            slice_f32(sw, lw, "linear w")?,
+        );
+        let b = slice_f32(sb, lb, "linear bias")?;
+        Ok((
+            CpuStorage::F32(forward(x, w, Some(b), (rows, inp, out))),
+            shape,
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        let (out, inp) = w.dims2()?;
+        Ok((
+            Some(g.apply_op2_no_bwd(w, &InputGrad)?.reshape(x.shape())?),
+            Some(g.apply_op2_no_bwd(x, &WeightGrad { inp })?),
+            Some(g.apply_op1_no_bwd(&ColumnSum { d: out })?),
+        ))
+    }
+}
+
+/// `dx = dy·W`: `(rows, out) x (out, in)`, returned as `(rows, in)` (the caller reshapes).
+struct InputGrad;
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "fused-linear-dx"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sg: &CpuStorage,
+        lg: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (out, inp) = lw.shape().dims2()?;
+        let (g, w) = (
+            slice_f32(sg, lg, "linear dy")?,
+            slice_f32(sw, lw, "linear w")?,
+        );
+        let rows = g.len() / out.max(1);
+        let len = rows * inp;
+        let mut dx: Vec<f32> = Vec::with_capacity(len);
+        // SAFETY: the product writes all `rows x in` elements of the spare capacity.
+        unsafe {
+            gemm_raw(
+                (dx.spare_capacity_mut().as_mut_ptr().cast(), inp),
+                (rows, inp, out),
+                (g, out, false),
+                (w, inp, false),
+                1.0,
+                true,
+            );
+            dx.set_len(len);
+        }
+        Ok((CpuStorage::F32(dx), Shape::from((rows, inp))))
+    }
+}
+
+/// `dW = dyᵀ·x`: `(out, rows) x (rows, in)`.
+struct WeightGrad {
+    inp: usize,
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "fused-linear-dw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sg: &CpuStorage,
+        lg: &Layout,
+        sx: &CpuStorage,
+        lx: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let inp = self.inp;
+        let (g, x) = (
+            slice_f32(sg, lg, "linear dy")?,
+            slice_f32(sx, lx, "linear x")?,
+        );
+        let rows = x.len() / inp.max(1);
+        let out = g.len() / rows.max(1);
+        let len = out * inp;
+        let mut dw: Vec<f32> = Vec::with_capacity(len);
+        // SAFETY: the product writes all `out x in` elements of the spare capacity.
+        unsafe {
+            gemm_raw(
+                (dw.spare_capacity_mut().as_mut_ptr().cast(), inp),
+                (out, inp, rows),
+                (g, out, true),
+                (x, inp, false),
+                1.0,
+                true,
+            );
+            dw.set_len(len);
+        }
+        Ok((CpuStorage::F32(dw), Shape::from((out, inp))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::layers::fused::max_abs_diff;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn equals_candle_matmul_forward_and_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        for (lead, inp, out, bias) in [
+            (vec![2usize, 5], 7usize, 3usize, true),
+            (vec![9], 16, 33, false),
+            (vec![1, 1, 4], 1, 5, true),
+            (vec![3, 2], 64, 40, true),
+        ] {
+            let mut xdims = lead.clone();
+            xdims.push(inp);
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, xdims.as_slice(), &dev)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (out, inp), &dev)?)?;
+            let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, out, &dev)?)?;
+            let bias_t = bias.then(|| b.as_tensor());
+            let fused = linear(x.as_tensor(), w.as_tensor(), bias_t)?;
+            let rows = x.elem_count() / inp;
+            let mut reference = x.reshape((rows, inp))?.matmul(&w.t()?)?;
+            if bias {
+                reference = reference.broadcast_add(b.as_tensor())?;
+            }
+            let mut ydims = lead.clone();
+            ydims.push(out);
+            let reference = reference.reshape(ydims.as_slice())?;
+            assert_eq!(fused.dims(), reference.dims());
+            assert!(max_abs_diff(&fused, &reference) < 1e-5);
+            let probe = Tensor::randn(0f32, 1.0, ydims.as_slice(), &dev)?;
+            let gf = (fused * &probe)?.sum_all()?.backward()?;
+            let gr = (reference * &probe)?.sum_all()?.backward()?;
+            for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+                if name == "b" && !bias {
+                    assert!(gf.get(v).is_none());
+                    continue;
+                }
+                let (a, r) = (gf.get(v).expect("fused grad"), gr.get(v).expect("ref grad"));
+                assert_eq!(a.dims(), r.dims(), "{name}");
+                let diff = max_abs_diff(a, r);
+                assert!(diff < 1e-4, "{name} gradient differs by {diff}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let dev = Device::Cpu;
+        let z = |d: &[usize]| Tensor::zeros(d, candle_core::DType::F32, &dev).expect("zeros");
+        assert!(linear(&z(&[2, 3]), &z(&[4, 5]), None).is_err());
+        assert!(linear(&z(&[2, 5]), &z(&[4, 5]), Some(&z(&[3]))).is_err());
+    }
+}
