@@ -399,6 +399,123 @@ fn adamw_update(
     step: u64,
     lr: f64,
     weight_decay: f64,
+    betas: (f64, f64),
+    eps: f64,
+) -> Result<Updated> {
+    let all = [param, grad, &state.exp_avg, &state.exp_avg_sq];
+    if all
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+    {
+        return adamw_update_cpu(param, grad, state, step, lr, weight_decay, betas, eps);
+    }
+    adamw_update_ops(param, grad, state, step, lr, weight_decay, betas, eps)
+}
+
+/// The scalars of one step, rounded to f32 where candle's ops round them: the decay
+/// factor, 1 - b1, b2, 1 - b2, sqrt(1 - b2^t), eps and -lr / (1 - b1^t).
+struct StepScalars {
+    decay: Option<f32>,
+    one_minus_b1: f32,
+    b2: f32,
+    one_minus_b2: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    neg_step_size: f32,
+}
+
+impl StepScalars {
+    fn new(step: u64, lr: f64, weight_decay: f64, (b1, b2): (f64, f64), eps: f64) -> Self {
+        let t = step as f64;
+        StepScalars {
+            decay: (weight_decay != 0.0).then_some((1.0 - lr * weight_decay) as f32),
+            one_minus_b1: (1.0 - b1) as f32,
+            b2: b2 as f32,
+            one_minus_b2: (1.0 - b2) as f32,
+            bc2_sqrt: (1.0 - b2.powf(t)).sqrt() as f32,
+            eps: eps as f32,
+            neg_step_size: (-(lr / (1.0 - b1.powf(t)))) as f32,
+        }
+    }
+}
+
+/// [`adamw_update_ops`] as one pass over contiguous f32 CPU tensors, in parallel. The
+/// composite form runs about 12 tensor ops per parameter, each a full pass with a new
+/// buffer; this computes the same IEEE operations in the same order per element (candle's
+/// `affine(m, a)` is `v * m + a` in f32, which is kept, `+ 0.0` included), so the results
+/// are bit-identical (test `fused_step_equals_the_tensor_op_step`).
+#[allow(clippy::too_many_arguments)]
+fn adamw_update_cpu(
+    param: &Tensor,
+    grad: &Tensor,
+    state: &ParamState,
+    step: u64,
+    lr: f64,
+    weight_decay: f64,
+    betas: (f64, f64),
+    eps: f64,
+) -> Result<Updated> {
+    use rayon::prelude::*;
+    let k = StepScalars::new(step, lr, weight_decay, betas, eps);
+    let guards = [param, grad, &state.exp_avg, &state.exp_avg_sq].map(|t| t.storage_and_layout());
+    let slice = |k: usize| -> Result<&[f32]> {
+        let (storage, layout) = &guards[k];
+        let candle_core::Storage::Cpu(cpu) = &**storage else {
+            bail!("AdamW: expected a CPU tensor");
+        };
+        let (a, b) = layout
+            .contiguous_offsets()
+            .context("AdamW: expected a contiguous tensor")?;
+        Ok(&cpu.as_slice::<f32>()?[a..b])
+    };
+    let (p, g, m, v) = (slice(0)?, slice(1)?, slice(2)?, slice(3)?);
+    let n = p.len();
+    ensure!(
+        [g.len(), m.len(), v.len()].iter().all(|&l| l == n),
+        "AdamW: parameter, gradient and state sizes differ"
+    );
+    let (mut p1, mut m1, mut v1) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    const CHUNK: usize = 1 << 14;
+    p1.par_chunks_mut(CHUNK)
+        .zip(m1.par_chunks_mut(CHUNK))
+        .zip(v1.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(c, ((po, mo), vo))| {
+            let at = c * CHUNK;
+            for j in 0..po.len() {
+                let i = at + j;
+                let gi = g[i];
+                let pd = match k.decay {
+                    Some(d) => p[i] * d + 0.0,
+                    None => p[i],
+                };
+                let mi = m[i] + ((gi - m[i]) * k.one_minus_b1 + 0.0);
+                let vi = (v[i] * k.b2 + 0.0) + ((gi * k.one_minus_b2 + 0.0) * gi);
+                let den = (vi.sqrt() / k.bc2_sqrt) * 1.0 + k.eps;
+                po[j] = pd + ((mi * k.neg_step_size + 0.0) / den);
+                mo[j] = mi;
+                vo[j] = vi;
+            }
+        });
+    drop(guards);
+    let shape = param.shape();
+    let dev = param.device();
+    Ok(Updated {
+        param: Tensor::from_vec(p1, shape, dev)?,
+        exp_avg: Tensor::from_vec(m1, shape, dev)?,
+        exp_avg_sq: Tensor::from_vec(v1, shape, dev)?,
+    })
+}
+
+/// One AdamW step as candle tensor ops (any device and dtype path).
+#[allow(clippy::too_many_arguments)]
+fn adamw_update_ops(
+    param: &Tensor,
+    grad: &Tensor,
+    state: &ParamState,
+    step: u64,
+    lr: f64,
+    weight_decay: f64,
     (b1, b2): (f64, f64),
     eps: f64,
 ) -> Result<Updated> {
@@ -424,4 +541,55 @@ fn adamw_update(
         exp_avg,
         exp_avg_sq,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_step_equals_the_tensor_op_step() -> Result<()> {
+        let dev = Device::Cpu;
+        for (wd, shape) in [
+            (0.05, vec![7usize, 33]),
+            (0.0, vec![40_000]),
+            (0.3, vec![3]),
+        ] {
+            let param = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev)?;
+            let mut state = ParamState {
+                exp_avg: Tensor::randn(0f32, 0.1, shape.as_slice(), &dev)?,
+                exp_avg_sq: Tensor::randn(0f32, 0.01, shape.as_slice(), &dev)?.sqr()?,
+                step: 0,
+            };
+            let mut p = param;
+            for step in 1..=3u64 {
+                let g = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev)?;
+                let args = (step, 5e-4, wd, (0.9, 0.999), 1e-8);
+                let fused =
+                    adamw_update_cpu(&p, &g, &state, args.0, args.1, args.2, args.3, args.4)?;
+                let ops = adamw_update_ops(&p, &g, &state, args.0, args.1, args.2, args.3, args.4)?;
+                let bits = |t: &Tensor| -> Result<Vec<u32>> {
+                    Ok(t.flatten_all()?
+                        .to_vec1::<f32>()?
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect())
+                };
+                assert_eq!(bits(&fused.param)?, bits(&ops.param)?, "param, step {step}");
+                assert_eq!(bits(&fused.exp_avg)?, bits(&ops.exp_avg)?, "exp_avg");
+                assert_eq!(
+                    bits(&fused.exp_avg_sq)?,
+                    bits(&ops.exp_avg_sq)?,
+                    "exp_avg_sq"
+                );
+                p = fused.param;
+                state = ParamState {
+                    exp_avg: fused.exp_avg,
+                    exp_avg_sq: fused.exp_avg_sq,
+                    step,
+                };
+            }
+        }
+        Ok(())
+    }
 }
