@@ -225,11 +225,13 @@ impl AdamW {
                 &param.to_dtype(DType::F32)?.detach(),
                 &g,
                 &state,
-                step,
-                lr,
-                p.weight_decay,
-                (b1, b2),
-                eps,
+                StepArgs {
+                    step,
+                    lr,
+                    weight_decay: p.weight_decay,
+                    betas: (b1, b2),
+                    eps,
+                },
             )
             .with_context(|| format!("AdamW step of {name}"))?;
             p.var
@@ -391,25 +393,30 @@ struct Updated {
     exp_avg_sq: Tensor,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn adamw_update(
-    param: &Tensor,
-    grad: &Tensor,
-    state: &ParamState,
+/// The hyper-parameters of one parameter's step (`step` counted after the increment).
+#[derive(Clone, Copy, Debug)]
+struct StepArgs {
     step: u64,
     lr: f64,
     weight_decay: f64,
     betas: (f64, f64),
     eps: f64,
+}
+
+fn adamw_update(
+    param: &Tensor,
+    grad: &Tensor,
+    state: &ParamState,
+    args: StepArgs,
 ) -> Result<Updated> {
     let all = [param, grad, &state.exp_avg, &state.exp_avg_sq];
     if all
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
     {
-        return adamw_update_cpu(param, grad, state, step, lr, weight_decay, betas, eps);
+        return adamw_update_cpu(param, grad, state, args);
     }
-    adamw_update_ops(param, grad, state, step, lr, weight_decay, betas, eps)
+    adamw_update_ops(param, grad, state, args)
 }
 
 /// The scalars of one step, rounded to f32 where candle's ops round them: the decay
@@ -425,7 +432,14 @@ struct StepScalars {
 }
 
 impl StepScalars {
-    fn new(step: u64, lr: f64, weight_decay: f64, (b1, b2): (f64, f64), eps: f64) -> Self {
+    fn new(a: StepArgs) -> Self {
+        let StepArgs {
+            step,
+            lr,
+            weight_decay,
+            betas: (b1, b2),
+            eps,
+        } = a;
         let t = step as f64;
         StepScalars {
             decay: (weight_decay != 0.0).then_some((1.0 - lr * weight_decay) as f32),
@@ -444,19 +458,14 @@ impl StepScalars {
 /// buffer; this computes the same IEEE operations in the same order per element (candle's
 /// `affine(m, a)` is `v * m + a` in f32, which is kept, `+ 0.0` included), so the results
 /// are bit-identical (test `fused_step_equals_the_tensor_op_step`).
-#[allow(clippy::too_many_arguments)]
 fn adamw_update_cpu(
     param: &Tensor,
     grad: &Tensor,
     state: &ParamState,
-    step: u64,
-    lr: f64,
-    weight_decay: f64,
-    betas: (f64, f64),
-    eps: f64,
+    args: StepArgs,
 ) -> Result<Updated> {
     use rayon::prelude::*;
-    let k = StepScalars::new(step, lr, weight_decay, betas, eps);
+    let k = StepScalars::new(args);
     let guards = [param, grad, &state.exp_avg, &state.exp_avg_sq].map(|t| t.storage_and_layout());
     let slice = |k: usize| -> Result<&[f32]> {
         let (storage, layout) = &guards[k];
@@ -508,17 +517,19 @@ fn adamw_update_cpu(
 }
 
 /// One AdamW step as candle tensor ops (any device and dtype path).
-#[allow(clippy::too_many_arguments)]
 fn adamw_update_ops(
     param: &Tensor,
     grad: &Tensor,
     state: &ParamState,
-    step: u64,
-    lr: f64,
-    weight_decay: f64,
-    (b1, b2): (f64, f64),
-    eps: f64,
+    args: StepArgs,
 ) -> Result<Updated> {
+    let StepArgs {
+        step,
+        lr,
+        weight_decay,
+        betas: (b1, b2),
+        eps,
+    } = args;
     let param = if weight_decay != 0.0 {
         param.affine(1.0 - lr * weight_decay, 0.0)?
     } else {
@@ -564,10 +575,15 @@ mod tests {
             let mut p = param;
             for step in 1..=3u64 {
                 let g = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev)?;
-                let args = (step, 5e-4, wd, (0.9, 0.999), 1e-8);
-                let fused =
-                    adamw_update_cpu(&p, &g, &state, args.0, args.1, args.2, args.3, args.4)?;
-                let ops = adamw_update_ops(&p, &g, &state, args.0, args.1, args.2, args.3, args.4)?;
+                let args = StepArgs {
+                    step,
+                    lr: 5e-4,
+                    weight_decay: wd,
+                    betas: (0.9, 0.999),
+                    eps: 1e-8,
+                };
+                let fused = adamw_update_cpu(&p, &g, &state, args)?;
+                let ops = adamw_update_ops(&p, &g, &state, args)?;
                 let bits = |t: &Tensor| -> Result<Vec<u32>> {
                     Ok(t.flatten_all()?
                         .to_vec1::<f32>()?

@@ -713,6 +713,28 @@ mod tests {
         }
     }
 
+    /// A `w`x`h` image whose bytes are uniform with probability `p_uniform`, else 0 or 255
+    /// (hard edges, so the cubic's overshoot gets clipped).
+    #[cfg(target_arch = "x86_64")]
+    fn clipping_image(
+        rng: &mut rand_chacha::ChaCha8Rng,
+        w: u32,
+        h: u32,
+        p_uniform: f64,
+    ) -> RgbImage {
+        use rand::Rng;
+        RgbImage::from_fn(w, h, |_, _| {
+            let mut v = || {
+                if rng.random_bool(p_uniform) {
+                    rng.random_range(0..=255u8)
+                } else {
+                    [0, 255][rng.random_range(0..2)]
+                }
+            };
+            image::Rgb([v(), v(), v()])
+        })
+    }
+
     /// The 4-pixel general rows ([`general_row`], Rotate's path) give the scalar path's
     /// bytes: random images biased to 0/255 (the cubic clips), odd sizes from 1x1 to
     /// 224x224 and 223x225, rotations at random, small (under 1°), near-90°, near-0 and
@@ -744,16 +766,7 @@ mod tests {
             } else {
                 (rng.random_range(1..80u32), rng.random_range(1..80u32))
             };
-            let img = RgbImage::from_fn(w, h, |_, _| {
-                let mut v = || {
-                    if rng.random_bool(0.5) {
-                        rng.random_range(0..=255u8)
-                    } else {
-                        [0, 255][rng.random_range(0..2)]
-                    }
-                };
-                image::Rgb([v(), v(), v()])
-            });
+            let img = clipping_image(&mut rng, w, h, 0.5);
             let sign = |rng: &mut rand_chacha::ChaCha8Rng| [1.0, -1.0][rng.random_range(0..2)];
             let deg = match case % 7 {
                 0 => rng.random_range(-30.0..30.0),
@@ -836,16 +849,7 @@ mod tests {
             } else {
                 (rng.random_range(1..70u32), rng.random_range(1..70u32))
             };
-            let img = RgbImage::from_fn(w, h, |_, _| {
-                let mut v = || {
-                    if rng.random_bool(0.4) {
-                        rng.random_range(0..=255u8)
-                    } else {
-                        [0, 255][rng.random_range(0..2)]
-                    }
-                };
-                image::Rgb([v(), v(), v()])
-            });
+            let img = clipping_image(&mut rng, w, h, 0.4);
             let size = f64::from(w.max(h));
             let t = |rng: &mut rand_chacha::ChaCha8Rng| -> f64 {
                 let k = rng.random_range(-8..8) as f64;

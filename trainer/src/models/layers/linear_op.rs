@@ -48,6 +48,31 @@ fn sizes(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize, Shape)> {
     Ok((rows, inp, out, Shape::from(dims)))
 }
 
+/// `lhs x rhs` (`m x k` by `k x n`, operands as [`gemm_raw`] takes them) into a new
+/// row-major `m x n` buffer, split over rayon's threads.
+fn product(
+    (m, n, k): (usize, usize, usize),
+    lhs: (&[f32], usize, bool),
+    rhs: (&[f32], usize, bool),
+) -> Vec<f32> {
+    let len = m * n;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    // SAFETY: the product writes all `m x n` elements of the spare capacity (row stride
+    // `n`), which nothing else holds; then they are initialized.
+    unsafe {
+        gemm_raw(
+            (out.spare_capacity_mut().as_mut_ptr().cast(), n),
+            (m, n, k),
+            lhs,
+            rhs,
+            1.0,
+            true,
+        );
+        out.set_len(len);
+    }
+    out
+}
+
 /// `x·Wᵀ (+ b)` into a new buffer.
 fn forward(
     x: &[f32],
@@ -55,21 +80,7 @@ fn forward(
     b: Option<&[f32]>,
     (rows, inp, out): (usize, usize, usize),
 ) -> Vec<f32> {
-    let len = rows * out;
-    let mut y: Vec<f32> = Vec::with_capacity(len);
-    // SAFETY: the product writes all `rows x out` elements of `y`'s spare capacity (row
-    // stride `out`); nothing else holds the buffer.
-    unsafe {
-        gemm_raw(
-            (y.spare_capacity_mut().as_mut_ptr().cast(), out),
-            (rows, out, inp),
-            (x, inp, false),
-            (w, inp, true),
-            1.0,
-            true,
-        );
-        y.set_len(len);
-    }
+    let mut y = product((rows, out, inp), (x, inp, false), (w, inp, true));
     if let (Some(b), true) = (b, out > 0) {
         y.par_chunks_mut((16384 / out).max(1) * out)
             .for_each(|block| {
@@ -186,20 +197,7 @@ impl CustomOp2 for InputGrad {
             slice_f32(sw, lw, "linear w")?,
         );
         let rows = g.len() / out.max(1);
-        let len = rows * inp;
-        let mut dx: Vec<f32> = Vec::with_capacity(len);
-        // SAFETY: the product writes all `rows x in` elements of the spare capacity.
-        unsafe {
-            gemm_raw(
-                (dx.spare_capacity_mut().as_mut_ptr().cast(), inp),
-                (rows, inp, out),
-                (g, out, false),
-                (w, inp, false),
-                1.0,
-                true,
-            );
-            dx.set_len(len);
-        }
+        let dx = product((rows, inp, out), (g, out, false), (w, inp, false));
         Ok((CpuStorage::F32(dx), Shape::from((rows, inp))))
     }
 }
@@ -228,20 +226,7 @@ impl CustomOp2 for WeightGrad {
         );
         let rows = x.len() / inp.max(1);
         let out = g.len() / rows.max(1);
-        let len = out * inp;
-        let mut dw: Vec<f32> = Vec::with_capacity(len);
-        // SAFETY: the product writes all `out x in` elements of the spare capacity.
-        unsafe {
-            gemm_raw(
-                (dw.spare_capacity_mut().as_mut_ptr().cast(), inp),
-                (out, inp, rows),
-                (g, out, true),
-                (x, inp, false),
-                1.0,
-                true,
-            );
-            dw.set_len(len);
-        }
+        let dw = product((out, inp, rows), (g, out, true), (x, inp, false));
         Ok((CpuStorage::F32(dw), Shape::from((out, inp))))
     }
 }
