@@ -512,14 +512,7 @@ impl CustomOp2 for AddBiasOp {
             candle_core::bail!("add_bias: {} values do not fill rows of {d}", y.len());
         }
         let mut out = y.to_vec();
-        let chunk = rows_per_task(d) * d;
-        out.par_chunks_mut(chunk).for_each(|o| {
-            for row in o.chunks_mut(d) {
-                for (v, bv) in row.iter_mut().zip(b) {
-                    *v += bv;
-                }
-            }
-        });
+        add_to_rows(&mut out, b);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -534,6 +527,21 @@ impl CustomOp2 for AddBiasOp {
         let db = g.apply_op1_no_bwd(&ColumnSum { d: b.elem_count() })?;
         Ok((Some(g), Some(db)))
     }
+}
+
+/// Adds `b` to every row (of `b.len()` values) of `y` in place, rows in parallel.
+pub(super) fn add_to_rows(y: &mut [f32], b: &[f32]) {
+    let d = b.len();
+    if d == 0 {
+        return;
+    }
+    y.par_chunks_mut(rows_per_task(d) * d).for_each(|o| {
+        for row in o.chunks_mut(d) {
+            for (v, bv) in row.iter_mut().zip(b) {
+                *v += bv;
+            }
+        }
+    });
 }
 
 /// Sum of the rows of a contiguous (rows, d) tensor, in parallel (partial sums over

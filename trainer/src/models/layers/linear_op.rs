@@ -9,11 +9,9 @@
 //! its backward is two products on the operands as they lie (`dx = dy·W`,
 //! `dW = dyᵀ·x`, through `gemm` with strides, no copies) and a column sum for `db`.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
 use super::conv_gemm::gemm_raw;
-use super::fused::{slice_f32, ColumnSum};
+use super::fused::{add_to_rows, slice_f32, ColumnSum};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `x·Wᵀ + b` for `x` `(..., in)`, `w` `(out, in)` and an optional `b` `(out)`; the
 /// output is `(..., out)`. Differentiable in all three. CPU, f32 only (the caller checks,
@@ -73,25 +71,30 @@ fn product(
     out
 }
 
-/// `x·Wᵀ (+ b)` into a new buffer.
+/// `x·Wᵀ (+ b)` into a new buffer, from the ops' storages (both trait impls).
 fn forward(
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    (rows, inp, out): (usize, usize, usize),
-) -> Vec<f32> {
+    (sx, lx): (&CpuStorage, &Layout),
+    (sw, lw): (&CpuStorage, &Layout),
+    b: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    let (rows, inp, out, shape) = sizes(lx, lw)?;
+    let (x, w) = (
+        slice_f32(sx, lx, "linear x")?,
+        slice_f32(sw, lw, "linear w")?,
+    );
     let mut y = product((rows, out, inp), (x, inp, false), (w, inp, true));
-    if let (Some(b), true) = (b, out > 0) {
-        y.par_chunks_mut((16384 / out).max(1) * out)
-            .for_each(|block| {
-                for row in block.chunks_exact_mut(out) {
-                    for (v, bv) in row.iter_mut().zip(b) {
-                        *v += bv;
-                    }
-                }
-            });
+    if let Some((sb, lb)) = b {
+        add_to_rows(&mut y, slice_f32(sb, lb, "linear bias")?);
     }
-    y
+    Ok((CpuStorage::F32(y), shape))
+}
+
+/// `(dx, dW)` from the output gradient (both trait impls).
+fn input_and_weight_grads(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    Ok((
+        g.apply_op2_no_bwd(w, &InputGrad)?.reshape(x.shape())?,
+        g.apply_op2_no_bwd(x, &WeightGrad { inp: w.dim(1)? })?,
+    ))
 }
 
 impl CustomOp2 for LinearOp {
@@ -106,15 +109,7 @@ impl CustomOp2 for LinearOp {
         sw: &CpuStorage,
         lw: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, inp, out, shape) = sizes(lx, lw)?;
-        let (x, w) = (
-            slice_f32(sx, lx, "linear x")?,
-            slice_f32(sw, lw, "linear w")?,
-        );
-        Ok((
-            CpuStorage::F32(forward(x, w, None, (rows, inp, out))),
-            shape,
-        ))
+        forward((sx, lx), (sw, lw), None)
     }
 
     fn bwd(
@@ -124,11 +119,8 @@ impl CustomOp2 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = grad.contiguous()?;
-        Ok((
-            Some(g.apply_op2_no_bwd(w, &InputGrad)?.reshape(x.shape())?),
-            Some(g.apply_op2_no_bwd(x, &WeightGrad { inp: w.dim(1)? })?),
-        ))
+        let (dx, dw) = input_and_weight_grads(x, w, &grad.contiguous()?)?;
+        Ok((Some(dx), Some(dw)))
     }
 }
 
@@ -146,16 +138,7 @@ impl CustomOp3 for LinearOp {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, inp, out, shape) = sizes(lx, lw)?;
-        let (x, w) = (
-            slice_f32(sx, lx, "linear x")?,
-            slice_f32(sw, lw, "linear w")?,
-        );
-        let b = slice_f32(sb, lb, "linear bias")?;
-        Ok((
-            CpuStorage::F32(forward(x, w, Some(b), (rows, inp, out))),
-            shape,
-        ))
+        forward((sx, lx), (sw, lw), Some((sb, lb)))
     }
 
     fn bwd(
@@ -167,12 +150,9 @@ impl CustomOp3 for LinearOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
-        let (out, inp) = w.dims2()?;
-        Ok((
-            Some(g.apply_op2_no_bwd(w, &InputGrad)?.reshape(x.shape())?),
-            Some(g.apply_op2_no_bwd(x, &WeightGrad { inp })?),
-            Some(g.apply_op1_no_bwd(&ColumnSum { d: out })?),
-        ))
+        let (dx, dw) = input_and_weight_grads(x, w, &g)?;
+        let db = g.apply_op1_no_bwd(&ColumnSum { d: w.dim(0)? })?;
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
