@@ -8,14 +8,17 @@
 //! A batch hands its buffer back when dropped (see `loader::Batch`); a consumer that takes
 //! the images out (the trainer wraps them in a tensor) keeps them, and the loader then
 //! allocates.
+//!
+//! [`BufferPool`] is generic: `transforms::buffers` keeps a small thread-local one of image
+//! byte buffers along a view's path.
 
 use std::sync::{Mutex, MutexGuard};
 
-/// A bounded pool of `f32` buffers; contents of a taken buffer are unspecified.
+/// A bounded pool of buffers; contents of a taken buffer are unspecified.
 #[derive(Debug)]
-pub struct BufferPool {
+pub struct BufferPool<T> {
     keep: usize,
-    bufs: Mutex<Vec<Vec<f32>>>,
+    bufs: Mutex<Vec<Vec<T>>>,
 }
 
 /// Buffers the process-wide pool keeps (a loader has at most `prefetch + 3` batches
@@ -23,9 +26,9 @@ pub struct BufferPool {
 pub const BATCH_POOL_KEEP: usize = 6;
 
 /// The pool every loader takes its batch buffers from.
-pub static BATCH_POOL: BufferPool = BufferPool::new(BATCH_POOL_KEEP);
+pub static BATCH_POOL: BufferPool<f32> = BufferPool::new(BATCH_POOL_KEEP);
 
-impl BufferPool {
+impl<T: Copy + Default> BufferPool<T> {
     /// An empty pool that keeps at most `keep` buffers.
     pub const fn new(keep: usize) -> Self {
         BufferPool {
@@ -34,15 +37,16 @@ impl BufferPool {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Vec<f32>>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Vec<T>>> {
         // The guarded data is a list of plain buffers: a panic while it was held cannot
         // leave it inconsistent, so a poisoned lock is used as is.
         self.bufs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A buffer of exactly `len` floats: the smallest pooled one that holds `len`, else a
-    /// new zeroed one. Reused buffers keep stale values: the caller writes every float.
-    pub fn take(&self, len: usize) -> Vec<f32> {
+    /// A buffer of exactly `len` values: the smallest pooled one that holds `len`, else a
+    /// new one of `T::default()` (zero for the number types it is used with). Reused
+    /// buffers keep stale values: the caller writes every one.
+    pub fn take(&self, len: usize) -> Vec<T> {
         let reused = {
             let mut bufs = self.lock();
             let best = bufs
@@ -55,20 +59,20 @@ impl BufferPool {
         };
         match reused {
             Some(mut b) => {
-                // Within capacity: shrinking is free, growing zero-fills only the new part.
-                b.resize(len, 0.0);
+                // Within capacity: shrinking is free, growing fills only the new part.
+                b.resize(len, T::default());
                 b
             }
-            // `vec![0.0; len]` asks the allocator for zeroed memory (fresh pages) instead
-            // of writing the zeros.
-            None => vec![0.0; len],
+            // A zero element makes `vec!` ask the allocator for zeroed memory (fresh
+            // pages) instead of writing the zeros.
+            None => vec![T::default(); len],
         }
     }
 
     /// Returns a buffer. When the pool is full the smallest buffer (possibly this one) is
     /// dropped, so buffers of an earlier, smaller batch shape do not crowd out the ones
     /// the current loader needs. Buffers without capacity are dropped.
-    pub fn give(&self, buf: Vec<f32>) {
+    pub fn give(&self, buf: Vec<T>) {
         if buf.capacity() == 0 || self.keep == 0 {
             return;
         }
@@ -103,7 +107,7 @@ mod tests {
 
     #[test]
     fn reuses_the_smallest_fitting_buffer_and_stays_bounded() {
-        let pool = BufferPool::new(2);
+        let pool = BufferPool::<f32>::new(2);
         let small = vec![1.0f32; 100];
         let big = vec![2.0f32; 1000];
         let (small_ptr, big_ptr) = (small.as_ptr(), big.as_ptr());

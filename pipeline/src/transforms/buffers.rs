@@ -5,43 +5,28 @@
 //!
 //! Buffers come back with stale bytes: every user overwrites all of them.
 
-use std::cell::RefCell;
-
 use image::RgbImage;
+
+use crate::batch_pool::BufferPool;
 
 /// Buffers kept per thread (a view has at most two images alive at once).
 const KEEP: usize = 4;
 
 thread_local! {
-    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static POOL: BufferPool<u8> = const { BufferPool::new(KEEP) };
 }
 
-/// A buffer of exactly `len` bytes with unspecified (initialized) contents: a pooled one
-/// when one is large enough, else a new zeroed one. The caller must write every byte.
+/// A buffer of exactly `len` bytes with unspecified (initialized) contents: the smallest
+/// pooled one that is large enough, else a new zeroed one. The caller must write every
+/// byte.
 pub fn take(len: usize) -> Vec<u8> {
-    let reused = POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        let i = p.iter().position(|b| b.capacity() >= len)?;
-        Some(p.swap_remove(i))
-    });
-    match reused {
-        Some(mut b) => {
-            // Within capacity: shrinking is free, growing zero-fills only the new part.
-            b.resize(len, 0);
-            b
-        }
-        None => vec![0; len],
-    }
+    POOL.with(|p| p.take(len))
 }
 
-/// Returns a buffer for reuse on this thread (dropped when the pool is full).
+/// Returns a buffer for reuse on this thread (when the pool is full, its smallest buffer
+/// is dropped).
 pub fn give(buf: Vec<u8>) {
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < KEEP {
-            p.push(buf);
-        }
-    });
+    POOL.with(|p| p.give(buf));
 }
 
 /// Returns an image's buffer for reuse.
@@ -69,6 +54,6 @@ mod tests {
         for _ in 0..2 * KEEP {
             give(vec![1; 8]);
         }
-        POOL.with(|p| assert_eq!(p.borrow().len(), KEEP));
+        POOL.with(|p| assert_eq!(p.len(), KEEP));
     }
 }
