@@ -208,6 +208,39 @@ fn every_deit_variable_gets_a_gradient() {
     fused::set_enabled(true);
 }
 
+/// With stochastic depth on (fused residual connections, per-sample masks drawn from the
+/// step's seed), the fused path gives the composite path's loss and gradients.
+#[test]
+fn deit_with_drop_path_fused_equals_composite() {
+    let spec = small_deit(0.3);
+    let (vm, model, _) =
+        weights::build_model(&spec, None, &LoadOptions::default(), &Device::Cpu, 5).unwrap();
+    let x = input(6, 32);
+    let y = Tensor::from_vec((0..6u32).collect::<Vec<_>>(), 6, &Device::Cpu).unwrap();
+    let run = |fused_on: bool| {
+        fused::set_enabled(fused_on);
+        let out = model.forward(&x, &ForwardCtx::train(11)).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&out.cls, &y).unwrap();
+        let grads = loss.backward().unwrap();
+        fused::set_enabled(true);
+        (loss.to_scalar::<f32>().unwrap(), grads)
+    };
+    let (lf, gf) = run(true);
+    let (lc, gc) = run(false);
+    assert!((lf - lc).abs() <= 1e-5 * lc.abs(), "loss {lf} vs {lc}");
+    for (name, var) in models::trainable_vars(&vm) {
+        let (a, b) = (gf.get(var.as_tensor()), gc.get(var.as_tensor()));
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let e = rel_err(a, b);
+                assert!(e <= 1e-4, "gradient of {name}: fused vs composite rel err {e:.3e}");
+            }
+            (None, None) => {}
+            _ => panic!("{name}: a gradient on one path only"),
+        }
+    }
+}
+
 #[test]
 fn every_resnet_variable_gets_a_gradient() {
     for (block, small, side) in [

@@ -13,7 +13,7 @@
 //! model, op for op.
 
 use super::layers::{
-    attention, drop_path, fused, gelu, matmul_bias_in, softmax_last_dim, LayerNorm, Linear,
+    attention, fused, gelu, matmul_bias_in, residual_drop_path, softmax_last_dim, LayerNorm, Linear,
 };
 use super::{DeitConfig, ForwardCtx, ModelOutput, ModelSpec};
 use candle_core::{DType, Module, Result, Tensor};
@@ -147,9 +147,9 @@ impl Block {
     ) -> Result<Tensor> {
         let dp = if train { self.drop_path } else { 0.0 };
         let a = self.attn.forward(&self.norm1.forward(x)?, compute)?;
-        let x = (x + drop_path(&a, dp, rng)?)?;
+        let x = residual_drop_path(x, &a, dp, rng)?;
         let m = self.mlp.forward(&self.norm2.forward(&x)?, compute)?;
-        x + drop_path(&m, dp, rng)?
+        residual_drop_path(&x, &m, dp, rng)
     }
 }
 

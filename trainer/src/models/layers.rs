@@ -13,6 +13,7 @@ pub mod conv_gemm;
 pub mod fused;
 pub mod fused_bn;
 pub mod linear_op;
+pub mod sgemm;
 
 /// Fully connected layer `y = x W^T + b`, weight `[out, in]` (timm / PyTorch layout).
 /// Inputs of any rank are flattened to 2-D for one GEMM (no broadcast of the weight).
@@ -76,6 +77,10 @@ pub fn matmul_bias_in(
     b: Option<&Tensor>,
     compute: DType,
 ) -> Result<Tensor> {
+    if compute == DType::F32 && w.dtype() == DType::F32 && fused::enabled(x) {
+        // One graph node on our GEMM (CPU, f32), as in `Linear::forward_in`.
+        return linear_op::linear(x, w, b);
+    }
     let y = x
         .to_dtype(compute)?
         .matmul(&w.to_dtype(compute)?.t()?)?
@@ -174,9 +179,19 @@ pub fn drop_path(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let keep = 1.0 - p;
     let b = x.dim(0)?;
-    let mask: Vec<f32> = (0..b)
+    let mask = drop_path_scales(b, p, rng);
+    let mut shape = vec![b];
+    shape.extend(std::iter::repeat_n(1, x.rank() - 1));
+    let mask = Tensor::from_vec(mask, shape, x.device())?.to_dtype(x.dtype())?;
+    x.broadcast_mul(&mask)
+}
+
+/// Stochastic depth's per-sample factors for a batch of `b`: `0` (dropped, probability
+/// `p`) or `1 / (1 - p)`, one uniform draw from `rng` per sample, in sample order.
+pub fn drop_path_scales(b: usize, p: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let keep = 1.0 - p;
+    (0..b)
         .map(|_| {
             if rng.random::<f64>() < keep {
                 (1.0 / keep) as f32
@@ -184,11 +199,17 @@ pub fn drop_path(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
                 0.0
             }
         })
-        .collect();
-    let mut shape = vec![b];
-    shape.extend(std::iter::repeat_n(1, x.rank() - 1));
-    let mask = Tensor::from_vec(mask, shape, x.device())?.to_dtype(x.dtype())?;
-    x.broadcast_mul(&mask)
+        .collect()
+}
+
+/// `x + drop_path(a, p)`: the residual connection of a transformer block (one fused node
+/// on the CPU in f32, see [`fused::residual_add`]; the same draws from `rng`).
+pub fn residual_drop_path(x: &Tensor, a: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    if p > 0.0 && fused::enabled(x) && a.dtype() == DType::F32 {
+        let scale = drop_path_scales(x.dim(0)?, p, rng);
+        return fused::residual_add(x, a, scale);
+    }
+    x + drop_path(a, p, rng)?
 }
 
 /// 2-D convolution without bias (ResNet / RegNet convs), weight `[out, in/groups, k, k]`.

@@ -245,6 +245,22 @@ pub(super) unsafe fn gemm_raw(
     // The bounds gemm will read, checked once (it does no checks of its own).
     assert!(lhs.len() > last(m, k, lhs_ld, lhs_t), "gemm: lhs too small");
     assert!(rhs.len() > last(k, n, rhs_ld, rhs_t), "gemm: rhs too small");
+    if super::sgemm::available() {
+        let operand = |data, ld, trans| super::sgemm::Operand { data, ld, trans };
+        // SAFETY: the operands hold every element read (asserted above), the destination
+        // is the caller's guarantee, and the CPU has AVX2 and FMA (checked).
+        unsafe {
+            super::sgemm::sgemm(
+                (dst, dst_ld),
+                (m, n, k),
+                operand(lhs, lhs_ld, lhs_t),
+                operand(rhs, rhs_ld, rhs_t),
+                scale,
+                parallel,
+            )
+        };
+        return;
+    }
     let strides = |ld: usize, t: bool| -> (isize, isize) {
         // (column stride, row stride)
         if t {

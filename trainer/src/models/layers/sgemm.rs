@@ -1,0 +1,786 @@
+//! Single-precision matrix product for x86-64 CPUs with AVX2 and FMA: operands packed
+//! into panels (BLIS's scheme) and a 6x16 register-blocked kernel written with
+//! `std::arch` intrinsics. Every linear layer, attention product and convolution of the
+//! CPU models runs through it ([`super::conv_gemm::gemm_raw`] calls it when the CPU has
+//! AVX2 and FMA, and the `gemm` crate otherwise).
+//!
+//! Why by hand: the `gemm` crate (candle's CPU matmul) reached 134-136 GFLOP/s over the
+//! products of a DeiT train step on this 2-core machine against PyTorch's 152-153, 1.3-1.5x
+//! slower on the weight gradients (`dyᵀ·x`, a transposed operand and a long `k`) and on
+//! the 192x192 products, and 2x slower on attention's small per-head products
+//! (`cargo bench -p trainer --bench gemm_shapes` against `tools/bench_torch_gemm.py`,
+//! BENCHMARKS.md). With the matrix products at two thirds of a train step, that gap was
+//! most of what separated our step from PyTorch's. No maintained crate we can take offers
+//! a faster f32 GEMM without a system BLAS.
+//!
+//! The scheme: `C = scale * A·B` is cut into blocks of `KC` along `k` and `NC` along
+//! `n`; each block of `B` is copied once into `NR`-column panels (`k`-major, zero-padded),
+//! each `MC x KC` block of `A` into `MR`-row panels; the kernel then multiplies one `A`
+//! panel by one `B` panel with the 6x16 tile of `C` in twelve AVX registers. Packing reads
+//! either layout of either operand (transposed or not), so no caller copies. With several
+//! threads the rows of `C` are split into one contiguous range per thread and the packed
+//! `B` block is shared; every element of `C` is summed in the same order whatever the
+//! split, so the result does not depend on the thread count.
+
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Rows of the register tile.
+const MR: usize = 6;
+/// Columns of the register tile (two AVX registers).
+const NR: usize = 16;
+/// Depth of one packed block. Each block past the first reloads and rewrites the tile of
+/// `C`: on the DeiT products (`k` up to 4224) 256 gave 167-178 GFLOP/s, 512 gave 191 and
+/// 768 gave 191-194, 1024 and more less (`gemm_shapes`, 2 threads, 2026-12-05). A `B`
+/// panel is then 48 KiB, streamed through L1 by the prefetcher.
+const KC: usize = 768;
+/// Rows of one packed `A` block (`MC x KC`, 432 KiB, stays in this CPU's 1 MiB L2; 72 and
+/// 288 measured the same).
+const MC: usize = 144;
+/// Columns of one packed `B` block.
+const NC: usize = 3072;
+/// Products below this many multiply-adds run on the calling thread only.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// True when this CPU runs the kernel (x86-64 with AVX2 and FMA) and the environment
+/// does not set `DEIT_PIPE_SGEMM=off` (which sends every product to the `gemm` crate, for
+/// A/B measurements).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            std::env::var("DEIT_PIPE_SGEMM").as_deref() != Ok("off")
+                && std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One operand: the buffer, its leading dimension (distance between rows), and whether it
+/// is read transposed (element `(i, j)` at `j * ld + i` instead of `i * ld + j`).
+#[derive(Clone, Copy)]
+pub struct Operand<'a> {
+    /// The elements.
+    pub data: &'a [f32],
+    /// Distance between consecutive rows of the stored matrix.
+    pub ld: usize,
+    /// Read the stored matrix transposed.
+    pub trans: bool,
+}
+
+impl<'a> Operand<'a> {
+    /// The operand whose element `(0, 0)` is this one's `(i, j)`.
+    fn from(self, i: usize, j: usize) -> Operand<'a> {
+        Operand {
+            data: &self.data[self.at(i, j).min(self.data.len())..],
+            ..self
+        }
+    }
+
+    /// Offset of logical element `(i, j)`.
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> usize {
+        if self.trans {
+            j * self.ld + i
+        } else {
+            i * self.ld + j
+        }
+    }
+}
+
+/// Where the product goes: `m` rows of `n` elements, row `i` at `ptr + i * ld`.
+#[derive(Clone, Copy)]
+struct Dst {
+    ptr: *mut f32,
+    ld: usize,
+}
+
+// SAFETY: a `Dst` is only handed to threads that write disjoint rows of it (see
+// `sgemm`'s row split), and the caller of `sgemm` guarantees exclusive access.
+unsafe impl Send for Dst {}
+// SAFETY: as above; the threads only read the pointer value.
+unsafe impl Sync for Dst {}
+
+impl Dst {
+    /// The destination starting at element `(i, j)` of this one.
+    ///
+    /// # Safety
+    /// `(i, j)` must lie inside the destination.
+    unsafe fn offset(self, i: usize, j: usize) -> Dst {
+        Dst {
+            // SAFETY: the caller's guarantee.
+            ptr: unsafe { self.ptr.add(i * self.ld + j) },
+            ld: self.ld,
+        }
+    }
+}
+
+/// Writes zeros to the first `n` columns of the given rows (a product with `k = 0`).
+///
+/// # Safety
+/// As for [`sgemm`]'s destination.
+unsafe fn zero_rows(dst: Dst, rows: std::ops::Range<usize>, n: usize) {
+    for i in rows {
+        // SAFETY: row `i`, columns `0..n` are inside the destination.
+        unsafe { std::ptr::write_bytes(dst.ptr.add(i * dst.ld), 0, n) };
+    }
+}
+
+/// A 32-byte aligned group of 8 floats, so packed panels start on AVX boundaries.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Lane8([f32; 8]);
+
+/// A reusable, 32-byte aligned scratch buffer of at least `len` floats.
+fn scratch(buf: &mut Vec<Lane8>, len: usize) -> &mut [f32] {
+    let lanes = len.div_ceil(8);
+    if buf.len() < lanes {
+        buf.resize(lanes, Lane8([0.0; 8]));
+    }
+    // SAFETY: `Lane8` is `repr(C)` around `[f32; 8]`, so `lanes` of them are `8 * lanes`
+    // contiguous, initialized floats, borrowed mutably from `buf` for the result's life.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<f32>(), len) }
+}
+
+thread_local! {
+    /// Packed `A` blocks of the calling thread.
+    static PACK_A: RefCell<Vec<Lane8>> = const { RefCell::new(Vec::new()) };
+    /// Packed `B` blocks of the thread that drives a product.
+    static PACK_B: RefCell<Vec<Lane8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with the thread's buffer in `slot`, taken out for the call: a product that
+/// rayon starts on this thread while `f` waits for other threads gets an empty buffer of
+/// its own instead of a second borrow.
+fn with_buffer<R>(
+    slot: &'static std::thread::LocalKey<RefCell<Vec<Lane8>>>,
+    f: impl FnOnce(&mut Vec<Lane8>) -> R,
+) -> R {
+    let mut buf = slot.with(|c| c.take());
+    let out = f(&mut buf);
+    slot.with(|c| {
+        let mut kept = c.borrow_mut();
+        if buf.len() > kept.len() {
+            *kept = buf;
+        }
+    });
+    out
+}
+
+/// `dst = scale * (lhs x rhs)` (`m x k` by `k x n`), every element of the `m x n`
+/// destination written, none read; `parallel` splits it over rayon's threads. Callers
+/// check [`available`] first.
+///
+/// With several threads the product is cut into one sub-product per thread, along the
+/// rows of `dst` or along its columns, whichever makes each thread re-pack the smaller
+/// operand, and each runs the whole `k` loop alone: one fork and join per product. (One
+/// join per `KC` block, sharing the packed `B`, ran the weight gradients' long-`k`
+/// products at half the speed of one thread: each join wakes the other core, which on
+/// this VM costs about as much as a block's work.)
+///
+/// # Safety
+/// `dst` must be valid for writes of `m` rows of `n` floats at stride `dst_ld >= n`, with
+/// no other access to them during the call; the operands must hold every element the
+/// product reads (`m x k` and `k x n` at their leading dimensions), and [`available`]
+/// must be true.
+pub unsafe fn sgemm(
+    (dst, dst_ld): (*mut f32, usize),
+    (m, n, k): (usize, usize, usize),
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    scale: f32,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let dst = Dst {
+        ptr: dst,
+        ld: dst_ld,
+    };
+    let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    // Split the rows when re-packing `B` (k x n) per thread costs less than `A` (m x k).
+    // (Splitting the columns whenever `A` is read in place measured the same: 211 against
+    // 208 GFLOP/s over the bench's products.)
+    let by_rows = n <= m;
+    let (len, tile) = if by_rows { (m, MR) } else { (n, NR) };
+    let per = len.div_ceil(tile).div_ceil(threads).max(1) * tile;
+    let parts: Vec<(usize, usize)> = (0..len)
+        .step_by(per)
+        .map(|s| (s, (s + per).min(len)))
+        .collect();
+    let part = |&(s, e): &(usize, usize)| {
+        let (i0, j0, mm, nn) = if by_rows {
+            (s, 0, e - s, n)
+        } else {
+            (0, s, m, e - s)
+        };
+        // SAFETY: `(i0, j0)` is inside the destination.
+        let sub = unsafe { dst.offset(i0, j0) };
+        // SAFETY: each part writes its own rows or columns of the destination, which the
+        // caller handed over exclusively; the sub-operands hold what the part reads.
+        unsafe { serial(sub, (mm, nn, k), lhs.from(i0, 0), rhs.from(0, j0), scale) };
+    };
+    if parts.len() > 1 {
+        parts.par_iter().for_each(part);
+    } else {
+        parts.iter().for_each(part);
+    }
+}
+
+/// [`sgemm`] on the calling thread.
+///
+/// # Safety
+/// As for [`sgemm`].
+unsafe fn serial(
+    dst: Dst,
+    (m, n, k): (usize, usize, usize),
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    scale: f32,
+) {
+    if k == 0 {
+        // SAFETY: the caller's guarantee on `dst`; zero bytes are 0.0.
+        unsafe { zero_rows(dst, 0..m, n) };
+        return;
+    }
+    with_buffer(&PACK_B, |pb| {
+        with_buffer(&PACK_A, |pa| {
+            for jc in (0..n).step_by(NC) {
+                let nc = NC.min(n - jc);
+                for pc in (0..k).step_by(KC) {
+                    let kc = KC.min(k - pc);
+                    let packed_b = scratch(pb, kc * nc.div_ceil(NR) * NR);
+                    pack_b(packed_b, rhs, pc, jc, kc, nc);
+                    for ic in (0..m).step_by(MC) {
+                        let mc = MC.min(m - ic);
+                        let a = if lhs.trans {
+                            let packed = scratch(pa, kc * mc.div_ceil(MR) * MR);
+                            pack_a(packed, lhs, ic, pc, mc, kc);
+                            APanels::Packed(packed)
+                        } else {
+                            // Whole panels straight from `lhs`'s rows; the last rows packed.
+                            let full = mc / MR * MR;
+                            let tail = scratch(pa, kc * MR);
+                            if full < mc {
+                                pack_a(tail, lhs, ic + full, pc, mc - full, kc);
+                            }
+                            APanels::Direct {
+                                rows: &lhs.data[lhs.at(ic, pc).min(lhs.data.len())..],
+                                ld: lhs.ld,
+                                tail,
+                            }
+                        };
+                        // SAFETY: the block is inside the destination (the caller's
+                        // guarantee); AVX2 and FMA are available.
+                        unsafe {
+                            macro_block(dst, (ic, jc), (mc, nc, kc), a, packed_b, scale, pc > 0)
+                        };
+                    }
+                }
+            }
+        })
+    });
+}
+
+/// Copies the `kc x nc` block of `rhs` at `(pc, jc)` into `NR`-column panels: panel `q`
+/// holds, for each `p`, the 16 elements `(pc + p, jc + q*NR ..)`, zero past `nc`.
+fn pack_b(out: &mut [f32], rhs: Operand<'_>, pc: usize, jc: usize, kc: usize, nc: usize) {
+    for (q, panel) in out.chunks_exact_mut(kc * NR).enumerate() {
+        let j0 = jc + q * NR;
+        let cols = NR.min(jc + nc - j0);
+        if rhs.trans && cols == NR {
+            // SAFETY: AVX2 is available ([`sgemm`]'s contract); the 16 rows of `kc` floats
+            // are inside `rhs` (slicing checks them).
+            unsafe { pack_b_rows_16(panel, rhs, pc, j0, kc) };
+        } else if rhs.trans {
+            // Column `j` of the logical block is row `j` of the stored matrix: read rows,
+            // `P` steps at a time so the panel rows written (`P x NR`, 2 KiB) stay in L1
+            // (a whole 48 KiB panel per column did not: `pack_b` was 4.8% of a step).
+            const P: usize = 32;
+            for p0 in (0..kc).step_by(P) {
+                let steps = P.min(kc - p0);
+                for c in 0..cols {
+                    let src = &rhs.data[rhs.at(pc + p0, j0 + c)..][..steps];
+                    for (p, &v) in src.iter().enumerate() {
+                        panel[(p0 + p) * NR + c] = v;
+                    }
+                }
+                for p in p0..p0 + steps {
+                    panel[p * NR + cols..(p + 1) * NR].fill(0.0);
+                }
+            }
+        } else {
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                let src = &rhs.data[rhs.at(pc + p, j0)..];
+                if cols == NR {
+                    // A constant length: inlined moves, not a call to `memcpy`.
+                    dst[..NR].copy_from_slice(&src[..NR]);
+                } else {
+                    dst[..cols].copy_from_slice(&src[..cols]);
+                    dst[cols..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// One whole panel of a transposed `rhs`: 16 stored rows (`j0..j0 + 16`, `kc` floats
+/// from column `pc`) transposed into the panel, 8x8 blocks at a time in AVX registers.
+/// (Scalar, this was 4.7% of a DeiT-Ti forward, which packs every weight matrix this
+/// way.)
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_b_rows_16(panel: &mut [f32], rhs: Operand<'_>, pc: usize, j0: usize, kc: usize) {
+    use std::arch::x86_64::*;
+    let rows: [&[f32]; NR] = std::array::from_fn(|c| &rhs.data[rhs.at(pc, j0 + c)..][..kc]);
+    let panel = &mut panel[..kc * NR];
+    let whole = kc / 8 * 8;
+    for p0 in (0..whole).step_by(8) {
+        for half in 0..2 {
+            let r = &rows[half * 8..][..8];
+            // SAFETY: `p0 + 8 <= kc`, so each row holds the 8 floats loaded, and the
+            // panel the 8 stores of 8 floats at `(p0 + i) * NR + half * 8`.
+            unsafe {
+                let v: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(r[i][p0..].as_ptr()));
+                // 8x8 transpose: pairs, then quads, then 128-bit halves.
+                let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+                let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+                let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+                let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+                let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+                let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+                let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+                let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let out = [
+                    _mm256_permute2f128_ps::<0x20>(u0, u4),
+                    _mm256_permute2f128_ps::<0x20>(u1, u5),
+                    _mm256_permute2f128_ps::<0x20>(u2, u6),
+                    _mm256_permute2f128_ps::<0x20>(u3, u7),
+                    _mm256_permute2f128_ps::<0x31>(u0, u4),
+                    _mm256_permute2f128_ps::<0x31>(u1, u5),
+                    _mm256_permute2f128_ps::<0x31>(u2, u6),
+                    _mm256_permute2f128_ps::<0x31>(u3, u7),
+                ];
+                for (i, o) in out.iter().enumerate() {
+                    _mm256_storeu_ps(panel[(p0 + i) * NR + half * 8..][..8].as_mut_ptr(), *o);
+                }
+            }
+        }
+    }
+    for p in whole..kc {
+        for (c, row) in rows.iter().enumerate() {
+            panel[p * NR + c] = row[p];
+        }
+    }
+}
+
+/// Never called: [`available`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_b_rows_16(_: &mut [f32], _: Operand<'_>, _: usize, _: usize, _: usize) {
+    unreachable!("sgemm packing called without AVX2")
+}
+
+/// Copies the `mc x kc` block of `lhs` at `(ic, pc)` into `MR`-row panels: panel `q`
+/// holds, for each `p`, the 6 elements `(ic + q*MR .., pc + p)`, zero past `mc`.
+fn pack_a(out: &mut [f32], lhs: Operand<'_>, ic: usize, pc: usize, mc: usize, kc: usize) {
+    for (q, panel) in out.chunks_exact_mut(kc * MR).enumerate() {
+        let i0 = ic + q * MR;
+        let rows = MR.min(ic + mc - i0);
+        if lhs.trans {
+            // Row `i` of the logical block is column `i` of the stored matrix: for each
+            // `p`, the panel's rows are contiguous.
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                let src = &lhs.data[lhs.at(i0, pc + p)..];
+                if rows == MR {
+                    dst[..MR].copy_from_slice(&src[..MR]);
+                } else {
+                    dst[..rows].copy_from_slice(&src[..rows]);
+                    dst[rows..].fill(0.0);
+                }
+            }
+        } else {
+            for r in 0..rows {
+                let src = &lhs.data[lhs.at(i0 + r, pc)..][..kc];
+                for (p, &v) in src.iter().enumerate() {
+                    panel[p * MR + r] = v;
+                }
+            }
+            for r in rows..MR {
+                for p in 0..kc {
+                    panel[p * MR + r] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// Where a block's `MR`-row panels of `A` come from.
+enum APanels<'a> {
+    /// All packed by [`pack_a`] (`A` read transposed: its panels' rows are strided).
+    Packed(&'a [f32]),
+    /// Whole panels read in place from `rows` (row `r` of the block at `r * ld`, the
+    /// kernel's six row streams are each contiguous), the last partial panel packed in
+    /// `tail`. Packing a non-transposed `A` was 6% of a DeiT train step (`perf`).
+    Direct {
+        rows: &'a [f32],
+        ld: usize,
+        tail: &'a [f32],
+    },
+}
+
+/// Multiplies one `A` block (`mc x kc`) by one packed `B` block (`kc x nc`) into `dst`
+/// at `(ic, jc)`: stores `scale * AB`, or adds it when `accumulate`.
+///
+/// # Safety
+/// The `mc x nc` destination region at `(ic, jc)` is valid and exclusively ours;
+/// [`available`] is true.
+unsafe fn macro_block(
+    dst: Dst,
+    (ic, jc): (usize, usize),
+    (mc, nc, kc): (usize, usize, usize),
+    a: APanels<'_>,
+    packed_b: &[f32],
+    scale: f32,
+    accumulate: bool,
+) {
+    if let APanels::Direct { rows, ld, .. } = a {
+        let full = mc / MR * MR;
+        if full > 0 {
+            assert!(
+                rows.len() >= (full - 1) * ld + kc,
+                "sgemm: A block out of bounds"
+            );
+        }
+    }
+    for jr in (0..nc).step_by(NR) {
+        let b = &packed_b[(jr / NR) * kc * NR..][..kc * NR];
+        for ir in (0..mc).step_by(MR) {
+            let tile = Tile {
+                // SAFETY: `(ic + ir, jc + jr)` is inside the destination region.
+                ptr: unsafe { dst.ptr.add((ic + ir) * dst.ld + jc + jr) },
+                ld: dst.ld,
+                rows: MR.min(mc - ir),
+                cols: NR.min(nc - jr),
+            };
+            // SAFETY (all three calls): the `A` panel holds `kc` steps (a packed panel
+            // `kc * MR` floats; in place, rows `ir..ir + MR` of `kc` floats, asserted
+            // above), `b` holds `kc * NR`; the tile is inside the destination region (the
+            // caller's guarantee); AVX2 and FMA are available.
+            match a {
+                APanels::Packed(p) => {
+                    let panel = &p[(ir / MR) * kc * MR..][..kc * MR];
+                    unsafe {
+                        kernel_6x16::<false>(kc, (panel.as_ptr(), 0), b, tile, scale, accumulate)
+                    };
+                }
+                APanels::Direct { rows, ld, tail } => {
+                    if tile.rows == MR {
+                        let panel = rows[ir * ld..].as_ptr();
+                        unsafe { kernel_6x16::<true>(kc, (panel, ld), b, tile, scale, accumulate) };
+                    } else {
+                        let panel = &tail[..kc * MR];
+                        unsafe {
+                            kernel_6x16::<false>(
+                                kc,
+                                (panel.as_ptr(), 0),
+                                b,
+                                tile,
+                                scale,
+                                accumulate,
+                            )
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The destination of one kernel call: `rows x cols` (at most 6 x 16) at `ptr`.
+struct Tile {
+    ptr: *mut f32,
+    ld: usize,
+    rows: usize,
+    cols: usize,
+}
+
+/// `tile (+)= scale * a·b` for one `MR`-row panel of `A` and one `NR`-column panel of `B`,
+/// `kc` deep, with the 6x16 sums in twelve AVX registers. `a = (ptr, ld)`: with
+/// `IN_PLACE`, row `r` of the panel is `kc` contiguous floats at `ptr + r * ld`; without,
+/// a packed panel, step `p`'s six values at `ptr + p * MR`.
+///
+/// # Safety
+/// `a` holds the panel's `kc` steps as described and `b` `kc * NR` floats; the tile's
+/// `rows x cols` elements are valid for reads and writes; the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_6x16<const IN_PLACE: bool>(
+    kc: usize,
+    (a, lda): (*const f32, usize),
+    b: &[f32],
+    tile: Tile,
+    scale: f32,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    assert!(b.len() >= kc * NR);
+    let bp = b.as_ptr();
+    // Element `(r, p)` of the panel.
+    let at = |r: usize, p: usize| if IN_PLACE { r * lda + p } else { p * MR + r };
+    let z = _mm256_setzero_ps();
+    let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
+    let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
+    for p in 0..kc {
+        // SAFETY: `p < kc`: inside both panels (the caller's guarantee on `a`, asserted
+        // for `b`).
+        unsafe {
+            let b0 = _mm256_loadu_ps(bp.add(p * NR));
+            let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
+            let a0 = _mm256_broadcast_ss(&*a.add(at(0, p)));
+            c00 = _mm256_fmadd_ps(a0, b0, c00);
+            c01 = _mm256_fmadd_ps(a0, b1, c01);
+            let a1 = _mm256_broadcast_ss(&*a.add(at(1, p)));
+            c10 = _mm256_fmadd_ps(a1, b0, c10);
+            c11 = _mm256_fmadd_ps(a1, b1, c11);
+            let a2 = _mm256_broadcast_ss(&*a.add(at(2, p)));
+            c20 = _mm256_fmadd_ps(a2, b0, c20);
+            c21 = _mm256_fmadd_ps(a2, b1, c21);
+            let a3 = _mm256_broadcast_ss(&*a.add(at(3, p)));
+            c30 = _mm256_fmadd_ps(a3, b0, c30);
+            c31 = _mm256_fmadd_ps(a3, b1, c31);
+            let a4 = _mm256_broadcast_ss(&*a.add(at(4, p)));
+            c40 = _mm256_fmadd_ps(a4, b0, c40);
+            c41 = _mm256_fmadd_ps(a4, b1, c41);
+            let a5 = _mm256_broadcast_ss(&*a.add(at(5, p)));
+            c50 = _mm256_fmadd_ps(a5, b0, c50);
+            c51 = _mm256_fmadd_ps(a5, b1, c51);
+        }
+    }
+    let rows = [
+        [c00, c01],
+        [c10, c11],
+        [c20, c21],
+        [c30, c31],
+        [c40, c41],
+        [c50, c51],
+    ];
+    let s = _mm256_set1_ps(scale);
+    if tile.rows == MR && tile.cols == NR {
+        for (r, [lo, hi]) in rows.iter().enumerate() {
+            // SAFETY: a full tile: row `r`'s 16 elements are valid (the caller's guarantee).
+            unsafe {
+                let p = tile.ptr.add(r * tile.ld);
+                let (mut lo, mut hi) = (_mm256_mul_ps(*lo, s), _mm256_mul_ps(*hi, s));
+                if accumulate {
+                    lo = _mm256_add_ps(lo, _mm256_loadu_ps(p));
+                    hi = _mm256_add_ps(hi, _mm256_loadu_ps(p.add(8)));
+                }
+                _mm256_storeu_ps(p, lo);
+                _mm256_storeu_ps(p.add(8), hi);
+            }
+        }
+        return;
+    }
+    // A partial tile (the last rows or columns): through a buffer.
+    let mut buf = [[0f32; NR]; MR];
+    for (r, [lo, hi]) in rows.iter().enumerate().take(tile.rows) {
+        // SAFETY: `buf[r]` holds 16 floats.
+        unsafe {
+            _mm256_storeu_ps(buf[r].as_mut_ptr(), _mm256_mul_ps(*lo, s));
+            _mm256_storeu_ps(buf[r].as_mut_ptr().add(8), _mm256_mul_ps(*hi, s));
+        }
+    }
+    for (r, row) in buf.iter().enumerate().take(tile.rows) {
+        for (c, &v) in row.iter().enumerate().take(tile.cols) {
+            // SAFETY: `(r, c)` is inside the tile (the caller's guarantee).
+            unsafe {
+                let p = tile.ptr.add(r * tile.ld + c);
+                *p = if accumulate { *p + v } else { v };
+            }
+        }
+    }
+}
+
+/// Never called: [`available`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_6x16<const IN_PLACE: bool>(
+    _: usize,
+    _: (*const f32, usize),
+    _: &[f32],
+    _: Tile,
+    _: f32,
+    _: bool,
+) {
+    unreachable!("sgemm kernel called without AVX2")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// A stored matrix for logical `rows x cols`, transposed or not, with padding columns.
+    fn operand(
+        rng: &mut ChaCha8Rng,
+        rows: usize,
+        cols: usize,
+        trans: bool,
+        pad: usize,
+    ) -> (Vec<f32>, usize) {
+        let (sr, sc) = if trans { (cols, rows) } else { (rows, cols) };
+        let ld = sc + pad;
+        let data = (0..sr * ld)
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+            .collect();
+        (data, ld)
+    }
+
+    fn reference(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: Operand<'_>,
+        b: Operand<'_>,
+        scale: f32,
+    ) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|p| a.data[a.at(i, p)] as f64 * b.data[b.at(p, j)] as f64)
+                    .sum();
+                out[i * n + j] = s * scale as f64;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn equals_the_f64_product_for_every_layout_and_edge() {
+        if !available() {
+            eprintln!("no AVX2/FMA on this CPU: sgemm not tested");
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let shapes = [
+            (1, 1, 1),
+            (6, 16, 1),
+            (7, 17, 3),
+            (5, 3, 300),
+            (13, 40, 257),
+            (150, 33, 20),
+            (200, 70, 530),
+            (12, 3100, 9),
+            (9, 20, 1600),
+        ];
+        for &(m, n, k) in &shapes {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                for parallel in [false, true] {
+                    let (ad, ald) = operand(&mut rng, m, k, ta, 3);
+                    let (bd, bld) = operand(&mut rng, k, n, tb, 1);
+                    let a = Operand {
+                        data: &ad,
+                        ld: ald,
+                        trans: ta,
+                    };
+                    let b = Operand {
+                        data: &bd,
+                        ld: bld,
+                        trans: tb,
+                    };
+                    let ld = n + 2;
+                    let mut out = vec![f32::NAN; m * ld];
+                    // SAFETY: `out` holds `m` rows at stride `ld >= n`; AVX2 checked.
+                    unsafe { sgemm((out.as_mut_ptr(), ld), (m, n, k), a, b, 0.5, parallel) };
+                    let want = reference(m, n, k, a, b, 0.5);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (got, w) = (out[i * ld + j] as f64, want[i * n + j]);
+                            let tol = 1e-5 * (k as f64).sqrt().max(1.0);
+                            assert!(
+                                (got - w).abs() <= tol,
+                                "{m}x{n}x{k} ta={ta} tb={tb}: ({i},{j}) {got} vs {w}"
+                            );
+                        }
+                        for j in n..ld {
+                            assert!(out[i * ld + j].is_nan(), "padding column {j} written");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn result_does_not_depend_on_the_thread_split() {
+        if !available() {
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (m, n, k) = (301, 75, 600);
+        let (ad, ald) = operand(&mut rng, m, k, false, 0);
+        let (bd, bld) = operand(&mut rng, k, n, true, 0);
+        let a = Operand {
+            data: &ad,
+            ld: ald,
+            trans: false,
+        };
+        let b = Operand {
+            data: &bd,
+            ld: bld,
+            trans: true,
+        };
+        let run = |parallel: bool| {
+            let mut out = vec![0f32; m * n];
+            // SAFETY: `out` holds `m x n`; AVX2 checked.
+            unsafe { sgemm((out.as_mut_ptr(), n), (m, n, k), a, b, 1.0, parallel) };
+            out
+        };
+        let serial = run(false);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("pool");
+        let split = pool.install(|| run(true));
+        assert_eq!(serial, split);
+    }
+
+    #[test]
+    fn zero_depth_writes_zeros() {
+        if !available() {
+            return;
+        }
+        let mut out = vec![f32::NAN; 4 * 5];
+        let a = Operand {
+            data: &[],
+            ld: 0,
+            trans: false,
+        };
+        // SAFETY: `out` holds 4 x 5; nothing is read from the empty operands.
+        unsafe { sgemm((out.as_mut_ptr(), 5), (4, 5, 0), a, a, 1.0, true) };
+        assert!(out.iter().all(|&v| v == 0.0));
+    }
+}
