@@ -233,7 +233,10 @@ fn deit_with_drop_path_fused_equals_composite() {
         match (a, b) {
             (Some(a), Some(b)) => {
                 let e = rel_err(a, b);
-                assert!(e <= 1e-4, "gradient of {name}: fused vs composite rel err {e:.3e}");
+                assert!(
+                    e <= 1e-4,
+                    "gradient of {name}: fused vs composite rel err {e:.3e}"
+                );
             }
             (None, None) => {}
             _ => panic!("{name}: a gradient on one path only"),

@@ -296,14 +296,34 @@ unsafe fn serial(
 /// Copies the `kc x nc` block of `rhs` at `(pc, jc)` into `NR`-column panels: panel `q`
 /// holds, for each `p`, the 16 elements `(pc + p, jc + q*NR ..)`, zero past `nc`.
 fn pack_b(out: &mut [f32], rhs: Operand<'_>, pc: usize, jc: usize, kc: usize, nc: usize) {
+    if !rhs.trans {
+        // Row by row of the block, each row's 16-wide pieces to their panels: the source
+        // is read in order (panel by panel, each step of a panel was another cache line,
+        // 768 floats apart for a weight gradient's activations).
+        let full = nc / NR;
+        for p in 0..kc {
+            let src = &rhs.data[rhs.at(pc + p, jc)..][..nc];
+            for q in 0..full {
+                // Constant lengths: inlined moves, not calls to `memcpy`.
+                out[(q * kc + p) * NR..][..NR].copy_from_slice(&src[q * NR..][..NR]);
+            }
+            if full * NR < nc {
+                let dst = &mut out[(full * kc + p) * NR..][..NR];
+                let cols = nc - full * NR;
+                dst[..cols].copy_from_slice(&src[full * NR..]);
+                dst[cols..].fill(0.0);
+            }
+        }
+        return;
+    }
     for (q, panel) in out.chunks_exact_mut(kc * NR).enumerate() {
         let j0 = jc + q * NR;
         let cols = NR.min(jc + nc - j0);
-        if rhs.trans && cols == NR {
+        if cols == NR {
             // SAFETY: AVX2 is available ([`sgemm`]'s contract); the 16 rows of `kc` floats
             // are inside `rhs` (slicing checks them).
             unsafe { pack_b_rows_16(panel, rhs, pc, j0, kc) };
-        } else if rhs.trans {
+        } else {
             // Column `j` of the logical block is row `j` of the stored matrix: read rows,
             // `P` steps at a time so the panel rows written (`P x NR`, 2 KiB) stay in L1
             // (a whole 48 KiB panel per column did not: `pack_b` was 4.8% of a step).
@@ -318,17 +338,6 @@ fn pack_b(out: &mut [f32], rhs: Operand<'_>, pc: usize, jc: usize, kc: usize, nc
                 }
                 for p in p0..p0 + steps {
                     panel[p * NR + cols..(p + 1) * NR].fill(0.0);
-                }
-            }
-        } else {
-            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                let src = &rhs.data[rhs.at(pc + p, j0)..];
-                if cols == NR {
-                    // A constant length: inlined moves, not a call to `memcpy`.
-                    dst[..NR].copy_from_slice(&src[..NR]);
-                } else {
-                    dst[..cols].copy_from_slice(&src[..cols]);
-                    dst[cols..].fill(0.0);
                 }
             }
         }
