@@ -13,7 +13,7 @@
 //! model, op for op.
 
 use super::layers::{
-    attention, fused, gelu, matmul_bias_in, residual_drop_path, softmax_last_dim, LayerNorm, Linear,
+    attention, fused, matmul_bias_in, residual_drop_path, softmax_last_dim, LayerNorm, Linear,
 };
 use super::{DeitConfig, ForwardCtx, ModelOutput, ModelSpec};
 use candle_core::{DType, Module, Result, Tensor};
@@ -80,12 +80,13 @@ impl Attention {
         })
     }
 
-    /// `x` f32 `(B, N, D)` -> f32; products in `compute`, softmax in f32.
-    fn forward(&self, x: &Tensor, compute: DType) -> Result<Tensor> {
+    /// `x` f32 `(B, N, D)` -> f32; products in `compute`, softmax in f32. `train`: a
+    /// backward follows (the fused op keeps its attention matrices for it).
+    fn forward(&self, x: &Tensor, compute: DType, train: bool) -> Result<Tensor> {
         if compute == DType::F32 && fused::enabled(x) {
             // One op from the qkv projection's output to the proj input (CPU, f32).
             let qkv = self.qkv.forward_in(x, compute)?;
-            let o = attention::attention(&qkv, self.heads, self.scale)?;
+            let o = attention::attention(&qkv, self.heads, self.scale, train)?;
             return self.proj.forward_in(&o, compute);
         }
         let (b, n, c) = x.dims3()?;
@@ -122,9 +123,9 @@ impl Mlp {
         })
     }
 
-    /// f32 -> f32; products in `compute`, GELU in f32.
-    fn forward(&self, x: &Tensor, compute: DType) -> Result<Tensor> {
-        let h = gelu(&self.fc1.forward_in(x, compute)?)?;
+    /// f32 -> f32; products in `compute`, GELU in f32. `train`: a backward follows.
+    fn forward(&self, x: &Tensor, compute: DType, train: bool) -> Result<Tensor> {
+        let h = self.fc1.forward_gelu_in(x, compute, train)?;
         self.fc2.forward_in(&h, compute)
     }
 }
@@ -146,9 +147,9 @@ impl Block {
         rng: &mut ChaCha8Rng,
     ) -> Result<Tensor> {
         let dp = if train { self.drop_path } else { 0.0 };
-        let a = self.attn.forward(&self.norm1.forward(x)?, compute)?;
+        let a = self.attn.forward(&self.norm1.forward(x)?, compute, train)?;
         let x = residual_drop_path(x, &a, dp, rng)?;
-        let m = self.mlp.forward(&self.norm2.forward(&x)?, compute)?;
+        let m = self.mlp.forward(&self.norm2.forward(&x)?, compute, train)?;
         residual_drop_path(&x, &m, dp, rng)
     }
 }

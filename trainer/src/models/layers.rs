@@ -62,6 +62,23 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `gelu(x W^T + b)` (exact GELU, in f32), products in `compute`: one fused op on the
+    /// CPU in f32 (see [`linear_op::linear_gelu`]; `train` lets it keep the pre-activation
+    /// for the backward), else the layer then [`gelu`].
+    pub fn forward_gelu_in(&self, x: &Tensor, compute: DType, train: bool) -> Result<Tensor> {
+        if let (DType::F32, DType::F32, true, Some(b)) = (
+            compute,
+            self.weight.dtype(),
+            fused::enabled(x),
+            self.bias.as_ref(),
+        ) {
+            return linear_op::linear_gelu(x, &self.weight, b, train);
+        }
+        gelu(&self.forward_in(x, compute)?)
+    }
+}
+
 impl Module for Linear {
     /// The product in `x`'s dtype (f32 for f32 inputs); the output has `x`'s dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -10,23 +10,27 @@
 //! per-head product (198x64x198 for DeiT-Ti at 224) to gemm's own threading, where it ran
 //! at 61-67 GFLOP/s against torch's 125-141 (`cargo bench -p trainer --bench gemm_shapes`,
 //! BENCHMARKS.md). Here the (image, head) pairs run in parallel on rayon's threads, each
-//! product single-threaded on strided views of the operands (no copies). The backward
-//! recomputes the attention matrix (one product per pair) instead of keeping B·H·N·N
-//! floats alive between the passes.
+//! product single-threaded on strided views of the operands (no copies). In training
+//! (`train`, and `qkv` tracks a gradient) the forward keeps the attention matrices (B·H·N·N
+//! floats, as PyTorch keeps them) for the backward; an evaluation forward keeps nothing,
+//! and a backward that finds nothing kept (a second backward through the same graph)
+//! recomputes them.
 //!
 //! Determinism: each output element is computed by one task, in an order that does not
 //! depend on scheduling, so results are the same for any thread count.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 use super::conv_gemm::gemm_raw;
 use super::fused::{slice_f32, softmax_bwd_row, softmax_row};
 
 /// Attention over `qkv` `(B, N, 3D)` with `heads` heads (`D` divisible by it) and scale
 /// `scale` (timm: `head_dim^-0.5`); returns `(B, N, D)`, heads concatenated. Differentiable
-/// in `qkv`. CPU, f32 only (the caller checks, see [`super::fused::enabled`]).
-pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+/// in `qkv`. CPU, f32 only (the caller checks, see [`super::fused::enabled`]). `train`:
+/// a backward will follow, so keep the attention matrices for it.
+pub fn attention(qkv: &Tensor, heads: usize, scale: f64, train: bool) -> Result<Tensor> {
     let (_, _, c3) = qkv.dims3()?;
     if heads == 0 || c3 % (3 * heads) != 0 {
         candle_core::bail!("attention: qkv width {c3} is not 3 x heads ({heads}) x head dim");
@@ -34,12 +38,22 @@ pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
     qkv.contiguous()?.apply_op1(AttentionOp {
         heads,
         scale: scale as f32,
+        keep: train && qkv.track_op(),
+        kept: Mutex::new(None),
     })
 }
 
 struct AttentionOp {
     heads: usize,
     scale: f32,
+    /// Keep the attention matrices for the backward.
+    keep: bool,
+    /// The forward's attention matrices, pair after pair, taken by the backward.
+    kept: Mutex<Option<Vec<f32>>>,
+}
+
+fn lock_error() -> candle_core::Error {
+    candle_core::Error::Msg("attention: lock poisoned".into())
 }
 
 /// The sizes of one call and where each (image, head) pair's operands start.
@@ -131,9 +145,23 @@ impl CustomOp1 for AttentionOp {
         let len = g.b * g.n * g.d;
         let mut out: Vec<f32> = Vec::with_capacity(len);
         let dst = SharedOut(out.spare_capacity_mut().as_mut_ptr().cast());
+        let nn = g.n * g.n;
+        let mut kept = if self.keep {
+            vec![0f32; g.pairs() * nn]
+        } else {
+            Vec::new()
+        };
+        let kept_out = SharedOut(kept.as_mut_ptr());
         (0..g.pairs()).into_par_iter().for_each_init(
-            || vec![0f32; g.n * g.n],
-            |p, t| {
+            || vec![0f32; if self.keep { 0 } else { nn }],
+            |scratch, t| {
+                let p: &mut [f32] = if self.keep {
+                    // SAFETY: pair t's n x n block of `kept` (allocated for all pairs), which
+                    // no other pair touches.
+                    unsafe { std::slice::from_raw_parts_mut(kept_out.at(t * nn), nn) }
+                } else {
+                    scratch
+                };
                 probabilities(qkv, &g, t, self.scale, p);
                 // SAFETY: pair t writes rows [b·n, (b+1)·n) x columns [h·hd, (h+1)·hd) of
                 // the (B·N, D) output, which no other pair writes; `out` has capacity for
@@ -153,16 +181,21 @@ impl CustomOp1 for AttentionOp {
         // SAFETY: the pairs' blocks tile the (B·N, D) output, so all `len` elements were
         // written above.
         unsafe { out.set_len(len) };
+        if self.keep {
+            *self.kept.lock().map_err(|_| lock_error())? = Some(kept);
+        }
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.n, g.d))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let g = grad.contiguous()?;
+        let kept = self.kept.lock().map_err(|_| lock_error())?.take();
         Ok(Some(arg.apply_op2_no_bwd(
             &g,
             &AttentionBwd {
                 heads: self.heads,
                 scale: self.scale,
+                kept,
             },
         )?))
     }
@@ -172,6 +205,8 @@ impl CustomOp1 for AttentionOp {
 struct AttentionBwd {
     heads: usize,
     scale: f32,
+    /// The forward's attention matrices, if it kept them (else recomputed per pair).
+    kept: Option<Vec<f32>>,
 }
 
 impl CustomOp2 for AttentionBwd {
@@ -200,11 +235,24 @@ impl CustomOp2 for AttentionBwd {
         let len = qkv.len();
         let mut out: Vec<f32> = Vec::with_capacity(len);
         let dst = SharedOut(out.spare_capacity_mut().as_mut_ptr().cast());
+        let kept = self
+            .kept
+            .as_deref()
+            .filter(|k| k.len() == g.pairs() * n * n);
         (0..g.pairs()).into_par_iter().for_each_init(
-            || (vec![0f32; n * n], vec![0f32; n * n]),
-            |(p, ds), t| {
+            || {
+                let p = if kept.is_some() { 0 } else { n * n };
+                (vec![0f32; p], vec![0f32; n * n])
+            },
+            |(scratch, ds), t| {
                 let (q, o) = (g.q_at(t), g.o_at(t));
-                probabilities(qkv, &g, t, self.scale, p);
+                let p: &[f32] = match kept {
+                    Some(k) => &k[t * n * n..][..n * n],
+                    None => {
+                        probabilities(qkv, &g, t, self.scale, scratch);
+                        scratch
+                    }
+                };
                 // SAFETY (the four products): pair t writes rows [b·n, (b+1)·n) x columns
                 // [h·hd, (h+1)·hd) of each of the three D-wide blocks of the (B·N, 3D)
                 // gradient (dq, dk, dv), which no other pair writes; `out` has capacity for
@@ -291,7 +339,7 @@ mod tests {
             let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.5, (b, n, 3 * heads * hd), &dev)?)?;
             let w = Tensor::randn(0f32, 1.0, (b, n, heads * hd), &dev)?;
             let scale = (hd as f64).powf(-0.5);
-            let fused = attention(qkv.as_tensor(), heads, scale)?;
+            let fused = attention(qkv.as_tensor(), heads, scale, true)?;
             let reference = composite(qkv.as_tensor(), heads, scale)?;
             assert_eq!(fused.dims(), reference.dims());
             let fwd = max_abs_diff(&fused, &reference);
@@ -300,7 +348,16 @@ mod tests {
                 "forward differs by {fwd} for {:?}",
                 (b, n, heads, hd)
             );
-            let g_fused = (fused * &w)?.sum_all()?.backward()?;
+            let loss = (fused * &w)?.sum_all()?;
+            let g_fused = loss.backward()?;
+            // A second backward through the same graph finds the kept matrices taken and
+            // recomputes them: the same gradient.
+            let again = loss.backward()?;
+            let twice = max_abs_diff(
+                g_fused.get(&qkv).expect("fused grad"),
+                again.get(&qkv).expect("second grad"),
+            );
+            assert_eq!(twice, 0.0, "recomputed attention gives another gradient");
             let g_ref = (reference * &w)?.sum_all()?.backward()?;
             let (gf, gr) = (
                 g_fused.get(&qkv).expect("fused grad"),
@@ -320,7 +377,7 @@ mod tests {
     #[test]
     fn rejects_a_width_that_heads_do_not_divide() {
         let qkv = Tensor::zeros((1, 2, 9), DType::F32, &Device::Cpu).expect("zeros");
-        assert!(attention(&qkv, 2, 1.0).is_err());
-        assert!(attention(&qkv, 0, 1.0).is_err());
+        assert!(attention(&qkv, 2, 1.0, false).is_err());
+        assert!(attention(&qkv, 0, 1.0, false).is_err());
     }
 }

@@ -476,17 +476,28 @@ fn erf(x: f32) -> f32 {
 
 avx2_variant!(
     /// GELU of a block of `x` into `o`.
-    fn gelu_block(o: &mut [f32], x: &[f32]) => gelu_block_body
+    pub(super) fn gelu_block(o: &mut [f32], x: &[f32]) => gelu_block_body
+);
+avx2_variant!(
+    /// GELU of a block in place (the same values as [`gelu_block`]).
+    pub(super) fn gelu_in_place(v: &mut [f32]) => gelu_in_place_body
 );
 avx2_variant!(
     /// GELU's backward of a block: `o = g * (Phi(x) + x * phi(x))`.
-    fn gelu_bwd_block(o: &mut [f32], x: &[f32], g: &[f32]) => gelu_bwd_block_body
+    pub(super) fn gelu_bwd_block(o: &mut [f32], x: &[f32], g: &[f32]) => gelu_bwd_block_body
 );
 
 #[inline(always)]
 fn gelu_block_body(o: &mut [f32], x: &[f32]) {
     for (ov, &v) in o.iter_mut().zip(x) {
         *ov = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+#[inline(always)]
+fn gelu_in_place_body(v: &mut [f32]) {
+    for x in v.iter_mut() {
+        *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
     }
 }
 
@@ -786,6 +797,9 @@ mod tests {
             super::gelu_block(&mut a, &x);
             super::gelu_block_body(&mut b, &x);
             assert_eq!(bits(&a), bits(&b), "gelu, {len} values");
+            let mut c = x.clone();
+            super::gelu_in_place(&mut c);
+            assert_eq!(bits(&a), bits(&c), "gelu in place, {len} values");
             super::gelu_bwd_block(&mut a, &x, &g);
             super::gelu_bwd_block_body(&mut b, &x, &g);
             assert_eq!(bits(&a), bits(&b), "gelu backward, {len} values");
