@@ -11,16 +11,18 @@
 //! (`cargo bench -p trainer --bench gemm_shapes` against `tools/bench_torch_gemm.py`,
 //! BENCHMARKS.md). With the matrix products at two thirds of a train step, that gap was
 //! most of what separated our step from PyTorch's. No maintained crate we can take offers
-//! a faster f32 GEMM without a system BLAS.
+//! a faster f32 GEMM without a system BLAS. This one runs the same products at 206-212
+//! GFLOP/s (torch 187 on the same machine, 2026-12-05; BENCHMARKS.md).
 //!
 //! The scheme: `C = scale * A·B` is cut into blocks of `KC` along `k` and `NC` along
-//! `n`; each block of `B` is copied once into `NR`-column panels (`k`-major, zero-padded),
-//! each `MC x KC` block of `A` into `MR`-row panels; the kernel then multiplies one `A`
-//! panel by one `B` panel with the 6x16 tile of `C` in twelve AVX registers. Packing reads
-//! either layout of either operand (transposed or not), so no caller copies. With several
-//! threads the rows of `C` are split into one contiguous range per thread and the packed
-//! `B` block is shared; every element of `C` is summed in the same order whatever the
-//! split, so the result does not depend on the thread count.
+//! `n`; each block of `B` is copied once into `NR`-column panels (`k`-major, zero-padded);
+//! a transposed `A` is copied `MC x KC` at a time into `MR`-row panels, a non-transposed
+//! one is read in place (only its last partial panel is copied). The kernel multiplies one
+//! `A` panel by one `B` panel with the 6x16 tile of `C` in twelve AVX registers. Packing
+//! reads either layout of either operand, so no caller copies. With several threads the
+//! product is cut into one sub-product per thread (a range of rows or of columns of `C`),
+//! each run whole by its thread; every element of `C` is summed in the same order whatever
+//! the split, so the result does not depend on the thread count.
 
 use rayon::prelude::*;
 use std::cell::RefCell;
