@@ -21,10 +21,9 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Mutex;
 
 use super::conv_gemm::gemm_raw;
-use super::fused::{slice_f32, softmax_bwd_row, softmax_row};
+use super::fused::{slice_f32, softmax_bwd_row, softmax_row, Stash};
 
 /// Attention over `qkv` `(B, N, 3D)` with `heads` heads (`D` divisible by it) and scale
 /// `scale` (timm: `head_dim^-0.5`); returns `(B, N, D)`, heads concatenated. Differentiable
@@ -39,7 +38,7 @@ pub fn attention(qkv: &Tensor, heads: usize, scale: f64, train: bool) -> Result<
         heads,
         scale: scale as f32,
         keep: train && qkv.track_op(),
-        kept: Mutex::new(None),
+        kept: Stash::default(),
     })
 }
 
@@ -49,11 +48,7 @@ struct AttentionOp {
     /// Keep the attention matrices for the backward.
     keep: bool,
     /// The forward's attention matrices, pair after pair, taken by the backward.
-    kept: Mutex<Option<Vec<f32>>>,
-}
-
-fn lock_error() -> candle_core::Error {
-    candle_core::Error::Msg("attention: lock poisoned".into())
+    kept: Stash,
 }
 
 /// The sizes of one call and where each (image, head) pair's operands start.
@@ -146,50 +141,43 @@ impl CustomOp1 for AttentionOp {
         let mut out: Vec<f32> = Vec::with_capacity(len);
         let dst = SharedOut(out.spare_capacity_mut().as_mut_ptr().cast());
         let nn = g.n * g.n;
-        let mut kept = if self.keep {
-            vec![0f32; g.pairs() * nn]
-        } else {
-            Vec::new()
+        // Pair t: its attention matrix into `p`, then `p · v` into its block of `out`.
+        let pair = |t: usize, p: &mut [f32]| {
+            probabilities(qkv, &g, t, self.scale, p);
+            // SAFETY: pair t writes rows [b·n, (b+1)·n) x columns [h·hd, (h+1)·hd) of the
+            // (B·N, D) output, which no other pair writes; `out` has capacity for all of
+            // them.
+            unsafe {
+                gemm_raw(
+                    (dst.at(g.o_at(t)), g.d),
+                    (g.n, g.hd, g.n),
+                    (p, g.n, false),
+                    (&qkv[g.q_at(t) + 2 * g.d..], 3 * g.d, false),
+                    1.0,
+                    false,
+                )
+            };
         };
-        let kept_out = SharedOut(kept.as_mut_ptr());
-        (0..g.pairs()).into_par_iter().for_each_init(
-            || vec![0f32; if self.keep { 0 } else { nn }],
-            |scratch, t| {
-                let p: &mut [f32] = if self.keep {
-                    // SAFETY: pair t's n x n block of `kept` (allocated for all pairs), which
-                    // no other pair touches.
-                    unsafe { std::slice::from_raw_parts_mut(kept_out.at(t * nn), nn) }
-                } else {
-                    scratch
-                };
-                probabilities(qkv, &g, t, self.scale, p);
-                // SAFETY: pair t writes rows [b·n, (b+1)·n) x columns [h·hd, (h+1)·hd) of
-                // the (B·N, D) output, which no other pair writes; `out` has capacity for
-                // all of them.
-                unsafe {
-                    gemm_raw(
-                        (dst.at(g.o_at(t)), g.d),
-                        (g.n, g.hd, g.n),
-                        (p, g.n, false),
-                        (&qkv[g.q_at(t) + 2 * g.d..], 3 * g.d, false),
-                        1.0,
-                        false,
-                    )
-                };
-            },
-        );
+        if self.keep {
+            let mut kept = vec![0f32; g.pairs() * nn];
+            kept.par_chunks_mut(nn.max(1))
+                .enumerate()
+                .for_each(|(t, p)| pair(t, p));
+            self.kept.put(kept);
+        } else {
+            (0..g.pairs())
+                .into_par_iter()
+                .for_each_init(|| vec![0f32; nn], |p, t| pair(t, p));
+        }
         // SAFETY: the pairs' blocks tile the (B·N, D) output, so all `len` elements were
         // written above.
         unsafe { out.set_len(len) };
-        if self.keep {
-            *self.kept.lock().map_err(|_| lock_error())? = Some(kept);
-        }
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.n, g.d))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let g = grad.contiguous()?;
-        let kept = self.kept.lock().map_err(|_| lock_error())?.take();
+        let kept = self.kept.take();
         Ok(Some(arg.apply_op2_no_bwd(
             &g,
             &AttentionBwd {

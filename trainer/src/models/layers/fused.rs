@@ -81,6 +81,25 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap_or(f32::INFINITY)
 }
 
+/// What a fused op's forward keeps for its backward (attention's matrices, the MLP's
+/// pre-activation): put by the forward, taken by the backward, so a second backward
+/// through the same graph finds nothing and recomputes.
+#[derive(Default)]
+pub(super) struct Stash(std::sync::Mutex<Option<Vec<f32>>>);
+
+impl Stash {
+    /// Keeps `v` (replacing what was kept).
+    pub(super) fn put(&self, v: Vec<f32>) {
+        // A poisoned lock only means a panic elsewhere; the slot itself is always valid.
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+    }
+
+    /// Takes what was kept, if anything.
+    pub(super) fn take(&self) -> Option<Vec<f32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 // ---------------------------------------------------------------- LayerNorm
 
 struct LayerNormOp {
@@ -116,12 +135,18 @@ avx2_variant!(
 /// 2% `memset` of a DeiT-Ti forward).
 #[inline(always)]
 fn layer_norm_row_body(x: &[f32], w: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>], eps: f32) {
-    let d = x.len() as f32;
-    let mean = lanes8(x, 0.0, |a, v| a + v) / d;
-    let rstd = 1.0 / (lanes8_sq_dev(x, mean) / d + eps).sqrt();
+    let (mean, rstd) = row_mean_rstd(x, eps);
     for (((o, &v), &wj), &bj) in out.iter_mut().zip(x).zip(w).zip(b) {
         o.write((v - mean) * rstd * wj + bj);
     }
+}
+
+/// A row's mean and `1 / sqrt(variance + eps)` (both passes of LayerNorm).
+#[inline(always)]
+fn row_mean_rstd(x: &[f32], eps: f32) -> (f32, f32) {
+    let d = x.len() as f32;
+    let mean = lanes8(x, 0.0, |a, v| a + v) / d;
+    (mean, 1.0 / (lanes8_sq_dev(x, mean) / d + eps).sqrt())
 }
 
 /// `sum((v - mean)^2)` over 8 interleaved partial sums, like [`lanes8_dot`] of the
@@ -170,13 +195,9 @@ fn layer_norm_bwd_row_body(
     eps: f32,
 ) {
     let d = x.len() as f32;
-    let mean = lanes8(x, 0.0, |a, v| a + v) / d;
+    let (mean, rstd) = row_mean_rstd(x, eps);
     for (h, &v) in xhat.iter_mut().zip(x) {
-        *h = v - mean;
-    }
-    let rstd = 1.0 / (lanes8_dot(xhat, xhat) / d + eps).sqrt();
-    for h in xhat.iter_mut() {
-        *h *= rstd;
+        *h = (v - mean) * rstd;
     }
     // dx holds g * w until the last loop.
     for ((o, &gj), &wj) in dx.iter_mut().zip(g).zip(w) {
@@ -509,29 +530,53 @@ fn erf(x: f32) -> f32 {
 
 avx2_variant!(
     /// GELU of a block of `x` into `o`.
-    pub(super) fn gelu_block(o: &mut [f32], x: &[f32]) => gelu_block_body
+    fn gelu_block(o: &mut [f32], x: &[f32]) => gelu_block_body
 );
 avx2_variant!(
     /// GELU of a block in place (the same values as [`gelu_block`]).
-    pub(super) fn gelu_in_place(v: &mut [f32]) => gelu_in_place_body
+    fn gelu_in_place(v: &mut [f32]) => gelu_in_place_body
 );
 avx2_variant!(
     /// GELU's backward of a block: `o = g * (Phi(x) + x * phi(x))`.
-    pub(super) fn gelu_bwd_block(o: &mut [f32], x: &[f32], g: &[f32]) => gelu_bwd_block_body
+    fn gelu_bwd_block(o: &mut [f32], x: &[f32], g: &[f32]) => gelu_bwd_block_body
 );
+
+/// Exact GELU of one value (through [`erf`]).
+#[inline(always)]
+fn gelu_value(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+}
 
 #[inline(always)]
 fn gelu_block_body(o: &mut [f32], x: &[f32]) {
     for (ov, &v) in o.iter_mut().zip(x) {
-        *ov = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        *ov = gelu_value(v);
     }
 }
 
 #[inline(always)]
 fn gelu_in_place_body(v: &mut [f32]) {
     for x in v.iter_mut() {
-        *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+        *x = gelu_value(*x);
     }
+}
+
+/// Values per rayon task in the GELU passes.
+const GELU_BLOCK: usize = 16384;
+
+/// GELU of every value of `x`, blocks in parallel.
+pub(super) fn gelu_values(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(GELU_BLOCK)
+        .zip(x.par_chunks(GELU_BLOCK))
+        .for_each(|(o, xi)| gelu_block(o, xi));
+    out
+}
+
+/// GELU of every value of `v` in place, blocks in parallel (the same values as
+/// [`gelu_values`]).
+pub(super) fn gelu_values_in_place(v: &mut [f32]) {
+    v.par_chunks_mut(GELU_BLOCK).for_each(gelu_in_place);
 }
 
 #[inline(always)]
@@ -551,11 +596,7 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice_f32(s, l, "gelu x")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(16384)
-            .zip(x.par_chunks(16384))
-            .for_each(|(o, xi)| gelu_block(o, xi));
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((CpuStorage::F32(gelu_values(x)), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -564,8 +605,8 @@ impl CustomOp1 for GeluOp {
     }
 }
 
-/// dx = dy * (Phi(x) + x * phi(x)).
-struct GeluBwd;
+/// dx = dy * (Phi(x) + x * phi(x)): `x.apply_op2_no_bwd(&dy, &GeluBwd)`.
+pub(super) struct GeluBwd;
 
 impl CustomOp2 for GeluBwd {
     fn name(&self) -> &'static str {
@@ -581,9 +622,12 @@ impl CustomOp2 for GeluBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let x = slice_f32(s1, l1, "gelu_bwd x")?;
         let g = slice_f32(s2, l2, "gelu_bwd grad")?;
+        if g.len() != x.len() {
+            candle_core::bail!("gelu_bwd: gradient of {} values for {}", g.len(), x.len());
+        }
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(16384)
-            .zip(x.par_chunks(16384).zip(g.par_chunks(16384)))
+        out.par_chunks_mut(GELU_BLOCK)
+            .zip(x.par_chunks(GELU_BLOCK).zip(g.par_chunks(GELU_BLOCK)))
             .for_each(|(o, (xi, gi))| gelu_bwd_block(o, xi, gi));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -618,17 +662,20 @@ struct ResidualOp {
 /// `out = x + a * scale[sample]` (`x` absent: `out = a * scale[sample]`), samples of
 /// `a.len() / scale.len()` values, in parallel.
 fn scaled_samples(x: Option<&[f32]>, a: &[f32], scale: &[f32]) -> Vec<f32> {
-    let per = a.len() / scale.len().max(1);
-    let mut out = match x {
-        Some(x) => x.to_vec(),
-        None => vec![0f32; a.len()],
-    };
-    out.par_chunks_mut(per.max(1))
-        .zip(a.par_chunks(per.max(1)))
+    let per = (a.len() / scale.len().max(1)).max(1);
+    let mut out = x.unwrap_or(a).to_vec();
+    out.par_chunks_mut(per)
+        .zip(a.par_chunks(per))
         .zip(scale.par_iter())
         .for_each(|((o, ai), &s)| {
-            for (ov, &av) in o.iter_mut().zip(ai) {
-                *ov += av * s;
+            if x.is_some() {
+                for (ov, &av) in o.iter_mut().zip(ai) {
+                    *ov += av * s;
+                }
+            } else {
+                for ov in o.iter_mut() {
+                    *ov *= s;
+                }
             }
         });
     out

@@ -10,10 +10,10 @@
 //! `dW = dyᵀ·x`, through `gemm` with strides, no copies) and a column sum for `db`.
 
 use super::conv_gemm::gemm_raw;
-use super::fused::{add_to_rows, gelu_bwd_block, gelu_in_place, slice_f32, ColumnSum};
+use super::fused::{
+    add_to_rows, gelu_values, gelu_values_in_place, slice_f32, ColumnSum, GeluBwd, Stash,
+};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-use std::sync::Mutex;
 
 /// `x·Wᵀ + b` for `x` `(..., in)`, `w` `(out, in)` and an optional `b` `(out)`; the
 /// output is `(..., out)`. Differentiable in all three. CPU, f32 only (the caller checks,
@@ -183,7 +183,7 @@ pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor, train: bool) -> Result<Te
         &b,
         LinearGeluOp {
             keep,
-            kept: Mutex::new(None),
+            kept: Stash::default(),
         },
     )
 }
@@ -192,14 +192,7 @@ struct LinearGeluOp {
     /// Keep the pre-activation for the backward.
     keep: bool,
     /// The forward's pre-activation, taken by the backward.
-    kept: Mutex<Option<Vec<f32>>>,
-}
-
-/// Blocks of this many values per rayon task in the element-wise passes.
-const GELU_BLOCK: usize = 16384;
-
-fn lock_error() -> candle_core::Error {
-    candle_core::Error::Msg("linear_gelu: lock poisoned".into())
+    kept: Stash,
 }
 
 impl CustomOp3 for LinearGeluOp {
@@ -221,14 +214,11 @@ impl CustomOp3 for LinearGeluOp {
             candle_core::bail!("linear_gelu: f32 only");
         };
         if self.keep {
-            let mut out = vec![0f32; y.len()];
-            out.par_chunks_mut(GELU_BLOCK)
-                .zip(y.par_chunks(GELU_BLOCK))
-                .for_each(|(o, p)| super::fused::gelu_block(o, p));
-            *self.kept.lock().map_err(|_| lock_error())? = Some(y);
+            let out = gelu_values(&y);
+            self.kept.put(y);
             Ok((CpuStorage::F32(out), shape))
         } else {
-            y.par_chunks_mut(GELU_BLOCK).for_each(gelu_in_place);
+            gelu_values_in_place(&mut y);
             Ok((CpuStorage::F32(y), shape))
         }
     }
@@ -241,33 +231,11 @@ impl CustomOp3 for LinearGeluOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let pre = match self.kept.lock().map_err(|_| lock_error())?.take() {
-            Some(pre) => pre,
-            None => {
-                let y = linear(&x.detach(), &w.detach(), Some(&b.detach()))?;
-                y.flatten_all()?.to_vec1::<f32>()?
-            }
+        let pre = match self.kept.take() {
+            Some(pre) => Tensor::from_vec(pre, res.shape(), res.device())?,
+            None => linear(&x.detach(), &w.detach(), Some(&b.detach()))?,
         };
-        let g = grad.contiguous()?;
-        let mut dpre = vec![0f32; pre.len()];
-        {
-            let (sg, lg) = g.storage_and_layout();
-            let candle_core::Storage::Cpu(cs) = &*sg else {
-                candle_core::bail!("linear_gelu: CPU only");
-            };
-            let gs = slice_f32(cs, lg, "linear_gelu grad")?;
-            if gs.len() != pre.len() {
-                candle_core::bail!(
-                    "linear_gelu: gradient of {} values for {}",
-                    gs.len(),
-                    pre.len()
-                );
-            }
-            dpre.par_chunks_mut(GELU_BLOCK)
-                .zip(pre.par_chunks(GELU_BLOCK).zip(gs.par_chunks(GELU_BLOCK)))
-                .for_each(|(o, (p, gi))| gelu_bwd_block(o, p, gi));
-        }
-        let dpre = Tensor::from_vec(dpre, res.shape(), res.device())?;
+        let dpre = pre.apply_op2_no_bwd(&grad.contiguous()?, &GeluBwd)?;
         let (dx, dw) = input_and_weight_grads(x, w, &dpre)?;
         let db = dpre.apply_op1_no_bwd(&ColumnSum { d: w.dim(0)? })?;
         Ok((Some(dx), Some(dw), Some(db)))

@@ -103,8 +103,8 @@ struct Dst {
     ld: usize,
 }
 
-// SAFETY: a `Dst` is only handed to threads that write disjoint rows of it (see
-// `sgemm`'s row split), and the caller of `sgemm` guarantees exclusive access.
+// SAFETY: a `Dst` is only handed to threads that write disjoint parts of it (`sgemm`'s
+// split by rows or columns), and the caller of `sgemm` guarantees exclusive access.
 unsafe impl Send for Dst {}
 // SAFETY: as above; the threads only read the pointer value.
 unsafe impl Sync for Dst {}
@@ -151,28 +151,10 @@ fn scratch(buf: &mut Vec<Lane8>, len: usize) -> &mut [f32] {
 }
 
 thread_local! {
-    /// Packed `A` blocks of the calling thread.
+    /// Packed `A` blocks of the calling thread (kept between products).
     static PACK_A: RefCell<Vec<Lane8>> = const { RefCell::new(Vec::new()) };
-    /// Packed `B` blocks of the thread that drives a product.
+    /// Packed `B` blocks of the calling thread (kept between products).
     static PACK_B: RefCell<Vec<Lane8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with the thread's buffer in `slot`, taken out for the call: a product that
-/// rayon starts on this thread while `f` waits for other threads gets an empty buffer of
-/// its own instead of a second borrow.
-fn with_buffer<R>(
-    slot: &'static std::thread::LocalKey<RefCell<Vec<Lane8>>>,
-    f: impl FnOnce(&mut Vec<Lane8>) -> R,
-) -> R {
-    let mut buf = slot.with(|c| c.take());
-    let out = f(&mut buf);
-    slot.with(|c| {
-        let mut kept = c.borrow_mut();
-        if buf.len() > kept.len() {
-            *kept = buf;
-        }
-    });
-    out
 }
 
 /// `dst = scale * (lhs x rhs)` (`m x k` by `k x n`), every element of the `m x n`
@@ -256,8 +238,10 @@ unsafe fn serial(
         unsafe { zero_rows(dst, 0..m, n) };
         return;
     }
-    with_buffer(&PACK_B, |pb| {
-        with_buffer(&PACK_A, |pa| {
+    // `serial` never waits on other threads, so no other product can start on this thread
+    // while the buffers are borrowed.
+    PACK_B.with_borrow_mut(|pb| {
+        PACK_A.with_borrow_mut(|pa| {
             for jc in (0..n).step_by(NC) {
                 let nc = NC.min(n - jc);
                 for pc in (0..k).step_by(KC) {
