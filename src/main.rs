@@ -4,6 +4,7 @@
 mod alloc;
 mod cmd;
 mod compute_threads;
+mod dist;
 mod progress;
 
 use clap::{Parser, Subcommand};

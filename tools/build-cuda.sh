@@ -12,6 +12,9 @@
 #
 #   tools/build-cuda.sh            # venv in ~/.cache/deit-pipe-cuda, build with 2 jobs
 #   CUDA_VENV=/opt/cu13 tools/build-cuda.sh
+#   FEATURES=cuda,mpi tools/build-cuda.sh   # data-parallel over MPI + NCCL (README "Several
+#                                           # processes"): also needs mpicc (libopenmpi-dev)
+#                                           # and libclang-dev; NCCL comes from PyPI here
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +28,17 @@ fi
     "nvidia-cuda-nvcc==${CUDA_MAJOR}.*" "nvidia-cuda-runtime==${CUDA_MAJOR}.*" \
     "nvidia-cuda-cccl==${CUDA_MAJOR}.*" "nvidia-cuda-nvrtc==${CUDA_MAJOR}.*" \
     "nvidia-cublas==${CUDA_MAJOR}.*" nvidia-curand
+FEATURES=${FEATURES:-cuda}
+case ",$FEATURES," in
+    *,mpi,*)
+        # NCCL for cudarc's `nccl` bindings (linked like the other CUDA libraries).
+        "$VENV/bin/pip" install --quiet --upgrade "nvidia-nccl-cu${CUDA_MAJOR}"
+        command -v mpicc > /dev/null || {
+            echo "build-cuda: FEATURES=$FEATURES needs mpicc: apt-get install libopenmpi-dev openmpi-bin libclang-dev" >&2
+            exit 1
+        }
+        ;;
+esac
 
 # The wheels install under site-packages/nvidia/cu13 (bin/, include/, lib/).
 NVCC=$(find "$VENV" -path '*/bin/nvcc' -type f | head -n 1)
@@ -72,8 +86,8 @@ export LIBRARY_PATH="$SHIM:$LIBDIRS${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$SHIM"
 export CARGO_TARGET_DIR="$ROOT/target-cuda"
 
-cargo build --release --features cuda -j "${JOBS:-2}"
-echo "build-cuda: built $CARGO_TARGET_DIR/release/deit-pipe (run it with --device cuda)"
+cargo build --release --features "$FEATURES" -j "${JOBS:-2}"
+echo "build-cuda: built $CARGO_TARGET_DIR/release/deit-pipe with features $FEATURES (run it with --device cuda)"
 
 # For a GPU machine (tools/gpu_check.sh): the binary (about 80 MB, over what the device
 # tool carries) stripped and xz-compressed (about 10 MB), and a stand-in libcurand.so.10.

@@ -27,6 +27,9 @@
 #   5. `deit-pipe bench model --device cuda` (DeiT-Ti 224, batch 128) with --precision bf16
 #      and f32; `tools/bench_timm_model.py --device cuda` with --amp (bf16), without, and
 #      with --amp --amp-dtype float16 (GradScaler, as the official DeiT trains)
+#   6. on a machine with 2+ GPUs and mpirun (binary from FEATURES=cuda,mpi
+#      tools/build-cuda.sh): tools/dist_invariance.sh with DEVICE=cuda NP=2, 1 GPU x batch
+#      16 against 2 GPUs x 8 over NCCL, max weight difference (issue 17)
 # Output: $OUT/gpu_check.log (everything), $OUT/<step>.txt / .err (each step's output),
 # $OUT/summary.md (a section ready to paste into BENCHMARKS.md), $OUT/work/ (inputs).
 # Exit status: 0 when every step passed, 1 otherwise (the summary lists the failures).
@@ -311,6 +314,15 @@ bench timm_f32 120 "$PY" tools/bench_timm_model.py --device cuda \
 bench timm_amp_fp16 120 "$PY" tools/bench_timm_model.py --device cuda --amp \
     --amp-dtype float16 --threads "$NPROC" "${BENCH_ARGS[@]}"
 
+# --- data parallel over NCCL (issue 17): only where 2+ GPUs and mpirun are present -------
+NGPU=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)
+NCCL_NOTE="not run (needs 2+ GPUs, mpirun and a \`FEATURES=cuda,mpi tools/build-cuda.sh\` binary; this machine has ${NGPU:-0} GPU(s))"
+if [ "${NGPU:-0}" -ge 2 ] && command -v mpirun > /dev/null; then
+    step nccl_invariance 240 env BIN="$BIN" DEVICE=cuda NP=2 OUT="$WORK/dpinv" \
+        PYTHON="$PY" tools/dist_invariance.sh
+    NCCL_NOTE=$(grep -h 'max |w_1' "$OUT/nccl_invariance.txt" 2> /dev/null || echo "failed, see nccl_invariance.err")
+fi
+
 # --- summary ------------------------------------------------------------------------------
 fig() { # NAME PATTERN -> the number before "img/s" on the matching line, or "n/a"
     local v
@@ -354,6 +366,9 @@ TORCH_VER=$(head -n 1 "$OUT/versions.txt" 2> /dev/null || echo "unknown")
     row "deit-pipe f32" dp_f32
     row "timm fp32" timm_f32
     row "timm AMP fp16 + GradScaler" timm_amp_fp16
+    echo
+    echo "Data parallel, 1 GPU x batch 16 against 2 GPUs x 8 over NCCL" \
+        "(\`tools/dist_invariance.sh\`, f32): $NCCL_NOTE."
     echo
     echo "Train img/s, deit-pipe / timm: bf16 vs AMP bf16" \
         "$(ratio "$(fig dp_bf16 'train step')" "$(fig timm_amp_bf16 'train step')")x," \

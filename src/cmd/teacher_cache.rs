@@ -43,7 +43,9 @@ pub struct Args {
     /// Cache directory.
     #[arg(long)]
     pub out: PathBuf,
-    /// Write part i of N of every epoch (a job array fills one directory).
+    /// Write part i of N of every epoch (a job array fills one directory). Under
+    /// `mpirun -np N` (a build with `--features mpi`) rank r writes part r+1 of N by
+    /// itself: leave this flag out there.
     #[arg(long, default_value = "1/1")]
     pub part: String,
     /// Views per teacher forward pass.
@@ -69,6 +71,30 @@ impl JobProgress for Bar {
 
 /// Run `deit-pipe teacher-cache`.
 pub fn run(args: Args) -> Result<()> {
+    let transport = if args.device.starts_with("cuda") {
+        crate::dist::Transport::Gpu
+    } else {
+        crate::dist::Transport::Host
+    };
+    let comm = crate::dist::join(transport)?;
+    let (part, label) = match comm.world() {
+        1 => (
+            PartSpec::parse(&args.part).context("--part")?,
+            String::new(),
+        ),
+        world => {
+            if args.part != "1/1" {
+                anyhow::bail!(
+                    "--part {} with {world} MPI ranks: the ranks already split every epoch                      (rank r writes part r+1 of {world}); use one or the other",
+                    args.part
+                );
+            }
+            let part = PartSpec::new(comm.rank() as u32 + 1, world as u32)
+                .context("splitting the epochs over the MPI ranks")?;
+            (part, format!(" (rank {} of {world})", comm.rank()))
+        }
+    };
+    let device = crate::dist::device_for_rank(&args.device, comm.as_ref());
     let mut config = TrainConfig::from_file(&args.config)?;
     config.apply(&args.view.add_to(Overrides::default()))?;
     let teacher_weights = resolve_weights(&args.teacher, false)
@@ -85,18 +111,22 @@ pub fn run(args: Args) -> Result<()> {
         epochs: parse_epochs(&args.epochs)?,
         top_k: args.top_k,
         out: args.out,
-        part: PartSpec::parse(&args.part).context("--part")?,
+        part,
         batch_size: args.teacher_batch_size,
-        device: args.device,
+        device,
     };
     let mut bar = Bar(None);
-    let report = run_job(&job, &mut bar)?;
+    let report = if comm.is_primary() {
+        run_job(&job, &mut bar)?
+    } else {
+        run_job(&job, &mut cache::run::NoProgress)?
+    };
     if let Some(b) = bar.0 {
         b.finish_and_clear();
     }
     let rate = report.rows as f64 / report.total_seconds.max(1e-9);
     eprintln!(
-        "teacher-cache {}: wrote epochs {:?}, skipped (already finished) {:?}; {} views in \
+        "teacher-cache {}{label}: wrote epochs {:?}, skipped (already finished) {:?}; {} views in \
          {:.2} s ({rate:.1} views/s): views {:.2} s, teacher forward {:.2} s ({:.1} views/s), \
          top-K + Parquet {:.2} s; overhead over the bare teacher {:.1}%",
         job.out.display(),

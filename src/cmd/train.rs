@@ -178,6 +178,11 @@ impl Args {
 /// step (crash tests of `--resume`; never set it otherwise).
 pub const ABORT_AT_STEP_ENV: &str = "DEIT_PIPE_ABORT_AT_STEP";
 
+/// Environment variable that makes the process hang (sleep) right after the given
+/// optimizer step, like a stuck rank (failure tests of data-parallel jobs; never set it
+/// otherwise).
+pub const STALL_AT_STEP_ENV: &str = "DEIT_PIPE_STALL_AT_STEP";
+
 /// Progress bars: one per epoch (img/s, loss, lr, ETA) and one per evaluation.
 struct Bars {
     bar: Option<indicatif::ProgressBar>,
@@ -253,7 +258,15 @@ impl trainer::train::TrainProgress for Bars {
 
 /// Run `deit-pipe train`.
 pub fn run(args: Args) -> Result<()> {
-    let cfg = args.resolve_config()?;
+    let mut cfg = args.resolve_config()?;
+    // One rank, or one of an MPI job (`mpirun -np N deit-pipe train ...`).
+    let transport = if cfg.run.device.starts_with("cuda") {
+        crate::dist::Transport::Gpu
+    } else {
+        crate::dist::Transport::Host
+    };
+    let comm = crate::dist::join(transport)?;
+    cfg.run.device = crate::dist::device_for_rank(&cfg.run.device, comm.as_ref());
     let mut job = trainer::train::TrainJob::new(cfg, &args.data, &args.out, args.resume);
     if let Ok(v) = std::env::var(ABORT_AT_STEP_ENV) {
         job.abort_at_step = Some(
@@ -261,12 +274,21 @@ pub fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("{ABORT_AT_STEP_ENV}={v:?} is not a number"))?,
         );
     }
+    if let Ok(v) = std::env::var(STALL_AT_STEP_ENV) {
+        job.stall_at_step = Some(
+            v.parse()
+                .with_context(|| format!("{STALL_AT_STEP_ENV}={v:?} is not a number"))?,
+        );
+    }
     let mut bars = Bars {
         bar: None,
         loss: 0.0,
         batches: 0,
     };
-    let summary = trainer::train::train(&job, &mut bars)?;
+    let summary = trainer::train::train_with(&job, &mut bars, comm.as_ref())?;
+    if !comm.is_primary() {
+        return Ok(());
+    }
     if let Some(b) = bars.bar.take() {
         b.finish_and_clear();
     }

@@ -1,6 +1,7 @@
 //! trainer crate of deit-pipe.
 
 pub mod clip;
+pub mod dist;
 pub mod ema;
 pub mod grads;
 pub mod loss;

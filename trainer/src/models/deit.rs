@@ -13,13 +13,12 @@
 //! model, op for op.
 
 use super::layers::{
-    attention, fused, matmul_bias_in, residual_drop_path, softmax_last_dim, LayerNorm, Linear,
+    attention, fused, matmul_bias_in, residual_drop_path, softmax_last_dim, DropPathRng, LayerNorm,
+    Linear,
 };
 use super::{DeitConfig, ForwardCtx, ModelOutput, ModelSpec};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 const LN_EPS: f64 = 1e-6;
 
@@ -144,7 +143,7 @@ impl Block {
         x: &Tensor,
         train: bool,
         compute: DType,
-        rng: &mut ChaCha8Rng,
+        rng: &mut DropPathRng,
     ) -> Result<Tensor> {
         let dp = if train { self.drop_path } else { 0.0 };
         let a = self.attn.forward(&self.norm1.forward(x)?, compute, train)?;
@@ -252,7 +251,7 @@ impl Deit {
         }
         tokens.push(patches);
         let mut x = Tensor::cat(&tokens, 1)?.broadcast_add(&self.pos_embed)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
+        let mut rng = DropPathRng::new(ctx.seed, ctx.shard);
         for block in &self.blocks {
             x = block.forward(&x, ctx.train, compute, &mut rng)?;
         }

@@ -189,15 +189,78 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Which part of a global batch this process holds, for drawing stochastic-depth masks
+/// that do not depend on how a batch is split across data-parallel ranks.
+///
+/// With `world` ranks, the loader gives rank `r` the pairs `k` with `k % world == r`
+/// (`EpochPlan::rank_pairs`), so local sample `i` (pair `i / 2`, member `i % 2`) is sample
+/// `2 * ((i / 2) * world + r) + i % 2` of the batch one process would have built from the
+/// same pairs with `world` times the batch size. `BatchShard::WHOLE` (rank 0 of 1) is the
+/// single-process case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchShard {
+    /// This process's rank.
+    pub rank: usize,
+    /// Number of ranks sharing each global batch.
+    pub world: usize,
+}
+
+impl BatchShard {
+    /// The whole batch (one process).
+    pub const WHOLE: BatchShard = BatchShard { rank: 0, world: 1 };
+
+    /// Position in the global batch of local sample `i`.
+    pub fn global_index(&self, i: usize) -> usize {
+        2 * ((i / 2) * self.world + self.rank) + i % 2
+    }
+}
+
+impl Default for BatchShard {
+    fn default() -> Self {
+        Self::WHOLE
+    }
+}
+
+/// The random stream of one forward pass's stochastic-depth masks: a ChaCha8 stream
+/// that draws one uniform per sample of the *global* batch for every residual branch,
+/// of which this process keeps its own samples' draws ([`BatchShard`]). One process
+/// (`BatchShard::WHOLE`) draws exactly what it always did; `world` ranks together draw
+/// the same masks as one process with the whole batch.
+pub struct DropPathRng {
+    rng: ChaCha8Rng,
+    shard: BatchShard,
+}
+
+impl DropPathRng {
+    /// The stream of a forward pass seeded by `seed`, for the samples of `shard`.
+    pub fn new(seed: u64, shard: BatchShard) -> Self {
+        use rand::SeedableRng;
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            shard,
+        }
+    }
+
+    /// Per-sample factors of a local batch of `b` for one residual branch with drop
+    /// probability `p` (see [`drop_path_scales`]).
+    pub fn scales(&mut self, b: usize, p: f64) -> Vec<f32> {
+        if self.shard.world <= 1 {
+            return drop_path_scales(b, p, &mut self.rng);
+        }
+        let global = drop_path_scales(b * self.shard.world, p, &mut self.rng);
+        (0..b).map(|i| global[self.shard.global_index(i)]).collect()
+    }
+}
+
 /// Stochastic depth: drops whole samples of a residual branch with probability `p`
 /// and scales kept ones by `1 / (1 - p)` (timm `drop_path`, `scale_by_keep`).
 /// `x` is `(B, ...)`; the mask is drawn from `rng`, one uniform per sample.
-pub fn drop_path(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+pub fn drop_path(x: &Tensor, p: f64, rng: &mut DropPathRng) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
     let b = x.dim(0)?;
-    let mask = drop_path_scales(b, p, rng);
+    let mask = rng.scales(b, p);
     let mut shape = vec![b];
     shape.extend(std::iter::repeat_n(1, x.rank() - 1));
     let mask = Tensor::from_vec(mask, shape, x.device())?.to_dtype(x.dtype())?;
@@ -221,9 +284,9 @@ pub fn drop_path_scales(b: usize, p: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
 
 /// `x + drop_path(a, p)`: the residual connection of a transformer block (one fused node
 /// on the CPU in f32, see [`fused::residual_add`]; the same draws from `rng`).
-pub fn residual_drop_path(x: &Tensor, a: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+pub fn residual_drop_path(x: &Tensor, a: &Tensor, p: f64, rng: &mut DropPathRng) -> Result<Tensor> {
     if p > 0.0 && fused::enabled(x) && a.dtype() == DType::F32 {
-        let scale = drop_path_scales(x.dim(0)?, p, rng);
+        let scale = rng.scales(x.dim(0)?, p);
         return fused::residual_add(x, a, scale);
     }
     x + drop_path(a, p, rng)?

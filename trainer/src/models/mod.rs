@@ -76,6 +76,10 @@ pub struct ForwardCtx {
     /// Compute precision ([`Precision::F32`] by default). Only the DeiT honours
     /// [`Precision::Bf16`]; the ConvNets refuse it with an error.
     pub precision: Precision,
+    /// Which samples of the global batch this call holds (data-parallel training): the
+    /// drop-path masks are drawn for the global batch and this rank keeps its own, so
+    /// they do not depend on the number of ranks ([`layers::BatchShard`]).
+    pub shard: layers::BatchShard,
 }
 
 impl ForwardCtx {
@@ -85,6 +89,7 @@ impl ForwardCtx {
             train: false,
             seed: 0,
             precision: Precision::F32,
+            shard: layers::BatchShard::WHOLE,
         }
     }
 
@@ -94,12 +99,18 @@ impl ForwardCtx {
             train: true,
             seed,
             precision: Precision::F32,
+            shard: layers::BatchShard::WHOLE,
         }
     }
 
     /// This context computing in `precision`.
     pub fn with_precision(self, precision: Precision) -> Self {
         Self { precision, ..self }
+    }
+
+    /// This context for the samples `shard` holds of a global batch.
+    pub fn with_shard(self, shard: layers::BatchShard) -> Self {
+        Self { shard, ..self }
     }
 }
 

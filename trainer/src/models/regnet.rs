@@ -3,12 +3,10 @@
 //! `round(in_chs * se_ratio)` channels, conv3 1x1 without activation, shortcut
 //! `downsample` (1x1 conv + BN) when the shape changes, then ReLU; head `head.fc`.
 
-use super::layers::{drop_path, global_avg_pool, BatchNorm2d, Conv2d, Linear};
+use super::layers::{drop_path, global_avg_pool, BatchNorm2d, Conv2d, DropPathRng, Linear};
 use super::{ForwardCtx, ModelOutput, ModelSpec, RegNetConfig};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 /// timm's `ConvNormAct`: `{prefix}.conv`, `{prefix}.bn`.
 struct ConvBn {
@@ -97,7 +95,7 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, train: bool, rng: &mut DropPathRng) -> Result<Tensor> {
         let mut y = self.conv1.forward(x, train)?.relu()?;
         y = self.conv2.forward(&y, train)?.relu()?;
         if let Some(se) = &self.se {
@@ -176,7 +174,7 @@ impl super::Classifier for RegNet {
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<ModelOutput> {
         super::require_f32(ctx, &self.name)?;
         let mut y = self.stem.forward(x, ctx.train)?.relu()?;
-        let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
+        let mut rng = DropPathRng::new(ctx.seed, ctx.shard);
         for b in &self.blocks {
             y = b.forward(&y, ctx.train, &mut rng)?;
         }

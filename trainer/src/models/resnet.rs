@@ -3,12 +3,12 @@
 //! Bottleneck strides on its 3x3 conv (v1.5). `resnet_small` swaps the stem for a
 //! 3x3 stride-1 conv without max pool (CIFAR-style) for 32-64 px images.
 
-use super::layers::{drop_path, global_avg_pool, max_pool_3x3_s2, BatchNorm2d, Conv2d, Linear};
+use super::layers::{
+    drop_path, global_avg_pool, max_pool_3x3_s2, BatchNorm2d, Conv2d, DropPathRng, Linear,
+};
 use super::{ForwardCtx, ModelOutput, ModelSpec, ResNetBlock, ResNetConfig};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 struct Block {
     convs: Vec<(Conv2d, BatchNorm2d)>,
@@ -73,7 +73,7 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, train: bool, rng: &mut DropPathRng) -> Result<Tensor> {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
@@ -159,7 +159,7 @@ impl super::Classifier for ResNet {
         if !self.small_stem {
             y = max_pool_3x3_s2(&y)?;
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
+        let mut rng = DropPathRng::new(ctx.seed, ctx.shard);
         for b in &self.blocks {
             y = b.forward(&y, ctx.train, &mut rng)?;
         }

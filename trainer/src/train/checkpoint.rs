@@ -74,6 +74,18 @@ pub struct TrainState {
     /// Micro-batches summed in `epoch_loss_sum`.
     #[serde(default)]
     pub epoch_batches: u64,
+    /// Data-parallel ranks that trained it (1: one process; files of one process do not
+    /// write the field).
+    #[serde(default = "one_rank", skip_serializing_if = "is_one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
+}
+
+fn is_one_rank(n: &usize) -> bool {
+    *n == 1
 }
 
 /// A checkpoint on disk.
@@ -377,6 +389,7 @@ mod tests {
             dataset_fingerprint: "f".into(),
             epoch_loss_sum: 0.0,
             epoch_batches: 0,
+            world_size: 1,
         }
     }
 

@@ -708,17 +708,29 @@ impl TrainConfig {
     /// Learning rate after DeiT's linear scaling: `lr * global_batch / 512` unless
     /// `unscale_lr`. As in main.py, only `lr` is scaled (`warmup_lr`, `min_lr` are not).
     pub fn scaled_lr(&self) -> f64 {
+        self.scaled_lr_for_world(1)
+    }
+
+    /// [`Self::scaled_lr`] for data-parallel training over `world` ranks, each with
+    /// `batch_size` images per pass: the global batch is `batch_size * accum_steps *
+    /// world`, as in the official DeiT code (`args.batch_size * world_size`).
+    pub fn scaled_lr_for_world(&self, world: usize) -> f64 {
         if self.optim.unscale_lr {
             self.optim.lr
         } else {
-            crate::schedule::scaled_lr(self.optim.lr, self.data.global_batch())
+            crate::schedule::scaled_lr(self.optim.lr, self.data.global_batch() * world.max(1))
         }
     }
 
     /// The per-epoch learning-rate schedule of this config.
     pub fn schedule(&self) -> crate::schedule::CosineLrSchedule {
+        self.schedule_for_world(1)
+    }
+
+    /// The per-epoch learning-rate schedule over `world` data-parallel ranks.
+    pub fn schedule_for_world(&self, world: usize) -> crate::schedule::CosineLrSchedule {
         crate::schedule::CosineLrSchedule {
-            lr: self.scaled_lr(),
+            lr: self.scaled_lr_for_world(world),
             epochs: self.schedule.epochs,
             min_lr: self.schedule.min_lr,
             warmup_epochs: self.schedule.warmup_epochs,

@@ -4,12 +4,14 @@
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use pipeline::error::PipelineError;
 use pipeline::loader::{Loader, LoaderOptions};
-use pipeline::source::RecordSource;
+use pipeline::source::{RecordInfo, RecordSource};
 use pipeline::view::ViewBuilder;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+use crate::dist::Collective;
 use crate::models::{Classifier, ForwardCtx, Precision};
 
 /// Evaluation figures over a split. Accuracies are percentages (0-100), as DeiT logs them.
@@ -117,6 +119,40 @@ impl EvalAccumulator {
         }
     }
 
+    /// The accumulator as numbers that add across ranks: images, loss sum, then the
+    /// top-1/top-5 counts of the class head, the distillation head (zeros without one)
+    /// and the eval output.
+    pub fn to_sums(&self) -> [f64; 9] {
+        let d = self.dist.clone().unwrap_or_default();
+        [
+            self.images as f64,
+            self.loss_sum,
+            self.cls.top1 as f64,
+            self.cls.top5 as f64,
+            d.top1 as f64,
+            d.top5 as f64,
+            self.mean.top1 as f64,
+            self.mean.top5 as f64,
+            self.dist.is_some() as u8 as f64,
+        ]
+    }
+
+    /// The accumulator of [`Self::to_sums`] added over ranks (counts are exact in f64
+    /// up to 2^53).
+    pub fn from_sums(s: &[f64; 9]) -> Self {
+        let counts = |a: f64, b: f64| HeadCounts {
+            top1: a as u64,
+            top5: b as u64,
+        };
+        EvalAccumulator {
+            images: s[0] as u64,
+            loss_sum: s[1],
+            cls: counts(s[2], s[3]),
+            dist: (s[8] > 0.0).then(|| counts(s[4], s[5])),
+            mean: counts(s[6], s[7]),
+        }
+    }
+
     /// The figures so far.
     pub fn summary(&self) -> EvalSummary {
         let n = self.images.max(1) as f64;
@@ -157,6 +193,91 @@ pub fn evaluate(
     device: &Device,
     on_batch: &mut dyn FnMut(usize),
 ) -> Result<EvalSummary> {
+    Ok(accumulate(model, source, builder, opts, device, on_batch)?.summary())
+}
+
+/// [`evaluate`] split over the ranks of `comm`: rank `r` evaluates records `r, r + world,
+/// ...` and the counts and loss sums are added over the ranks, so every rank returns the
+/// figures of the whole split (the same counts as one process; the mean loss up to the
+/// order of its sum). With one rank this is [`evaluate`].
+pub fn evaluate_distributed(
+    model: &EvalModel<'_>,
+    source: Arc<dyn RecordSource>,
+    builder: Arc<ViewBuilder>,
+    opts: &LoaderOptions,
+    device: &Device,
+    on_batch: &mut dyn FnMut(usize),
+    comm: &dyn Collective,
+) -> Result<EvalSummary> {
+    if comm.world() <= 1 {
+        return evaluate(model, source, builder, opts, device, on_batch);
+    }
+    let part: Arc<dyn RecordSource> = Arc::new(RankSubset {
+        inner: source,
+        rank: comm.rank(),
+        world: comm.world(),
+    });
+    let mut sums = accumulate(model, part, builder, opts, device, on_batch)?.to_sums();
+    comm.all_reduce_sum_f64(&mut sums)
+        .context("adding the evaluation counts over the ranks")?;
+    // Every rank of a world of n reports the head set; n ranks add it n times.
+    sums[8] = sums[8].min(1.0);
+    Ok(EvalAccumulator::from_sums(&sums).summary())
+}
+
+/// The records `rank, rank + world, ...` of a source (one rank's share of an evaluation).
+struct RankSubset {
+    inner: Arc<dyn RecordSource>,
+    rank: usize,
+    world: usize,
+}
+
+impl RankSubset {
+    fn outer(&self, index: usize) -> usize {
+        index * self.world + self.rank
+    }
+}
+
+impl RecordSource for RankSubset {
+    fn len(&self) -> usize {
+        self.inner
+            .len()
+            .saturating_sub(self.rank)
+            .div_ceil(self.world)
+    }
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+    fn info(&self, index: usize) -> Result<RecordInfo, PipelineError> {
+        self.inner.info(self.outer(index))
+    }
+    fn decode(&self, index: usize) -> Result<image::RgbImage, PipelineError> {
+        self.inner.decode(self.outer(index))
+    }
+    fn decode_region(
+        &self,
+        index: usize,
+        rect: pipeline::transforms::crop::CropRect,
+    ) -> Result<image::RgbImage, PipelineError> {
+        self.inner.decode_region(self.outer(index), rect)
+    }
+    fn decode_region_around(
+        &self,
+        index: usize,
+        rect: pipeline::transforms::crop::CropRect,
+    ) -> Result<(image::RgbImage, pipeline::transforms::crop::CropRect), PipelineError> {
+        self.inner.decode_region_around(self.outer(index), rect)
+    }
+}
+
+fn accumulate(
+    model: &EvalModel<'_>,
+    source: Arc<dyn RecordSource>,
+    builder: Arc<ViewBuilder>,
+    opts: &LoaderOptions,
+    device: &Device,
+    on_batch: &mut dyn FnMut(usize),
+) -> Result<EvalAccumulator> {
     let classes = model.model.num_classes();
     let loader = Loader::eval(
         source,
@@ -193,7 +314,7 @@ pub fn evaluate(
         acc.add_batch(&cls, dist.as_deref(), classes, &batch.label_a);
         on_batch(n);
     }
-    Ok(acc.summary())
+    Ok(acc)
 }
 
 #[cfg(test)]

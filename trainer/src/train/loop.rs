@@ -23,11 +23,12 @@ use super::checkpoint::{
     STATE_VERSION,
 };
 use super::config::{DistillationType, TrainConfig};
-use super::eval::{evaluate, EvalModel, EvalSummary};
+use super::eval::{evaluate_distributed, EvalModel, EvalSummary};
 use super::metrics::{EpochRecord, MetricRecord, MetricsWriter, StepRecord};
 use super::teacher::{data_binding, TeacherSource};
 use super::CONFIG_FILE;
 use crate::clip::clip_grad_norm;
+use crate::dist::{mean_gradients, mean_variables, sum_scalars, Collective, SingleProcess};
 use crate::ema::ModelEma;
 use crate::grads::{GradAccumulator, NamedGrads};
 use crate::loss::{BaseCriterion, DistillationKind, DistillationLoss, Targets};
@@ -55,6 +56,9 @@ pub struct TrainJob {
     /// Abort the process (no clean-up, like a kill) right after this global optimizer
     /// step; for crash tests only.
     pub abort_at_step: Option<u64>,
+    /// Stop making progress (sleep) right after this global optimizer step, like a hung
+    /// rank of a data-parallel job; for failure tests only.
+    pub stall_at_step: Option<u64>,
 }
 
 impl TrainJob {
@@ -68,6 +72,7 @@ impl TrainJob {
             stop_after_epochs: None,
             stop_at_step: None,
             abort_at_step: None,
+            stall_at_step: None,
         }
     }
 }
@@ -197,12 +202,36 @@ fn check_finite(varmap: &VarMap) -> Result<()> {
     Ok(())
 }
 
-/// Run (or continue) training.
+/// Run (or continue) training in this process alone.
 pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSummary> {
+    train_with(job, progress, &SingleProcess)
+}
+
+/// Run (or continue) training as one rank of a data-parallel job over `comm`.
+///
+/// Every rank runs this with the same job. Each reads the same epoch plan, trains on its
+/// pairs (`EpochPlan::rank_pairs(rank, world)`) with `batch_size` images per pass, and
+/// the ranks average their gradients (one flat all-reduce per optimizer step) before the
+/// same AdamW step, so their weights stay identical. The global batch is `batch_size *
+/// accum_steps * world` and the learning rate scales with it. Drop-path masks are drawn
+/// for the global batch ([`crate::models::layers::BatchShard`]), so `world` ranks with
+/// batch `B / world` train the same model as one process with batch `B`, up to the order
+/// of float sums. Rank 0 alone writes the config, checkpoints and metrics and reports
+/// progress; evaluation is split over the ranks and its counts added. With
+/// [`SingleProcess`] this is exactly [`train`].
+pub fn train_with(
+    job: &TrainJob,
+    progress: &mut dyn TrainProgress,
+    comm: &dyn Collective,
+) -> Result<TrainSummary> {
     let cfg = &job.config;
     cfg.validate()?;
     let device = select_device(&cfg.run.device)?;
     let seed = cfg.run.seed;
+    let (rank, world) = (comm.rank(), comm.world());
+    let primary = comm.is_primary();
+    let mut no_progress = NoProgress;
+    let progress: &mut dyn TrainProgress = if primary { progress } else { &mut no_progress };
 
     // Data.
     let train_src = open_split(&job.data_dir, "train")?;
@@ -300,7 +329,21 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 fingerprint
             );
         }
-    } else {
+        if ck.state.world_size != world {
+            bail!(
+                "--resume: checkpoint {} was written by a job of {} rank(s) but this job has {world}; \
+                 resume with the same number of processes (the global batch, and so the \
+                 learning rate and the data order, depend on it)",
+                ck.dir.display(),
+                ck.state.world_size
+            );
+        }
+    }
+    // Every rank has looked at the run directory before rank 0 writes into it.
+    if world > 1 {
+        comm.barrier().context("waiting for the other ranks")?;
+    }
+    if resume_from.is_none() && primary {
         write_atomic(&config_path, cfg.to_toml()?.as_bytes())?;
     }
 
@@ -317,7 +360,17 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
     }
     let twin = eval_twin(&spec, &varmap, &device)?;
     let params = models::trainable_vars(&varmap);
-    let sched = cfg.schedule();
+    // Variables that are not trained but updated by the forward pass (BatchNorm's
+    // running statistics): averaged over the ranks after each step.
+    let buffers: Vec<(String, candle_core::Var)> = if world > 1 {
+        crate::grads::named_vars(&varmap)?
+            .into_iter()
+            .filter(|(n, _)| models::is_buffer(n))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let sched = cfg.schedule_for_world(world);
     sched.validate()?;
     let mut opt = AdamW::new(
         params.clone(),
@@ -345,6 +398,7 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
         dataset_fingerprint: fingerprint.clone(),
         epoch_loss_sum: 0.0,
         epoch_batches: 0,
+        world_size: world,
     };
     let mut last_checkpoint = None;
     if let Some(ck) = &resume_from {
@@ -364,10 +418,23 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
             state.global_step
         );
     }
-    let mut metrics = MetricsWriter::open(
-        &job.run_dir,
-        resume_from.as_ref().map(|c| c.state.global_step),
-    )?;
+    let mut metrics = if primary {
+        Some(MetricsWriter::open(
+            &job.run_dir,
+            resume_from.as_ref().map(|c| c.state.global_step),
+        )?)
+    } else {
+        None
+    };
+    if world > 1 {
+        tracing::info!(
+            "rank {rank} of {world} ({}): global batch {} = {} per pass x {} accumulation x {world} ranks",
+            comm.transport(),
+            cfg.data.global_batch() * world,
+            cfg.data.batch_size,
+            cfg.data.accum_steps
+        );
+    }
 
     // Teacher.
     let epochs = cfg.schedule.epochs;
@@ -418,7 +485,7 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
         );
         teacher.start_epoch(epoch, plan.len())?;
         let source: Arc<dyn RecordSource> = train_src.clone();
-        let loader = Loader::train(source, plan, builder.clone(), 0, 1, &train_opts)
+        let loader = Loader::train(source, plan, builder.clone(), rank, world, &train_opts)
             .context("starting the training loader")?;
         let mut total = loader.num_batches();
         if cfg.run.max_batches_per_epoch > 0 {
@@ -437,6 +504,9 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
         let epoch_start = Instant::now();
         let mut epoch_images = 0u64;
         let mut window = Window::new();
+        // Seconds this rank spent in collectives this epoch (waiting for the other ranks
+        // included), for the log line that says what data parallelism costs.
+        let mut comm_seconds = 0f64;
         for (b, batch) in loader.enumerate().take(total) {
             let mut batch = batch.with_context(|| format!("epoch {epoch} batch {b}"))?;
             if b < skip {
@@ -456,7 +526,9 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 BaseCriterion::SoftTarget => Targets::Dense(&targets_t),
                 _ => Targets::Labels(&targets_t),
             };
-            let ctx = ForwardCtx::train(step_seed(seed, epoch, b)).with_precision(precision);
+            let ctx = ForwardCtx::train(step_seed(seed, epoch, b))
+                .with_precision(precision)
+                .with_shard(comm.batch_shard());
             let out = model
                 .forward(&images, &ctx)
                 .with_context(|| format!("forward pass, epoch {epoch} batch {b}"))?;
@@ -474,8 +546,22 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 }
                 _ => (parts.total.clone(), scalar(&parts.base)?),
             };
-            let loss_v = scalar(&total_loss)?;
-            let distill_v = parts.distill.as_ref().map(scalar).transpose()?;
+            let mut loss_v = scalar(&total_loss)?;
+            let mut base_v = base_v;
+            let mut distill_v = parts.distill.as_ref().map(scalar).transpose()?;
+            if world > 1 {
+                let t = Instant::now();
+                // The global batch's losses (means of the ranks' means: equal shares); a
+                // non-finite loss on any rank is non-finite on all, so all stop together.
+                let s = sum_scalars(comm, [loss_v, base_v, distill_v.unwrap_or(0.0)])
+                    .context("all-reducing the losses")?;
+                let w = world as f64;
+                loss_v = s[0] / w;
+                base_v = s[1] / w;
+                distill_v = distill_v.map(|_| s[2] / w);
+                comm_seconds += t.elapsed().as_secs_f64();
+            }
+            let n = n * world;
             if !loss_v.is_finite() {
                 bail!(
                     "non-finite loss ({loss_v}) at epoch {epoch}, batch {b}, step {}; training \
@@ -503,6 +589,11 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 } else {
                     acc.take_partial()?
                 };
+                if world > 1 {
+                    let t = Instant::now();
+                    g = mean_gradients(comm, g, params_ref)?;
+                    comm_seconds += t.elapsed().as_secs_f64();
+                }
                 let grad_norm = match cfg.optim.clip_grad {
                     Some(max) => Some(clip_grad_norm(&mut g, max)?),
                     None => None,
@@ -516,6 +607,11 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 }
                 opt.step(&g)?;
                 drop(g);
+                if !buffers.is_empty() {
+                    let t = Instant::now();
+                    mean_variables(comm, &buffers)?;
+                    comm_seconds += t.elapsed().as_secs_f64();
+                }
                 if let Some(e) = ema.as_mut() {
                     e.update_from_varmap(&varmap)?;
                 }
@@ -524,7 +620,9 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 if state.global_step.is_multiple_of(cfg.run.log_every as u64) || last_of_epoch {
                     let rec =
                         window.record(epoch, state.global_step, lr, grad_norm, state.images_seen);
-                    metrics.write(&MetricRecord::Step(rec))?;
+                    if let Some(m) = metrics.as_mut() {
+                        m.write(&MetricRecord::Step(rec))?;
+                    }
                 }
                 if job.abort_at_step == Some(state.global_step) {
                     std::process::abort();
@@ -538,14 +636,22 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                     || stop_here
                 {
                     check_finite(&varmap)?;
-                    last_checkpoint = Some(save_checkpoint(
-                        &store,
-                        &state,
-                        false,
-                        &varmap,
-                        &opt,
-                        ema.as_ref(),
-                    )?);
+                    if primary {
+                        last_checkpoint = Some(save_checkpoint(
+                            &store,
+                            &state,
+                            false,
+                            &varmap,
+                            &opt,
+                            ema.as_ref(),
+                        )?);
+                    }
+                }
+                if job.stall_at_step == Some(state.global_step) {
+                    tracing::warn!("stalling after step {} (stall hook)", state.global_step);
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(3600));
+                    }
                 }
                 if stop_here {
                     return Ok(TrainSummary {
@@ -561,6 +667,14 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
             }
         }
         let seconds = epoch_start.elapsed().as_secs_f64();
+        if world > 1 {
+            tracing::info!(
+                "rank {rank}: epoch {epoch} trained in {seconds:.2} s, of which {comm_seconds:.2} s \
+                 ({:.1}%) in all-reduces ({}), waiting for the other ranks included",
+                100.0 * comm_seconds / seconds.max(1e-9),
+                comm.transport()
+            );
+        }
         let train_loss = state.epoch_loss_sum / state.epoch_batches.max(1) as f64;
 
         // Evaluation.
@@ -575,13 +689,14 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 precision,
             };
             progress.eval_start(v.len());
-            let s = evaluate(
+            let s = evaluate_distributed(
                 &eval_model,
                 v.clone(),
                 builder.clone(),
                 &eval_opts,
                 &device,
-                &mut |n| progress.eval_batch(n),
+                &mut |n| progress.eval_batch(n * world),
+                comm,
             )?;
             val = Some(s);
             if let Some(e) = &ema {
@@ -594,7 +709,8 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                     v.clone(),
                     builder.clone(),
                     &eval_opts,
-                    &mut |n| progress.eval_batch(n),
+                    &mut |n| progress.eval_batch(n * world),
+                    comm,
                 )?;
                 val_ema = Some(s);
             }
@@ -622,7 +738,9 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
             val: val.clone(),
             val_ema,
         };
-        metrics.write(&MetricRecord::Epoch(record.clone()))?;
+        if let Some(m) = metrics.as_mut() {
+            m.write(&MetricRecord::Epoch(record.clone()))?;
+        }
         let is_best = match (&val, &state.best) {
             (Some(v), Some(b)) => v.top1 > b.top1,
             (Some(_), None) => true,
@@ -640,14 +758,16 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
         state.batch_in_epoch = 0;
         state.epoch_loss_sum = 0.0;
         state.epoch_batches = 0;
-        last_checkpoint = Some(save_checkpoint(
-            &store,
-            &state,
-            is_best,
-            &varmap,
-            &opt,
-            ema.as_ref(),
-        )?);
+        if primary {
+            last_checkpoint = Some(save_checkpoint(
+                &store,
+                &state,
+                is_best,
+                &varmap,
+                &opt,
+                ema.as_ref(),
+            )?);
+        }
         if val.is_some() {
             last_eval = val;
         }
@@ -715,6 +835,7 @@ fn eval_ema(
     builder: Arc<ViewBuilder>,
     opts: &LoaderOptions,
     on_batch: &mut dyn FnMut(usize),
+    comm: &dyn Collective,
 ) -> Result<EvalSummary> {
     let varmap = VarMap::new();
     let eval_spec = spec.clone().with_drop_path(0.0);
@@ -734,7 +855,7 @@ fn eval_ema(
         both_heads: is_distilled(spec),
         precision,
     };
-    evaluate(&m, source, builder, opts, device, on_batch)
+    evaluate_distributed(&m, source, builder, opts, device, on_batch, comm)
 }
 
 /// Means over the optimizer steps since the last step record.

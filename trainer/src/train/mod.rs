@@ -10,7 +10,7 @@ pub mod metrics;
 pub mod run;
 pub mod teacher;
 
-pub use run::{train, NoProgress, TrainJob, TrainProgress, TrainSummary};
+pub use run::{train, train_with, NoProgress, TrainJob, TrainProgress, TrainSummary};
 
 use candle_core::{Device, Tensor};
 use pipeline::loader::Batch;
