@@ -4,6 +4,8 @@
 mod alloc;
 mod cmd;
 mod compute_threads;
+#[cfg(test)]
+mod flag_names;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -83,6 +85,7 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(progress::LogWriter::default)
         .with_target(false)
+        .with_ansi(progress::stderr_colour())
         .compact()
         .init();
 }

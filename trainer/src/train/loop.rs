@@ -55,6 +55,11 @@ pub struct TrainJob {
     /// Abort the process (no clean-up, like a kill) right after this global optimizer
     /// step; for crash tests only.
     pub abort_at_step: Option<u64>,
+    /// Start a new run from a DeiT `main.py` checkpoint (`train --resume FILE.pth`):
+    /// weights, AdamW state, EMA and next epoch ([`super::mainpy_resume`]).
+    pub start_from: Option<PathBuf>,
+    /// Also write TensorBoard event files under `RUN_DIR/tb` (`--tensorboard`).
+    pub tensorboard: bool,
 }
 
 impl TrainJob {
@@ -68,6 +73,8 @@ impl TrainJob {
             stop_after_epochs: None,
             stop_at_step: None,
             abort_at_step: None,
+            start_from: None,
+            tensorboard: false,
         }
     }
 }
@@ -315,6 +322,17 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
         };
         load_into(&varmap, &spec, p, &opts)?;
     }
+    if let (Some(p), None) = (&cfg.model.finetune, &resume_from) {
+        super::finetune::load_finetune(&varmap, &spec, p)?;
+    }
+    let mainpy = match (&job.start_from, &resume_from) {
+        (Some(p), None) => {
+            let ck = super::mainpy_resume::MainPyCheckpoint::read(p)?;
+            ck.load_model(&varmap, &spec)?;
+            Some(ck)
+        }
+        _ => None,
+    };
     let twin = eval_twin(&spec, &varmap, &device)?;
     let params = models::trainable_vars(&varmap);
     let sched = cfg.schedule();
@@ -364,13 +382,31 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
             state.global_step
         );
     }
+    if let Some(ck) = &mainpy {
+        let (epoch, steps) = ck.restore(&spec, &varmap, &mut opt, ema.as_mut(), &device)?;
+        state.epoch = epoch;
+        state.global_step = steps;
+        tracing::info!(
+            "starting from main.py checkpoint {} at epoch {epoch} (step {steps})",
+            ck.path.display()
+        );
+    }
     let mut metrics = MetricsWriter::open(
         &job.run_dir,
         resume_from.as_ref().map(|c| c.state.global_step),
     )?;
+    let mut log_txt = super::mainpy_log::MainPyLog::open(
+        &job.run_dir,
+        models::param_count(&varmap),
+        resume_from.as_ref().map(|c| c.state.epoch),
+    )?;
+    let mut board = match job.tensorboard {
+        true => Some(super::tensorboard::TrainBoard::create(&job.run_dir)?),
+        false => None,
+    };
 
     // Teacher.
-    let epochs = cfg.schedule.epochs;
+    let epochs = cfg.schedule.total_epochs();
     let binding = data_binding(&fingerprint, &cfg.augment, seed, &cfg.plan, num_classes);
     let mut teacher = TeacherSource::open(
         &cfg.distillation,
@@ -524,6 +560,9 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
                 if state.global_step.is_multiple_of(cfg.run.log_every as u64) || last_of_epoch {
                     let rec =
                         window.record(epoch, state.global_step, lr, grad_norm, state.images_seen);
+                    if let Some(b) = board.as_mut() {
+                        b.step(&rec)?;
+                    }
                     metrics.write(&MetricRecord::Step(rec))?;
                 }
                 if job.abort_at_step == Some(state.global_step) {
@@ -623,6 +662,10 @@ pub fn train(job: &TrainJob, progress: &mut dyn TrainProgress) -> Result<TrainSu
             val_ema,
         };
         metrics.write(&MetricRecord::Epoch(record.clone()))?;
+        log_txt.write(&record)?;
+        if let Some(b) = board.as_mut() {
+            b.epoch(&record)?;
+        }
         let is_best = match (&val, &state.best) {
             (Some(v), Some(b)) => v.top1 > b.top1,
             (Some(_), None) => true,
