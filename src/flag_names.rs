@@ -152,7 +152,9 @@ fn every_flag_a_message_names_exists() {
             continue;
         }
         let src = std::fs::read_to_string(f).unwrap();
-        for lit in literals(&src) {
+        // Unit tests (at the end of a file) feed made-up flags on purpose.
+        let src = src.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+        for lit in literals(src) {
             for t in flag_tokens(&lit) {
                 let known_bad = KNOWN_BAD.iter().any(|(file, flag)| rel == *file && t == *flag);
                 if !flags.contains(&t) && !NOT_OURS.contains(&t.as_str()) && !known_bad {

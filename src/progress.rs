@@ -59,7 +59,7 @@ pub fn hms(d: std::time::Duration) -> String {
 #[cfg(test)]
 const BAR_FRAME: usize = 4;
 /// Width of the bar of [`train_bar`].
-pub const TRAIN_BAR_WIDTH: usize = 12;
+pub const TRAIN_BAR_WIDTH: usize = 8;
 
 /// A bar for `total` items, showing items/s and ETA. `unit` names the items ("img", "rec").
 pub fn bar(total: u64, label: &str, unit: &str) -> ProgressBar {
@@ -111,10 +111,12 @@ pub fn train_message(
     lr: f64,
     run_eta: Option<std::time::Duration>,
 ) -> String {
-    let loss = if loss.abs() < 100.0 {
+    let loss = if loss.abs() < 10.0 {
         format!("{loss:.3}")
+    } else if loss.abs() < 100.0 {
+        format!("{loss:.2}")
     } else {
-        format!("{loss:.2e}")
+        format!("{loss:.1e}")
     };
     format!(
         "{pos}/{len} {} loss {loss} lr {lr:.1e} ETA {}",
@@ -189,7 +191,7 @@ mod tests {
         );
         assert_eq!(
             msg,
-            "20018/20019 12346 img/s loss -12.346 lr 1.2e-3 ETA 99:59:59"
+            "20018/20019 12346 img/s loss -12.35 lr 1.2e-3 ETA 99:59:59"
         );
         let width = train_line_width("ep 300/300", &msg);
         assert!(width <= 80, "{width}: {msg}");

@@ -310,7 +310,8 @@ fn resume_from_a_main_py_checkpoint_continues_at_its_next_epoch() {
             .args(["--resume", ckpt]),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("trained 3 epochs (4 steps)"), "{stdout}");
+    // 3 optimizer steps in the checkpoint, 2 here (epoch 2 of 2 batches).
+    assert!(stdout.contains("trained 3 epochs (5 steps)"), "{stdout}");
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     let epochs: Vec<u64> = log
         .lines()

@@ -41,8 +41,10 @@ fn pos_embed_interpolation_equals_torch_bicubic() {
         let src = &t[&format!("{case}.in")];
         let want = &t[&format!("{case}.out")];
         let got = resample_pos_embed_mainpy(src, extra, new).unwrap();
+        // Values up to ~4; both sides sum 16 f32 products, so a few ulps (~5e-7 each)
+        // apart: measured 3.6e-6 at most.
         let d = max_abs_diff(&got, want);
-        assert!(d <= 2e-6, "{case}: max abs diff {d}");
+        assert!(d <= 1e-5, "{case}: max abs diff {d}");
         // The token rows are kept exactly.
         assert_eq!(
             max_abs_diff(&got.narrow(1, 0, extra).unwrap(), &src.narrow(1, 0, extra).unwrap()),

@@ -121,6 +121,11 @@ impl Archive {
             let Object::Unicode(name) = k else {
                 bail!("{what} has a key that is not a string");
             };
+            // The OrderedDict's `_metadata` attribute (module versions), merged into the
+            // dict by the unpickler's BUILD.
+            if name == "_metadata" {
+                continue;
+            }
             let t = self.tensor(v, &format!("{what}[{name:?}]"))?;
             let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
             if name.ends_with("num_batches_tracked") {
