@@ -59,7 +59,10 @@ fn literals(src: &str) -> Vec<String> {
             } else {
                 i += 1;
             }
-        } else if c == 'r' && (next == Some('"') || next == Some('#')) && (i == 0 || !b[i - 1].is_alphanumeric() && b[i - 1] != '_') {
+        } else if c == 'r'
+            && (next == Some('"') || next == Some('#'))
+            && (i == 0 || !b[i - 1].is_alphanumeric() && b[i - 1] != '_')
+        {
             let mut j = i + 1;
             let mut hashes = 0;
             while j < b.len() && b[j] == '#' {
@@ -72,7 +75,9 @@ fn literals(src: &str) -> Vec<String> {
             }
             j += 1;
             let start = j;
-            let close: String = std::iter::once('"').chain(std::iter::repeat_n('#', hashes)).collect();
+            let close: String = std::iter::once('"')
+                .chain(std::iter::repeat_n('#', hashes))
+                .collect();
             let rest: String = b[start..].iter().collect();
             let end = rest.find(&close).unwrap_or(rest.len());
             out.push(rest[..end].to_string());
@@ -107,7 +112,9 @@ fn flag_tokens(text: &str) -> Vec<String> {
         let starts_word = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'-');
         if starts_word && b[i] == b'-' && b[i + 1] == b'-' && b[i + 2].is_ascii_lowercase() {
             let mut j = i + 2;
-            while j < b.len() && (b[j].is_ascii_lowercase() || b[j].is_ascii_digit() || b[j] == b'-') {
+            while j < b.len()
+                && (b[j].is_ascii_lowercase() || b[j].is_ascii_digit() || b[j] == b'-')
+            {
                 j += 1;
             }
             out.push(text[i..j].trim_end_matches('-').to_string());
@@ -141,13 +148,23 @@ fn every_flag_a_message_names_exists() {
     assert!(flags.contains("--distillation-type") && flags.contains("--finetune"));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for d in ["src", "formats/src", "pipeline/src", "cache/src", "trainer/src"] {
+    for d in [
+        "src",
+        "formats/src",
+        "pipeline/src",
+        "cache/src",
+        "trainer/src",
+    ] {
         rust_files(&root.join(d), &mut files);
     }
     assert!(files.len() > 20);
     let mut unknown: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in &files {
-        let rel = f.strip_prefix(root).unwrap_or(f).to_string_lossy().into_owned();
+        let rel = f
+            .strip_prefix(root)
+            .unwrap_or(f)
+            .to_string_lossy()
+            .into_owned();
         if rel == "src/flag_names.rs" {
             continue;
         }
@@ -156,14 +173,19 @@ fn every_flag_a_message_names_exists() {
         let src = src.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
         for lit in literals(src) {
             for t in flag_tokens(&lit) {
-                let known_bad = KNOWN_BAD.iter().any(|(file, flag)| rel == *file && t == *flag);
+                let known_bad = KNOWN_BAD
+                    .iter()
+                    .any(|(file, flag)| rel == *file && t == *flag);
                 if !flags.contains(&t) && !NOT_OURS.contains(&t.as_str()) && !known_bad {
                     unknown.entry(t).or_default().insert(rel.clone());
                 }
             }
         }
     }
-    assert!(unknown.is_empty(), "messages name flags that do not exist: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "messages name flags that do not exist: {unknown:?}"
+    );
 }
 
 #[test]

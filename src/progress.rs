@@ -40,7 +40,11 @@ pub fn stderr_colour() -> bool {
 
 /// A rate rounded to a whole number with its unit: `322 img/s`.
 pub fn rate(per_sec: f64, unit: &str) -> String {
-    let r = if per_sec.is_finite() { per_sec.max(0.0) } else { 0.0 };
+    let r = if per_sec.is_finite() {
+        per_sec.max(0.0)
+    } else {
+        0.0
+    };
     format!("{r:.0} {unit}/s")
 }
 

@@ -63,7 +63,12 @@ fn train_cmd(data: &Path, out: &Path) -> Command {
         .arg(out)
         .args(["--batch-size", "8", "--warmup-epochs", "0"])
         .args(["--set", "model.depth=1", "--set", "model.embed_dim=24"])
-        .args(["--set", "run.max_batches_per_epoch=2", "--set", "data.workers=2"]);
+        .args([
+            "--set",
+            "run.max_batches_per_epoch=2",
+            "--set",
+            "data.workers=2",
+        ]);
     c
 }
 
@@ -116,7 +121,11 @@ fn help_shows_main_py_names_and_refuses_what_is_not_implemented() {
     let out = tmp.path().join("run");
     let base = |extra: &[&str]| {
         let mut c = bin();
-        c.arg("train").arg("--data").arg(tmp.path()).arg("--out").arg(&out);
+        c.arg("train")
+            .arg("--data")
+            .arg(tmp.path())
+            .arg("--out")
+            .arg(&out);
         c.args(extra);
         c
     };
@@ -124,7 +133,10 @@ fn help_shows_main_py_names_and_refuses_what_is_not_implemented() {
         (&["--opt", "sgd"][..], "AdamW only"),
         (&["--sched", "step"][..], "cosine"),
         (&["--opt-betas", "0.9", "1.5"][..], "opt_betas"),
-        (&["--aa", "none", "--color-jitter", "0.4"][..], "ColorJitter"),
+        (
+            &["--aa", "none", "--color-jitter", "0.4"][..],
+            "ColorJitter",
+        ),
         (&["--train-interpolation", "random"][..], "random"),
         (&["--remode", "weird"][..], "weird"),
     ] {
@@ -139,17 +151,35 @@ fn a_teacher_that_would_do_nothing_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let mut c = bin();
-    c.arg("train").arg("--data").arg(tmp.path()).arg("--out").arg(&out);
-    let e = run_err(c.arg("--teacher").arg(tmp.path()).args(["--distillation", "none"]));
-    assert!(e.contains("--distillation none") && e.contains("never be used"), "{e}");
+    c.arg("train")
+        .arg("--data")
+        .arg(tmp.path())
+        .arg("--out")
+        .arg(&out);
+    let e = run_err(
+        c.arg("--teacher")
+            .arg(tmp.path())
+            .args(["--distillation", "none"]),
+    );
+    assert!(
+        e.contains("--distillation none") && e.contains("never be used"),
+        "{e}"
+    );
     let mut c = bin();
-    c.arg("train").arg("--data").arg(tmp.path()).arg("--out").arg(&out);
+    c.arg("train")
+        .arg("--data")
+        .arg(tmp.path())
+        .arg("--out")
+        .arg(&out);
     let e = run_err(
         c.arg("--teacher-path")
             .arg(tmp.path().join("missing.pth"))
             .args(["--distillation-type", "hard"]),
     );
-    assert!(e.contains("missing.pth") && e.contains("no such file"), "{e}");
+    assert!(
+        e.contains("missing.pth") && e.contains("no such file"),
+        "{e}"
+    );
     assert!(!out.exists());
 }
 
@@ -179,18 +209,44 @@ fn main_py_flags_log_txt_and_tensorboard() {
     let data = shards(tmp.path());
     let run = tmp.path().join("run");
     let out = train_cmd(&data, &run)
-        .args(["--epochs", "1", "--cooldown-epochs", "2", "--min-lr", "1e-5"])
-        .args(["--opt", "adamw", "--sched", "cosine", "--opt-betas", "0.8", "0.99"])
+        .args([
+            "--epochs",
+            "1",
+            "--cooldown-epochs",
+            "2",
+            "--min-lr",
+            "1e-5",
+        ])
+        .args([
+            "--opt",
+            "adamw",
+            "--sched",
+            "cosine",
+            "--opt-betas",
+            "0.8",
+            "0.99",
+        ])
         .args(["--remode", "const", "--recount", "2"])
-        .args(["--train-interpolation", "bilinear", "--eval-crop-ratio", "0.9"])
+        .args([
+            "--train-interpolation",
+            "bilinear",
+            "--eval-crop-ratio",
+            "0.9",
+        ])
         .args(["--color-jitter", "0.4", "--tensorboard"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     // stderr is a pipe here: log lines without ANSI colour codes.
-    assert!(!stderr.contains('\u{1b}'), "colour codes on a pipe:\n{stderr}");
-    assert!(stderr.contains("img/s") && !stderr.contains(".0 img/s"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes on a pipe:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("img/s") && !stderr.contains(".0 img/s"),
+        "{stderr}"
+    );
 
     let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
     for want in [
@@ -209,11 +265,7 @@ fn main_py_flags_log_txt_and_tensorboard() {
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.len(), 3, "{log}");
     for (i, l) in lines.iter().enumerate() {
-        let keys: Vec<&str> = l
-            .split("\"")
-            .skip(1)
-            .step_by(2)
-            .collect();
+        let keys: Vec<&str> = l.split("\"").skip(1).step_by(2).collect();
         assert_eq!(
             keys,
             [
@@ -287,8 +339,7 @@ fn finetune_drops_the_head_and_resamples_pos_embed() {
     assert_eq!(b["head.weight"].dims(), &[4, 24]);
     let qkv = "blocks.0.attn.qkv.weight";
     assert!(max_abs_diff(&a[qkv], &b[qkv]) < 1e-6);
-    let want =
-        trainer::train::finetune::resample_pos_embed_mainpy(&a["pos_embed"], 2, 6).unwrap();
+    let want = trainer::train::finetune::resample_pos_embed_mainpy(&a["pos_embed"], 2, 6).unwrap();
     assert!(max_abs_diff(&b["pos_embed"], &want) < 1e-6);
     // The recipe records where the weights came from.
     let cfg = std::fs::read_to_string(ft.join("config.toml")).unwrap();
@@ -315,13 +366,19 @@ fn resume_from_a_main_py_checkpoint_continues_at_its_next_epoch() {
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     let epochs: Vec<u64> = log
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(epochs, vec![2], "{log}");
     // Another architecture than the checkpoint's is refused, naming the tensor.
-    let e = run_err(
-        train_cmd(&data, &tmp.path().join("other"))
-            .args(["--set", "model.embed_dim=32", "--resume", ckpt]),
-    );
+    let e = run_err(train_cmd(&data, &tmp.path().join("other")).args([
+        "--set",
+        "model.embed_dim=32",
+        "--resume",
+        ckpt,
+    ]));
     assert!(e.contains("pos_embed") || e.contains("cls_token"), "{e}");
 }

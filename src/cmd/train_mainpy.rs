@@ -90,7 +90,10 @@ mod tests {
         let pth = tmp.path().join("checkpoint.pth");
         std::fs::write(&pth, b"x").unwrap();
         assert_eq!(resume_target(&None, &out).unwrap(), ResumeTarget::None);
-        assert_eq!(resume_target(&Some(None), &out).unwrap(), ResumeTarget::RunDir);
+        assert_eq!(
+            resume_target(&Some(None), &out).unwrap(),
+            ResumeTarget::RunDir
+        );
         assert_eq!(
             resume_target(&Some(Some(out.clone())), &out).unwrap(),
             ResumeTarget::RunDir

@@ -47,7 +47,10 @@ fn pos_embed_interpolation_equals_torch_bicubic() {
         assert!(d <= 1e-5, "{case}: max abs diff {d}");
         // The token rows are kept exactly.
         assert_eq!(
-            max_abs_diff(&got.narrow(1, 0, extra).unwrap(), &src.narrow(1, 0, extra).unwrap()),
+            max_abs_diff(
+                &got.narrow(1, 0, extra).unwrap(),
+                &src.narrow(1, 0, extra).unwrap()
+            ),
             0.0
         );
     }
@@ -73,7 +76,8 @@ fn tiny_spec(classes: usize, img: usize) -> ModelSpec {
 fn finetune_drops_a_head_of_another_class_count_and_resamples_pos_embed() {
     let ck = MainPyCheckpoint::read(&fixture("checkpoint.pth")).unwrap();
     let spec = tiny_spec(7, 48);
-    let (varmap, _, _) = build_model(&spec, None, &LoadOptions::default(), &Device::Cpu, 0).unwrap();
+    let (varmap, _, _) =
+        build_model(&spec, None, &LoadOptions::default(), &Device::Cpu, 0).unwrap();
     let shapes: BTreeMap<String, Vec<usize>> = varmap
         .data()
         .lock()
@@ -85,7 +89,12 @@ fn finetune_drops_a_head_of_another_class_count_and_resamples_pos_embed() {
     let changes = prepare(&mut tensors, &shapes, &spec).unwrap();
     assert_eq!(
         changes.dropped,
-        vec!["head.weight", "head.bias", "head_dist.weight", "head_dist.bias"]
+        vec![
+            "head.weight",
+            "head.bias",
+            "head_dist.weight",
+            "head_dist.bias"
+        ]
     );
     assert_eq!(changes.pos_embed, Some((4, 6)));
     assert_eq!(tensors["pos_embed"].dims(), &[1, 2 + 36, 24]);
@@ -103,7 +112,10 @@ fn finetune_drops_a_head_of_another_class_count_and_resamples_pos_embed() {
     let mut same = ck.model.clone();
     let c = prepare(&mut same, &shapes4, &spec4).unwrap();
     assert!(c.dropped.is_empty());
-    assert_eq!(max_abs_diff(&same["pos_embed"], &ck.model["pos_embed"]), 0.0);
+    assert_eq!(
+        max_abs_diff(&same["pos_embed"], &ck.model["pos_embed"]),
+        0.0
+    );
 }
 
 #[test]
@@ -115,7 +127,8 @@ fn a_main_py_checkpoint_restores_weights_adamw_state_and_ema() {
         candle_core::safetensors::load(fixture("checkpoint_expected.safetensors"), &Device::Cpu)
             .unwrap();
     let spec = tiny_spec(4, 32);
-    let (varmap, _, _) = build_model(&spec, None, &LoadOptions::default(), &Device::Cpu, 0).unwrap();
+    let (varmap, _, _) =
+        build_model(&spec, None, &LoadOptions::default(), &Device::Cpu, 0).unwrap();
     ck.load_model(&varmap, &spec).unwrap();
     let cfg = AdamWConfig {
         lr: 1e-3,
@@ -132,9 +145,19 @@ fn a_main_py_checkpoint_restores_weights_adamw_state_and_ema() {
     let names: Vec<String> = opt.param_names().iter().map(|s| s.to_string()).collect();
     assert_eq!(names.len(), 23);
     for name in &names {
-        let (m, v) = opt.moments(name).unwrap_or_else(|| panic!("{name}: no state"));
-        assert_eq!(max_abs_diff(m, &expected[&format!("{name}.exp_avg")]), 0.0, "{name}");
-        assert_eq!(max_abs_diff(v, &expected[&format!("{name}.exp_avg_sq")]), 0.0, "{name}");
+        let (m, v) = opt
+            .moments(name)
+            .unwrap_or_else(|| panic!("{name}: no state"));
+        assert_eq!(
+            max_abs_diff(m, &expected[&format!("{name}.exp_avg")]),
+            0.0,
+            "{name}"
+        );
+        assert_eq!(
+            max_abs_diff(v, &expected[&format!("{name}.exp_avg_sq")]),
+            0.0,
+            "{name}"
+        );
         assert_eq!(opt.step_count(name), 3, "{name}");
         assert_eq!(
             max_abs_diff(ema.get(name).unwrap(), &expected[&format!("ema.{name}")]),

@@ -176,11 +176,15 @@ pub fn load_finetune(varmap: &VarMap, spec: &ModelSpec, path: &Path) -> Result<L
     };
     let changes = prepare(&mut tensors, &shapes, spec)?;
     for k in &changes.dropped {
-        tracing::info!("--finetune: removing {k} from the checkpoint (its shape differs from the model's)");
+        tracing::info!(
+            "--finetune: removing {k} from the checkpoint (its shape differs from the model's)"
+        );
     }
     if let Some((old, new)) = changes.pos_embed {
         if old != new {
-            tracing::info!("--finetune: pos_embed resampled from a {old}x{old} to a {new}x{new} grid");
+            tracing::info!(
+                "--finetune: pos_embed resampled from a {old}x{old} to a {new}x{new} grid"
+            );
         }
     }
     let source = format!("--finetune {}", file.display());

@@ -70,7 +70,9 @@ pub fn check_color_jitter(value: f64, augment: &AugmentConfig) -> Result<()> {
 pub fn check_teacher(cfg: &TrainConfig, from_flags: bool) -> Result<()> {
     let d = &cfg.distillation;
     let named: Vec<String> = [
-        d.teacher.as_ref().map(|p| format!("--teacher {}", p.display())),
+        d.teacher
+            .as_ref()
+            .map(|p| format!("--teacher {}", p.display())),
         d.teacher_targets
             .as_ref()
             .map(|p| format!("--teacher-targets {}", p.display())),

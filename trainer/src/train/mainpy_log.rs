@@ -23,10 +23,7 @@ pub const LOG_TXT: &str = "log.txt";
 /// One line as Python's `json.dumps` writes a dict (`", "` and `": "` separators).
 pub fn line(r: &EpochRecord, n_parameters: usize) -> String {
     let num = |v: f64| serde_json::to_string(&v).unwrap_or_else(|_| "NaN".into());
-    let mut fields = vec![
-        ("train_lr", num(r.lr)),
-        ("train_loss", num(r.train_loss)),
-    ];
+    let mut fields = vec![("train_lr", num(r.lr)), ("train_loss", num(r.train_loss))];
     if let Some(v) = &r.val {
         fields.extend([
             ("test_loss", num(v.loss)),
@@ -140,7 +137,11 @@ mod tests {
         let text = std::fs::read_to_string(tmp.path().join(LOG_TXT)).unwrap();
         let epochs: Vec<u64> = text
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(epochs, vec![0, 1, 2]);
     }

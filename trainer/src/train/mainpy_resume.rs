@@ -180,11 +180,14 @@ fn parse_group(g: &Object, i: usize) -> Result<ParamGroup> {
             .iter()
             .map(|o| as_int(o).map(|x| x as usize))
             .collect::<Option<Vec<_>>>()
-            .with_context(|| format!("optimizer param_groups[{i}]['params'] is not a list of ints"))?,
+            .with_context(|| {
+                format!("optimizer param_groups[{i}]['params'] is not a list of ints")
+            })?,
         _ => bail!("optimizer param_groups[{i}]['params'] is not a list"),
     };
     let num = |k: &str| -> Result<f64> {
-        as_float(field(k)?).with_context(|| format!("optimizer param_groups[{i}]['{k}'] is not a number"))
+        as_float(field(k)?)
+            .with_context(|| format!("optimizer param_groups[{i}]['{k}'] is not a number"))
     };
     let betas = match field("betas")? {
         Object::Tuple(v) | Object::List(v) if v.len() == 2 => (
@@ -300,10 +303,16 @@ impl MainPyCheckpoint {
                         for (fk, fv) in fields {
                             match key_str(&fk) {
                                 Some("exp_avg") => {
-                                    m = Some(ar.tensor(fv, &format!("optimizer state[{idx}]['exp_avg']"))?)
+                                    m = Some(ar.tensor(
+                                        fv,
+                                        &format!("optimizer state[{idx}]['exp_avg']"),
+                                    )?)
                                 }
                                 Some("exp_avg_sq") => {
-                                    v2 = Some(ar.tensor(fv, &format!("optimizer state[{idx}]['exp_avg_sq']"))?)
+                                    v2 = Some(ar.tensor(
+                                        fv,
+                                        &format!("optimizer state[{idx}]['exp_avg_sq']"),
+                                    )?)
                                 }
                                 // torch >= 1.12 keeps the step as a 0-d float tensor,
                                 // older versions as an int.
@@ -393,8 +402,14 @@ impl MainPyCheckpoint {
              state by index"
         );
         let rank = |n: &str| param_shapes[n].len();
-        let no_decay: Vec<&String> = order.iter().filter(|n| no_weight_decay(n, rank(n))).collect();
-        let decay: Vec<&String> = order.iter().filter(|n| !no_weight_decay(n, rank(n))).collect();
+        let no_decay: Vec<&String> = order
+            .iter()
+            .filter(|n| no_weight_decay(n, rank(n)))
+            .collect();
+        let decay: Vec<&String> = order
+            .iter()
+            .filter(|n| !no_weight_decay(n, rank(n)))
+            .collect();
         ensure!(
             groups.len() == 2
                 && groups[0].params.len() == no_decay.len()
@@ -411,11 +426,20 @@ impl MainPyCheckpoint {
                 bail!(
                     "the checkpoint's AdamW betas are ({}, {}), this run's ({}, {}); pass \
                      --opt-betas {} {}",
-                    g.betas.0, g.betas.1, betas.0, betas.1, g.betas.0, g.betas.1
+                    g.betas.0,
+                    g.betas.1,
+                    betas.0,
+                    betas.1,
+                    g.betas.0,
+                    g.betas.1
                 );
             }
             if (g.eps - eps).abs() > 1e-20 {
-                bail!("the checkpoint's AdamW eps is {}, this run's {eps}; pass --opt-eps {}", g.eps, g.eps);
+                bail!(
+                    "the checkpoint's AdamW eps is {}, this run's {eps}; pass --opt-eps {}",
+                    g.eps,
+                    g.eps
+                );
             }
             if (g.weight_decay - want_wd).abs() > 1e-12 {
                 bail!(
@@ -434,9 +458,9 @@ impl MainPyCheckpoint {
             .collect();
         let mut out = HashMap::new();
         for (idx, st) in state {
-            let name = by_index
-                .get(idx)
-                .with_context(|| format!("optimizer state for parameter index {idx}, which no group lists"))?;
+            let name = by_index.get(idx).with_context(|| {
+                format!("optimizer state for parameter index {idx}, which no group lists")
+            })?;
             let want = &param_shapes[name.as_str()];
             for (what, t) in [("exp_avg", &st.exp_avg), ("exp_avg_sq", &st.exp_avg_sq)] {
                 ensure!(
@@ -465,15 +489,14 @@ impl MainPyCheckpoint {
         ema: Option<&mut crate::ema::ModelEma>,
         device: &Device,
     ) -> Result<(usize, u64)> {
-        let epoch = self
-            .epoch
-            .context("the checkpoint has no 'epoch' entry")?;
+        let epoch = self.epoch.context("the checkpoint has no 'epoch' entry")?;
         let shapes: BTreeMap<String, Vec<usize>> = crate::models::trainable_vars(varmap)
             .into_iter()
             .map(|(n, v)| (n, v.as_tensor().dims().to_vec()))
             .collect();
         let cfg = *opt.config();
-        let tensors = self.optimizer_tensors(spec, &shapes, cfg.betas, cfg.eps, cfg.weight_decay)?;
+        let tensors =
+            self.optimizer_tensors(spec, &shapes, cfg.betas, cfg.eps, cfg.weight_decay)?;
         let steps = tensors
             .iter()
             .filter(|(k, _)| k.ends_with(".step"))
@@ -531,7 +554,10 @@ pub fn timm_deit_param_order(spec: &ModelSpec) -> Result<Vec<String>> {
     if c.distilled {
         v.push("dist_token".into());
     }
-    v.extend(["patch_embed.proj.weight".into(), "patch_embed.proj.bias".into()]);
+    v.extend([
+        "patch_embed.proj.weight".into(),
+        "patch_embed.proj.bias".into(),
+    ]);
     for b in 0..c.depth {
         for p in [
             "norm1.weight",
@@ -550,7 +576,12 @@ pub fn timm_deit_param_order(spec: &ModelSpec) -> Result<Vec<String>> {
             v.push(format!("blocks.{b}.{p}"));
         }
     }
-    v.extend(["norm.weight".into(), "norm.bias".into(), "head.weight".into(), "head.bias".into()]);
+    v.extend([
+        "norm.weight".into(),
+        "norm.bias".into(),
+        "head.weight".into(),
+        "head.bias".into(),
+    ]);
     if c.distilled {
         v.extend(["head_dist.weight".into(), "head_dist.bias".into()]);
     }

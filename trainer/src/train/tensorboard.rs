@@ -82,7 +82,12 @@ fn bytes_field(field: u32, data: &[u8], out: &mut Vec<u8>) {
 }
 
 /// An `Event` with `wall_time`, `step` and either a file version or scalar values.
-fn event(wall_time: f64, step: i64, file_version: Option<&str>, scalars: &[(&str, f32)]) -> Vec<u8> {
+fn event(
+    wall_time: f64,
+    step: i64,
+    file_version: Option<&str>,
+    scalars: &[(&str, f32)],
+) -> Vec<u8> {
     let mut e = Vec::new();
     key(1, 1, &mut e);
     e.extend_from_slice(&wall_time.to_le_bytes());
@@ -136,7 +141,11 @@ impl EventWriter {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .ok()
-            .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+            .filter(|h| {
+                !h.is_empty()
+                    && h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            })
             .unwrap_or_else(|| "localhost".into());
         let t = now();
         let path = dir.join(format!(
