@@ -184,3 +184,25 @@ fn a_main_py_checkpoint_restores_weights_adamw_state_and_ema() {
         .to_string();
     assert!(e.contains("--opt-betas 0.9 0.999"), "{e}");
 }
+
+#[test]
+fn a_weights_only_checkpoint_starts_at_epoch_zero() {
+    let full = MainPyCheckpoint::read(&fixture("checkpoint.pth")).unwrap();
+    let ck = MainPyCheckpoint {
+        path: full.path.clone(),
+        model: full.model.clone(),
+        model_ema: None,
+        optimizer: None,
+        epoch: None,
+    };
+    let spec = tiny_spec(4, 32);
+    let (varmap, _, _) =
+        build_model(&spec, None, &LoadOptions::default(), &Device::Cpu, 0).unwrap();
+    ck.load_model(&varmap, &spec).unwrap();
+    let mut opt = AdamW::from_varmap(&varmap, AdamWConfig::default()).unwrap();
+    let r = ck
+        .restore(&spec, &varmap, &mut opt, None, &Device::Cpu)
+        .unwrap();
+    assert_eq!(r, (0, 0));
+    assert_eq!(opt.step_count("head.weight"), 0);
+}

@@ -480,7 +480,7 @@ impl MainPyCheckpoint {
     }
 
     /// Restore the optimizer (moments and step counts) and EMA into a run just built,
-    /// returning (next epoch, optimizer steps taken).
+    /// returning (next epoch, optimizer steps taken); (0, 0) for a weights-only file.
     pub fn restore(
         &self,
         spec: &ModelSpec,
@@ -489,7 +489,16 @@ impl MainPyCheckpoint {
         ema: Option<&mut crate::ema::ModelEma>,
         device: &Device,
     ) -> Result<(usize, u64)> {
-        let epoch = self.epoch.context("the checkpoint has no 'epoch' entry")?;
+        // main.py restores the training state only when the checkpoint has it
+        // ('optimizer', 'lr_scheduler', 'epoch'); a weights-only file (the released
+        // DeiT checkpoints) starts at epoch 0 from its weights.
+        let Some(epoch) = self.epoch.filter(|_| self.optimizer.is_some()) else {
+            tracing::warn!(
+                "{}: no 'optimizer' and 'epoch' entries; starting at epoch 0 from its weights",
+                self.path.display()
+            );
+            return Ok((0, 0));
+        };
         let shapes: BTreeMap<String, Vec<usize>> = crate::models::trainable_vars(varmap)
             .into_iter()
             .map(|(n, v)| (n, v.as_tensor().dims().to_vec()))
