@@ -139,6 +139,18 @@ fn help_shows_main_py_names_and_refuses_what_is_not_implemented() {
         ),
         (&["--train-interpolation", "random"][..], "random"),
         (&["--remode", "weird"][..], "weird"),
+        (
+            &[
+                "--finetune",
+                "x.pth",
+                "--resume",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/trainer/tests/fixtures/mainpy/checkpoint.pth"
+                ),
+            ][..],
+            "give one",
+        ),
     ] {
         let e = run_err(&mut base(args));
         assert!(e.contains(want), "{args:?}: {e}");

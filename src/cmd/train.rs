@@ -24,7 +24,7 @@ pub struct Args {
     /// Continue a run. Alone (or naming the --out directory): from the run directory's
     /// last checkpoint. `--resume FILE.pth`: start --out from a checkpoint DeiT's main.py
     /// wrote (output_dir/checkpoint.pth): its weights, AdamW state, EMA and next epoch.
-    #[arg(long, value_name = "PATH", num_args = 0..=1, conflicts_with = "finetune")]
+    #[arg(long, value_name = "PATH", num_args = 0..=1)]
     pub resume: Option<Option<PathBuf>>,
     /// Fine-tune from these weights as main.py --finetune: a head whose class count
     /// differs is dropped, the position embedding resampled (bicubic) to this model's

@@ -68,6 +68,15 @@ pub fn add_overrides(args: &Args, o: &mut Overrides) -> Result<()> {
     if let Some(b) = &args.opt_betas {
         o.opt_betas = Some(mainpy_flags::opt_betas(b)?);
     }
+    if let (ResumeTarget::MainPy(p), Some(f)) =
+        (resume_target(&args.resume, &args.out)?, &args.finetune)
+    {
+        bail!(
+            "--resume {} starts from that checkpoint's weights and --finetune {} from              others: give one (a plain --resume of this run may repeat --finetune)",
+            p.display(),
+            f.display()
+        );
+    }
     Ok(())
 }
 
