@@ -244,13 +244,13 @@ impl MainPyCheckpoint {
         let Object::Dict(top) = obj else {
             bail!("the pickled object is not a dict");
         };
-        let mut model = None;
+        let mut has_model = false;
         let mut model_ema = None;
         let mut optimizer = None;
         let mut epoch = None;
         for (k, v) in top {
             match key_str(&k) {
-                Some("model") => model = Some(ar.state_dict(v, "checkpoint['model']")?),
+                Some("model") => has_model = true,
                 Some("model_ema") if v != Object::None => {
                     model_ema = Some(ar.state_dict(v, "checkpoint['model_ema']")?)
                 }
@@ -263,7 +263,10 @@ impl MainPyCheckpoint {
                 _ => {}
             }
         }
-        let model = model.context("the checkpoint has no 'model' entry")?;
+        ensure!(has_model, "the checkpoint has no 'model' entry");
+        // The weights through the project's .pth reader (the same tensors, `module.`
+        // prefixes stripped), so its checks apply here too.
+        let model = crate::weights::read_state_dict(path)?;
         Ok(MainPyCheckpoint {
             path: path.to_path_buf(),
             model,
