@@ -18,7 +18,7 @@ pub struct Args {
     /// Dataset directory from `deit-pipe shard` (holds train/ and val/).
     #[arg(long)]
     pub data: PathBuf,
-    /// Run directory: config.toml, metrics.jsonl, checkpoints.
+    /// Run directory: config.toml, metrics.jsonl, log.txt (main.py's), checkpoints.
     #[arg(long)]
     pub out: PathBuf,
     /// Continue a run. Alone (or naming the --out directory): from the run directory's
@@ -105,8 +105,9 @@ pub struct Args {
     /// LR schedule (main.py --sched): cosine (with linear warmup), the one implemented.
     #[arg(long, value_name = "NAME")]
     pub sched: Option<String>,
-    /// Epochs at --min-lr after the cosine (timm train.py's meaning; default 0: DeiT's
-    /// main.py parses this flag, default 10, but trains --epochs only).
+    /// Extra epochs after --epochs with the lr at the cosine's end, --min-lr (timm
+    /// train.py's meaning). Default 0: DeiT's main.py parses this flag (default 10) but
+    /// trains --epochs only.
     #[arg(long)]
     pub cooldown_epochs: Option<usize>,
     /// Write TensorBoard event files (scalars) under RUN_DIR/tb.

@@ -198,9 +198,10 @@ pub struct ScheduleConfig {
     pub warmup_lr: f64,
     /// Floor of the cosine (`--min-lr`, 1e-5).
     pub min_lr: f64,
-    /// Epochs at `min_lr` after the cosine (`--cooldown-epochs`, timm `train.py`'s
-    /// meaning). 0 here: DeiT's `main.py` parses the flag (default 10) but its loop runs
-    /// `--epochs` only, so it has no effect there. Not written when 0.
+    /// Extra epochs after `epochs`, the lr at the cosine's end (`--cooldown-epochs`, timm
+    /// `train.py`'s meaning; `min_lr` from the second one on, as the schedule is stepped
+    /// once per epoch after it, as main.py does). 0 here: DeiT's `main.py` parses the
+    /// flag (default 10) but its loop runs `--epochs` only. Not written when 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub cooldown_epochs: usize,
 }
