@@ -5,6 +5,8 @@ mod alloc;
 mod cmd;
 mod compute_threads;
 mod dist;
+#[cfg(test)]
+mod flag_names;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -43,7 +45,7 @@ enum Command {
     /// Draw a run's loss, accuracy and lr curves to a PNG and print a summary table.
     Report(cmd::report::Args),
     /// Run the teacher once per view of the trainer's epoch plans; write top-K targets as Parquet.
-    TeacherCache(cmd::teacher_cache::Args),
+    TeacherCache(Box<cmd::teacher_cache::Args>),
     /// Teacher caches: `cache inspect` (coverage, bytes per view, label agreement).
     Cache(cmd::cache_inspect::CacheArgs),
 }
@@ -64,7 +66,7 @@ fn main() {
         Command::Train(args) => cmd::train::run(*args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Report(args) => cmd::report::run(args),
-        Command::TeacherCache(args) => cmd::teacher_cache::run(args),
+        Command::TeacherCache(args) => cmd::teacher_cache::run(*args),
         Command::Cache(args) => cmd::cache_inspect::run(args),
     };
     if let Err(err) = result {
@@ -84,6 +86,7 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(progress::LogWriter::default)
         .with_target(false)
+        .with_ansi(progress::stderr_colour())
         .compact()
         .init();
 }

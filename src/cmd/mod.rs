@@ -13,4 +13,5 @@ pub mod shard;
 pub mod synth;
 pub mod teacher_cache;
 pub mod train;
+pub mod train_mainpy;
 pub mod view_args;

@@ -18,25 +18,32 @@ pub struct Args {
     /// Dataset directory from `deit-pipe shard` (holds train/ and val/).
     #[arg(long)]
     pub data: PathBuf,
-    /// Run directory: config.toml, metrics.jsonl, checkpoints.
+    /// Run directory: config.toml, metrics.jsonl, log.txt (main.py's), checkpoints.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue from the run directory's last checkpoint.
-    #[arg(long)]
-    pub resume: bool,
+    /// Continue a run. Alone (or naming the --out directory): from the run directory's
+    /// last checkpoint. `--resume FILE.pth`: start --out from a checkpoint DeiT's main.py
+    /// wrote (output_dir/checkpoint.pth): its weights, AdamW state, EMA and next epoch.
+    #[arg(long, value_name = "PATH", num_args = 0..=1)]
+    pub resume: Option<Option<PathBuf>>,
+    /// Fine-tune from these weights as main.py --finetune: a head whose class count
+    /// differs is dropped, the position embedding resampled (bicubic) to this model's
+    /// grid. A .pth ({'model': ...}), .safetensors, or a run / checkpoint directory.
+    #[arg(long, value_name = "PATH")]
+    pub finetune: Option<PathBuf>,
     /// Distillation type: none, hard or soft (DeiT --distillation-type).
-    #[arg(long, alias = "distillation-type", value_parser = parse_distill)]
+    #[arg(long, visible_alias = "distillation-type", value_parser = parse_distill)]
     pub distillation: Option<DistillationType>,
     /// Teacher-cache directory (from `deit-pipe teacher-cache`).
     #[arg(long, conflicts_with = "teacher")]
     pub teacher_targets: Option<PathBuf>,
     /// Teacher for online distillation (DeiT --teacher-path): a weights file, a checkpoint
     /// directory or a `deit-pipe train` run directory (its best checkpoint).
-    #[arg(long, alias = "teacher-path")]
+    #[arg(long, visible_alias = "teacher-path")]
     pub teacher: Option<PathBuf>,
     /// Teacher architecture, a timm name (DeiT --teacher-model); default: the model named
     /// in the teacher run's config.toml.
-    #[arg(long, alias = "teacher-model")]
+    #[arg(long, visible_alias = "teacher-model")]
     pub teacher_arch: Option<String>,
     /// On a cached view hash that differs from the rebuilt view: count and continue.
     #[arg(long)]
@@ -89,6 +96,23 @@ pub struct Args {
     /// AdamW epsilon.
     #[arg(long)]
     pub opt_eps: Option<f64>,
+    /// Optimizer (main.py --opt): adamw, the one implemented; other names are refused.
+    #[arg(long, value_name = "NAME")]
+    pub opt: Option<String>,
+    /// AdamW betas (main.py --opt-betas; default 0.9 0.999).
+    #[arg(long, value_name = "BETA", num_args = 2)]
+    pub opt_betas: Option<Vec<f64>>,
+    /// LR schedule (main.py --sched): cosine (with linear warmup), the one implemented.
+    #[arg(long, value_name = "NAME")]
+    pub sched: Option<String>,
+    /// Extra epochs after --epochs with the lr at the cosine's end, --min-lr (timm
+    /// train.py's meaning). Default 0: DeiT's main.py parses this flag (default 10) but
+    /// trains --epochs only.
+    #[arg(long)]
+    pub cooldown_epochs: Option<usize>,
+    /// Write TensorBoard event files (scalars) under RUN_DIR/tb.
+    #[arg(long)]
+    pub tensorboard: bool,
     /// Clip the global gradient norm (0: off).
     #[arg(long)]
     pub clip_grad: Option<f64>,
@@ -154,22 +178,34 @@ impl Args {
             model_ema_decay: self.model_ema_decay,
             device: self.device.clone(),
             precision: self.precision,
+            cooldown_epochs: self.cooldown_epochs,
+            finetune: self.finetune.clone(),
             ..Overrides::default()
         };
         self.view.add_to(o)
+    }
+
+    /// Whether to continue the --out run from its last checkpoint.
+    pub fn resume_run(&self) -> bool {
+        matches!(
+            super::train_mainpy::resume_target(&self.resume, &self.out),
+            Ok(super::train_mainpy::ResumeTarget::RunDir)
+        )
     }
 
     /// The resolved config: file (or the run's saved config on resume, or defaults),
     /// then the overrides.
     pub fn resolve_config(&self) -> Result<TrainConfig> {
         let saved = self.out.join(trainer::train::CONFIG_FILE);
-        let mut cfg = match (&self.config, self.resume && saved.is_file()) {
+        let mut cfg = match (&self.config, self.resume_run() && saved.is_file()) {
             (Some(path), _) => TrainConfig::from_file(path)?,
             (None, true) => TrainConfig::from_file(&saved)
                 .with_context(|| format!("the run's saved config {}", saved.display()))?,
             (None, false) => TrainConfig::default(),
         };
-        cfg.apply(&self.overrides())?;
+        let mut o = self.overrides();
+        super::train_mainpy::add_overrides(self, &mut o)?;
+        cfg.apply(&o)?;
         Ok(cfg)
     }
 }
@@ -183,21 +219,20 @@ pub const ABORT_AT_STEP_ENV: &str = "DEIT_PIPE_ABORT_AT_STEP";
 /// otherwise).
 pub const STALL_AT_STEP_ENV: &str = "DEIT_PIPE_STALL_AT_STEP";
 
-/// Progress bars: one per epoch (img/s, loss, lr, ETA) and one per evaluation.
+/// Progress bars: one per epoch (img/s, loss, lr, whole-run ETA) and one per evaluation.
 struct Bars {
     bar: Option<indicatif::ProgressBar>,
     loss: f64,
     batches: usize,
+    /// Whole-run ETA: start of this process's training, batches trained, batches left.
+    run: (std::time::Instant, u64, u64),
 }
 
 impl trainer::train::TrainProgress for Bars {
     fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize, skip: usize) {
-        let bar = crate::progress::bar(
-            batches as u64,
-            &format!("ep {}/{epochs}", epoch + 1),
-            "batch",
-        );
+        let bar = crate::progress::train_bar(batches as u64, &format!("ep {}/{epochs}", epoch + 1));
         bar.set_position(skip as u64);
+        self.run.2 = ((epochs - epoch) * batches - skip) as u64;
         bar.reset_eta();
         self.bar = Some(bar);
         self.loss = 0.0;
@@ -208,11 +243,16 @@ impl trainer::train::TrainProgress for Bars {
         self.batches += 1;
         if let Some(b) = &self.bar {
             b.inc(1);
-            let per_s = b.per_sec() * images as f64;
-            b.set_message(format!(
-                "{per_s:.1} img/s loss {:.4} (mean {:.4}) lr {lr:.3e}",
-                loss,
-                self.loss / self.batches as f64
+            self.run.1 += 1;
+            self.run.2 = self.run.2.saturating_sub(1);
+            let eta = crate::progress::run_eta(self.run.0.elapsed(), self.run.1, self.run.2);
+            b.set_message(crate::progress::train_message(
+                b.position(),
+                b.length().unwrap_or(0),
+                b.per_sec() * images as f64,
+                self.loss / self.batches as f64,
+                lr,
+                eta,
             ));
         }
     }
@@ -234,7 +274,7 @@ impl trainer::train::TrainProgress for Bars {
         match &r.val {
             Some(v) => tracing::info!(
                 "epoch {}: lr {:.3e} train loss {:.4} | val loss {:.4} top-1 {:.2} top-5 {:.2} \
-                 (cls {:.2}, dist {}) | {:.1} img/s",
+                 (cls {:.2}, dist {}) | {:.0} img/s",
                 r.epoch,
                 r.lr,
                 r.train_loss,
@@ -246,7 +286,7 @@ impl trainer::train::TrainProgress for Bars {
                 r.img_per_s
             ),
             None => tracing::info!(
-                "epoch {}: lr {:.3e} train loss {:.4} | {:.1} img/s",
+                "epoch {}: lr {:.3e} train loss {:.4} | {:.0} img/s",
                 r.epoch,
                 r.lr,
                 r.train_loss,
@@ -267,7 +307,18 @@ pub fn run(args: Args) -> Result<()> {
     };
     let comm = crate::dist::join(transport)?;
     cfg.run.device = crate::dist::device_for_rank(&cfg.run.device, comm.as_ref());
-    let mut job = trainer::train::TrainJob::new(cfg, &args.data, &args.out, args.resume);
+    let target = super::train_mainpy::resume_target(&args.resume, &args.out)?;
+    super::train_mainpy::check_teacher(&args, &cfg)?;
+    let mut job = trainer::train::TrainJob::new(
+        cfg,
+        &args.data,
+        &args.out,
+        target == super::train_mainpy::ResumeTarget::RunDir,
+    );
+    if let super::train_mainpy::ResumeTarget::MainPy(p) = target {
+        job.start_from = Some(p);
+    }
+    job.tensorboard = args.tensorboard;
     if let Ok(v) = std::env::var(ABORT_AT_STEP_ENV) {
         job.abort_at_step = Some(
             v.parse()
@@ -284,6 +335,7 @@ pub fn run(args: Args) -> Result<()> {
         bar: None,
         loss: 0.0,
         batches: 0,
+        run: (std::time::Instant::now(), 0, 0),
     };
     let summary = trainer::train::train_with(&job, &mut bars, comm.as_ref())?;
     if !comm.is_primary() {

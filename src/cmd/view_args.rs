@@ -38,6 +38,23 @@ pub struct ViewArgs {
     /// Repeated augmentation off.
     #[arg(long)]
     pub no_repeated_aug: bool,
+    /// Random erasing mode: pixel (DeiT's), rand or const.
+    #[arg(long, value_name = "MODE")]
+    pub remode: Option<String>,
+    /// Random erasing count per image.
+    #[arg(long)]
+    pub recount: Option<u32>,
+    /// Training crop interpolation: bicubic (DeiT's) or bilinear.
+    #[arg(long, value_name = "NAME")]
+    pub train_interpolation: Option<String>,
+    /// Eval center-crop ratio (DeiT's 0.875): resize to size / ratio, crop size.
+    #[arg(long, value_name = "RATIO")]
+    pub eval_crop_ratio: Option<f64>,
+    /// Colour jitter (main.py --color-jitter). There is no ColorJitter here: with
+    /// RandAugment on, timm ignores this flag too and any value is accepted; with --aa
+    /// none only 0 is.
+    #[arg(long, value_name = "F")]
+    pub color_jitter: Option<f64>,
     /// Seed of every random choice.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -64,6 +81,11 @@ impl ViewArgs {
                 _ => None,
             },
             seed: self.seed,
+            remode: self.remode.clone(),
+            recount: self.recount,
+            train_interpolation: self.train_interpolation.clone(),
+            eval_crop_ratio: self.eval_crop_ratio,
+            color_jitter: self.color_jitter,
             set: self.set.clone(),
             ..o
         }

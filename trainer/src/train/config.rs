@@ -39,6 +39,12 @@ pub struct ModelConfig {
     pub init_weights: Option<PathBuf>,
     /// Load `init_weights` partially (skip missing/mis-shaped tensors, e.g. a new head).
     pub init_partial: bool,
+    /// Fine-tune from these weights as DeiT's `main.py --finetune` does: a head whose
+    /// class count differs is dropped (kept at its init), the position embedding is
+    /// resampled to this model's grid (bicubic, extra tokens kept); see
+    /// [`super::finetune`]. Not written when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<PathBuf>,
 }
 
 impl ModelConfig {
@@ -102,6 +108,7 @@ impl Default for ModelConfig {
             distilled: None,
             init_weights: None,
             init_partial: false,
+            finetune: None,
         }
     }
 }
@@ -191,6 +198,23 @@ pub struct ScheduleConfig {
     pub warmup_lr: f64,
     /// Floor of the cosine (`--min-lr`, 1e-5).
     pub min_lr: f64,
+    /// Extra epochs after `epochs`, the lr at the cosine's end (`--cooldown-epochs`, timm
+    /// `train.py`'s meaning; `min_lr` from the second one on, as the schedule is stepped
+    /// once per epoch after it, as main.py does). 0 here: DeiT's `main.py` parses the
+    /// flag (default 10) but its loop runs `--epochs` only. Not written when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cooldown_epochs: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+impl ScheduleConfig {
+    /// Epochs the run trains: the cosine's `epochs` plus `cooldown_epochs`.
+    pub fn total_epochs(&self) -> usize {
+        self.epochs + self.cooldown_epochs
+    }
 }
 
 impl Default for ScheduleConfig {
@@ -200,6 +224,7 @@ impl Default for ScheduleConfig {
             warmup_epochs: 5,
             warmup_lr: 1e-6,
             min_lr: 1e-5,
+            cooldown_epochs: 0,
         }
     }
 }
@@ -487,6 +512,24 @@ pub struct Overrides {
     pub device: Option<String>,
     /// `--precision`
     pub precision: Option<PrecisionMode>,
+    /// `--opt-betas B1 B2`
+    pub opt_betas: Option<[f64; 2]>,
+    /// `--cooldown-epochs`
+    pub cooldown_epochs: Option<usize>,
+    /// `--remode` (pixel, rand, const)
+    pub remode: Option<String>,
+    /// `--recount`
+    pub recount: Option<u32>,
+    /// `--train-interpolation` (bicubic, bilinear)
+    pub train_interpolation: Option<String>,
+    /// `--eval-crop-ratio` (DeiT; timm `--crop-pct`)
+    pub eval_crop_ratio: Option<f64>,
+    /// `--color-jitter`: checked against the recipe, see
+    /// [`super::mainpy_flags::check_color_jitter`] (the augmentation has no colour
+    /// jitter of its own).
+    pub color_jitter: Option<f64>,
+    /// `--finetune PATH`
+    pub finetune: Option<PathBuf>,
     /// `--set section.key=value` (TOML value), applied last.
     pub set: Vec<String>,
 }
@@ -537,7 +580,12 @@ impl TrainConfig {
             self.optim.clip_grad = o.clip_grad.filter(|&c| c > 0.0);
         }
         set(&mut self.model.drop_path, &o.drop_path);
-        let timm: [(&str, Option<String>); 8] = [
+        set(&mut self.schedule.cooldown_epochs, &o.cooldown_epochs);
+        set(&mut self.optim.opt_betas, &o.opt_betas);
+        if o.finetune.is_some() {
+            self.model.finetune = o.finetune.clone();
+        }
+        let timm: [(&str, Option<String>); 12] = [
             ("input-size", o.input_size.map(|v| v.to_string())),
             ("smoothing", o.smoothing.map(|v| v.to_string())),
             ("mixup", o.mixup.map(|v| v.to_string())),
@@ -549,6 +597,10 @@ impl TrainConfig {
             ),
             ("reprob", o.reprob.map(|v| v.to_string())),
             ("aa", o.aa.clone()),
+            ("remode", o.remode.clone()),
+            ("recount", o.recount.map(|v| v.to_string())),
+            ("train-interpolation", o.train_interpolation.clone()),
+            ("eval-crop-ratio", o.eval_crop_ratio.map(|v| v.to_string())),
         ];
         for (key, value) in timm {
             if let Some(v) = value {
@@ -584,6 +636,9 @@ impl TrainConfig {
             self.set_path(kv)?;
         }
         self.normalize();
+        if let Some(cj) = o.color_jitter {
+            super::mainpy_flags::check_color_jitter(cj, &self.augment)?;
+        }
         self.validate()
     }
 
@@ -669,6 +724,12 @@ impl TrainConfig {
         let m = &self.model;
         if !(0.0..1.0).contains(&m.drop_path) {
             bail!("model.drop_path = {} must be in [0, 1)", m.drop_path);
+        }
+        if m.finetune.is_some() && m.init_weights.is_some() {
+            bail!(
+                "model.finetune (--finetune) and model.init_weights both name starting \
+                 weights; give one"
+            );
         }
         let t = &self.distillation;
         if !(0.0..=1.0).contains(&t.alpha) {

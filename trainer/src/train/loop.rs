@@ -59,6 +59,11 @@ pub struct TrainJob {
     /// Stop making progress (sleep) right after this global optimizer step, like a hung
     /// rank of a data-parallel job; for failure tests only.
     pub stall_at_step: Option<u64>,
+    /// Start a new run from a DeiT `main.py` checkpoint (`train --resume FILE.pth`):
+    /// weights, AdamW state, EMA and next epoch ([`super::mainpy_resume`]).
+    pub start_from: Option<PathBuf>,
+    /// Also write TensorBoard event files under `RUN_DIR/tb` (`--tensorboard`).
+    pub tensorboard: bool,
 }
 
 impl TrainJob {
@@ -73,6 +78,8 @@ impl TrainJob {
             stop_at_step: None,
             abort_at_step: None,
             stall_at_step: None,
+            start_from: None,
+            tensorboard: false,
         }
     }
 }
@@ -358,6 +365,17 @@ pub fn train_with(
         };
         load_into(&varmap, &spec, p, &opts)?;
     }
+    if let (Some(p), None) = (&cfg.model.finetune, &resume_from) {
+        super::finetune::load_finetune(&varmap, &spec, p)?;
+    }
+    let mainpy = match (&job.start_from, &resume_from) {
+        (Some(p), None) => {
+            let ck = super::mainpy_resume::MainPyCheckpoint::read(p)?;
+            ck.load_model(&varmap, &spec)?;
+            Some(ck)
+        }
+        _ => None,
+    };
     let twin = eval_twin(&spec, &varmap, &device)?;
     let params = models::trainable_vars(&varmap);
     // Variables that are not trained but updated by the forward pass (BatchNorm's
@@ -418,6 +436,16 @@ pub fn train_with(
             state.global_step
         );
     }
+    if let Some(ck) = &mainpy {
+        let (epoch, steps) = ck.restore(&spec, &varmap, &mut opt, ema.as_mut(), &device)?;
+        state.epoch = epoch;
+        state.global_step = steps;
+        tracing::info!(
+            "starting from main.py checkpoint {} at epoch {epoch} (step {steps})",
+            ck.path.display()
+        );
+    }
+    // Rank 0 alone writes the run's logs.
     let mut metrics = if primary {
         Some(MetricsWriter::open(
             &job.run_dir,
@@ -425,6 +453,19 @@ pub fn train_with(
         )?)
     } else {
         None
+    };
+    let mut log_txt = if primary {
+        Some(super::mainpy_log::MainPyLog::open(
+            &job.run_dir,
+            models::param_count(&varmap),
+            resume_from.as_ref().map(|c| c.state.epoch),
+        )?)
+    } else {
+        None
+    };
+    let mut board = match job.tensorboard && primary {
+        true => Some(super::tensorboard::TrainBoard::create(&job.run_dir)?),
+        false => None,
     };
     if world > 1 {
         tracing::info!(
@@ -437,7 +478,7 @@ pub fn train_with(
     }
 
     // Teacher.
-    let epochs = cfg.schedule.epochs;
+    let epochs = cfg.schedule.total_epochs();
     let binding = data_binding(&fingerprint, &cfg.augment, seed, &cfg.plan, num_classes);
     let mut teacher = TeacherSource::open(
         &cfg.distillation,
@@ -620,6 +661,9 @@ pub fn train_with(
                 if state.global_step.is_multiple_of(cfg.run.log_every as u64) || last_of_epoch {
                     let rec =
                         window.record(epoch, state.global_step, lr, grad_norm, state.images_seen);
+                    if let Some(b) = board.as_mut() {
+                        b.step(&rec)?;
+                    }
                     if let Some(m) = metrics.as_mut() {
                         m.write(&MetricRecord::Step(rec))?;
                     }
@@ -740,6 +784,12 @@ pub fn train_with(
         };
         if let Some(m) = metrics.as_mut() {
             m.write(&MetricRecord::Epoch(record.clone()))?;
+        }
+        if let Some(l) = log_txt.as_mut() {
+            l.write(&record)?;
+        }
+        if let Some(b) = board.as_mut() {
+            b.epoch(&record)?;
         }
         let is_best = match (&val, &state.best) {
             (Some(v), Some(b)) => v.top1 > b.top1,

@@ -5,10 +5,15 @@ pub mod checkpoint;
 pub mod config;
 pub mod eval;
 pub mod eval_job;
+pub mod finetune;
+pub mod mainpy_flags;
+pub mod mainpy_log;
+pub mod mainpy_resume;
 pub mod metrics;
 #[path = "loop.rs"]
 pub mod run;
 pub mod teacher;
+pub mod tensorboard;
 
 pub use run::{train, train_with, NoProgress, TrainJob, TrainProgress, TrainSummary};
 
