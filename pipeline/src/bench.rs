@@ -31,6 +31,9 @@ pub struct LoaderBenchOptions {
     pub reps: usize,
     /// The augmentation.
     pub augment: AugmentConfig,
+    /// Read records without the first-read CRC-32 check the training loader does
+    /// ([`ShardSource::without_crc_check`]), to measure what the check costs.
+    pub no_crc_check: bool,
 }
 
 impl Default for LoaderBenchOptions {
@@ -42,6 +45,7 @@ impl Default for LoaderBenchOptions {
             stage_samples: 200,
             reps: 2,
             augment: AugmentConfig::default(),
+            no_crc_check: false,
         }
     }
 }
@@ -80,7 +84,12 @@ pub fn run_loader_bench(
     o: &LoaderBenchOptions,
 ) -> Result<LoaderBenchReport, PipelineError> {
     let dir = split_dir(data);
-    let source = Arc::new(ShardSource::open(&dir)?);
+    let source = ShardSource::open(&dir)?;
+    let source = Arc::new(if o.no_crc_check {
+        source.without_crc_check()
+    } else {
+        source
+    });
     let n = source.len();
     let builder = Arc::new(ViewBuilder::new(&o.augment)?);
     let plan_cfg = PlanConfig {

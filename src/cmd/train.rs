@@ -253,6 +253,7 @@ impl trainer::train::TrainProgress for Bars {
 
 /// Run `deit-pipe train`.
 pub fn run(args: Args) -> Result<()> {
+    super::run_dir::claim(&args.out)?;
     let cfg = args.resolve_config()?;
     let mut job = trainer::train::TrainJob::new(cfg, &args.data, &args.out, args.resume);
     if let Ok(v) = std::env::var(ABORT_AT_STEP_ENV) {
