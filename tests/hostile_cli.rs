@@ -144,12 +144,22 @@ fn split_names_never_leave_out() {
             p(&out),
         ]);
         assert!(
-            stderr.contains(&format!("--split {split:?} cannot be used as a file or folder name")),
+            stderr.contains(&format!(
+                "--split {split:?} cannot be used as a file or folder name"
+            )),
             "{stderr}"
         );
     }
     assert!(!tmp.path().join("x").exists() && !abs.exists() && !out.exists());
-    run_ok(&["shard", "--list", p(&list), "--split", "mine", "--out", p(&out)]);
+    run_ok(&[
+        "shard",
+        "--list",
+        p(&list),
+        "--split",
+        "mine",
+        "--out",
+        p(&out),
+    ]);
     assert!(out.join("mine/manifest.json").is_file());
 }
 
@@ -172,7 +182,10 @@ fn list_files_with_huge_mixed_or_repeated_labels_are_refused_by_line() {
         ),
         (
             vec![(&imgs[0], "0"), (&imgs[1], "1"), (&imgs[0], "1")],
-            format!(":3: {:?} is listed twice (lines 1 and 3)", imgs[0].display().to_string()),
+            format!(
+                ":3: {:?} is listed twice (lines 1 and 3)",
+                imgs[0].display().to_string()
+            ),
         ),
     ];
     for (rows, want) in cases {
@@ -201,12 +214,22 @@ fn fifos_device_links_and_link_cycles_are_skipped_and_listed() {
     symlink("../..", class.join("loop")).unwrap();
     let out = tmp.path().join("out");
     let text = run_ok(&["shard", "--input", p(&folder), "--out", p(&out)]);
-    assert!(text.contains("train: 6 records") && text.contains("3 skipped"), "{text}");
+    assert!(
+        text.contains("train: 6 records") && text.contains("3 skipped"),
+        "{text}"
+    );
     let m = Manifest::read(&out.join("train")).unwrap();
-    let reasons: Vec<String> = m.skipped.iter().map(|s| format!("{}: {}", s.path, s.reason)).collect();
+    let reasons: Vec<String> = m
+        .skipped
+        .iter()
+        .map(|s| format!("{}: {}", s.path, s.reason))
+        .collect();
     let has = |name: &str, why: &str| reasons.iter().any(|r| r.contains(name) && r.contains(why));
     assert!(has("x.jpg", "not a regular file (FIFO)"), "{reasons:?}");
-    assert!(has("zero.jpg", "not a regular file (character device)"), "{reasons:?}");
+    assert!(
+        has("zero.jpg", "not a regular file (character device)"),
+        "{reasons:?}"
+    );
     assert!(has("/loop", "folder already read"), "{reasons:?}");
 }
 
@@ -217,11 +240,17 @@ fn verify_fails_when_a_split_has_no_manifest() {
     run_ok(&["inspect", p(&root), "--verify"]);
     std::fs::remove_file(root.join("val/manifest.json")).unwrap();
     let (stdout, stderr) = run_err(&["inspect", p(&root), "--verify"]);
-    assert!(stdout.contains("BAD") && stdout.contains("no manifest.json"), "{stdout}");
+    assert!(
+        stdout.contains("BAD") && stdout.contains("no manifest.json"),
+        "{stdout}"
+    );
     assert!(stderr.contains("verification failed"), "{stderr}");
     // Without --verify the summary still prints, with a warning.
     let text = run_ok(&["inspect", p(&root)]);
-    assert!(text.contains("WARNING") && text.contains("no manifest.json"), "{text}");
+    assert!(
+        text.contains("WARNING") && text.contains("no manifest.json"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -261,7 +290,11 @@ fn inspect_escapes_names_and_dump_stays_under_out() {
     let list = tmp.path().join("list.tsv");
     write_list(
         &list,
-        &[(&imgs[0], "\x1b[2Jwipe"), (&imgs[1], "bell\x07"), (&imgs[2], "../../evil")],
+        &[
+            (&imgs[0], "\x1b[2Jwipe"),
+            (&imgs[1], "bell\x07"),
+            (&imgs[2], "../../evil"),
+        ],
     );
     let data = tmp.path().join("data");
     run_ok(&["shard", "--list", p(&list), "--out", p(&data)]);
@@ -269,7 +302,10 @@ fn inspect_escapes_names_and_dump_stays_under_out() {
     assert!(o.status.success());
     assert!(!o.stdout.contains(&0x1b) && !o.stdout.contains(&0x07));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("\\u{1b}[2Jwipe:1") && text.contains("bell\\u{7}:1"), "{text}");
+    assert!(
+        text.contains("\\u{1b}[2Jwipe:1") && text.contains("bell\\u{7}:1"),
+        "{text}"
+    );
     // --dump would name a file after "../../evil": refused, nothing written outside --out.
     let dump = tmp.path().join("a/b/dump");
     let (_, stderr) = run_err(&["inspect", p(&data), "--dump", "3", "--out", p(&dump)]);
@@ -297,7 +333,10 @@ fn train_refuses_an_out_folder_that_is_not_a_run() {
             && stderr.contains("config.toml, metrics.jsonl"),
         "{stderr}"
     );
-    assert_eq!(std::fs::read_to_string(user.join("config.toml")).unwrap(), "mine = true\n");
+    assert_eq!(
+        std::fs::read_to_string(user.join("config.toml")).unwrap(),
+        "mine = true\n"
+    );
     assert_eq!(
         std::fs::read_to_string(user.join("metrics.jsonl")).unwrap(),
         "{\"mine\": 1}\n"

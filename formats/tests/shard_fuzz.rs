@@ -145,14 +145,35 @@ const INTERESTING_TEXT: [&str; 12] = [
 
 #[derive(Clone, Debug)]
 enum Mutation {
-    Flip { at: usize, xor: u8 },
-    Overwrite { at: usize, bytes: Vec<u8> },
-    Word { at: usize, value: usize, wide: bool },
-    Truncate { keep: usize },
-    Insert { at: usize, bytes: Vec<u8> },
-    Delete { at: usize, len: usize },
+    Flip {
+        at: usize,
+        xor: u8,
+    },
+    Overwrite {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    Word {
+        at: usize,
+        value: usize,
+        wide: bool,
+    },
+    Truncate {
+        keep: usize,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    Delete {
+        at: usize,
+        len: usize,
+    },
     /// Replace the k-th number or string of a JSON text with an interesting token.
-    Token { k: usize, with: usize },
+    Token {
+        k: usize,
+        with: usize,
+    },
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -301,12 +322,7 @@ impl Drop for Restore<'_> {
 
 /// One fuzz input against the template split folder `split`: which file, the mutations,
 /// and whether hashes are fixed up after.
-fn case(
-    split: &Path,
-    file: usize,
-    muts: &[Mutation],
-    fix_up: bool,
-) -> Result<(), TestCaseError> {
+fn case(split: &Path, file: usize, muts: &[Mutation], fix_up: bool) -> Result<(), TestCaseError> {
     let _restore = Restore(split, file);
     let tpl = template();
     let mut bytes = tpl[file].clone();
@@ -349,7 +365,10 @@ fn case(
         prop_assert_eq!(plain.is_ok(), set.entry(i).is_ok());
         if let (Ok(p), Ok(c)) = (&plain, &checked) {
             prop_assert_eq!(p, c);
-            prop_assert_eq!(crc32fast::hash(c.bytes), set.entry(i).map(|e| e.crc32).unwrap());
+            prop_assert_eq!(
+                crc32fast::hash(c.bytes),
+                set.entry(i).map(|e| e.crc32).unwrap()
+            );
         }
         // First read checks the CRC; the second takes the remembered result.
         for _ in 0..2 {

@@ -80,12 +80,11 @@ impl ShardSource {
     /// Opens the shards of a split directory (refusing a manifest whose `split` is not the
     /// folder's name, see [`formats::shard::ShardSet::open_split`]).
     pub fn open(split_dir: &Path) -> Result<Self, PipelineError> {
-        let set = formats::shard::ShardSet::open_split(split_dir).map_err(|e| {
-            PipelineError::Io {
+        let set =
+            formats::shard::ShardSet::open_split(split_dir).map_err(|e| PipelineError::Io {
                 path: split_dir.display().to_string(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(ShardSource::new(set))
     }
 

@@ -5,11 +5,11 @@
 
 use formats::shard::layout::{ENTRY_LEN, INDEX_HEADER_LEN, MAX_PIXELS_CAP};
 use formats::shard::{Encoding, Manifest, RecordRef, MANIFEST_FILE};
+use pipeline::ingest::decode_record;
 use pipeline::ingest::inputs::scan_root;
 use pipeline::ingest::job::{shard_split, JobConfig};
 use pipeline::ingest::process::IngestOptions;
 use pipeline::ingest::synth::{render_file, write_sharded, SynthConfig};
-use pipeline::ingest::decode_record;
 use pipeline::source::{RecordSource, ShardSource};
 use std::path::{Path, PathBuf};
 
@@ -101,13 +101,19 @@ fn zstd_frames_are_held_to_the_size_the_index_gives() {
     // A frame declaring more than the index's size: refused from its header.
     let big = zstd::bulk::compress(&vec![7u8; 300 * 300 * 3], 3).unwrap();
     let e = raw(&big, 10, 10);
-    assert!(e.contains("zstd frame declares 270000 bytes, 10x10 RGB needs 300"), "{e}");
+    assert!(
+        e.contains("zstd frame declares 270000 bytes, 10x10 RGB needs 300"),
+        "{e}"
+    );
     // A frame without a declared size that expands past it: decompression stops at the
     // record's size.
     let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
     std::io::Write::write_all(&mut enc, &vec![7u8; 100_000]).unwrap();
     let stream = enc.finish().unwrap();
-    assert_eq!(zstd::zstd_safe::get_frame_content_size(&stream).unwrap(), None);
+    assert_eq!(
+        zstd::zstd_safe::get_frame_content_size(&stream).unwrap(),
+        None
+    );
     let e = raw(&stream, 10, 10);
     assert!(e.contains("zstd"), "{e}");
     // Sizes past the hard cap, whoever built the record.
@@ -131,7 +137,9 @@ fn a_flipped_payload_byte_is_a_checksum_error_on_first_read() {
     for _ in 0..2 {
         let err = src.decode(1).unwrap_err().to_string();
         assert!(
-            err.contains("shard-00000.bin") && err.contains("record 1") && err.contains("checksum mismatch"),
+            err.contains("shard-00000.bin")
+                && err.contains("record 1")
+                && err.contains("checksum mismatch"),
             "{err}"
         );
     }
@@ -185,7 +193,11 @@ fn fifos_devices_and_link_cycles_are_skipped_and_listed() {
     let out = tmp.path().join("out/train");
     let done = shard_split(&splits[0], &out, &cfg, &mut |_, _| {}).unwrap();
     let m = done.manifest;
-    assert_eq!(m.num_records, 4, "each real image stored once: {:?}", m.skipped);
+    assert_eq!(
+        m.num_records, 4,
+        "each real image stored once: {:?}",
+        m.skipped
+    );
     assert_eq!(m.counts_per_class, vec![2, 2]);
     let reason = |path: &str| {
         m.skipped
@@ -196,7 +208,12 @@ fn fifos_devices_and_link_cycles_are_skipped_and_listed() {
     };
     assert!(reason("train/a/x.jpg").contains("not a regular file (FIFO)"));
     assert!(reason("train/a/zero.jpg").contains("not a regular file (character device)"));
-    for cycle in ["train/a/up", "train/a/root", "train/a/self", "train/b/a-again"] {
+    for cycle in [
+        "train/a/up",
+        "train/a/root",
+        "train/a/self",
+        "train/b/a-again",
+    ] {
         assert!(reason(cycle).contains("folder already read"), "{cycle}");
     }
     assert_eq!(m.skipped.len(), 6, "{:?}", m.skipped);

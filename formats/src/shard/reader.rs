@@ -23,8 +23,8 @@ use super::manifest::{fingerprint, Manifest};
 use super::FormatError;
 use memmap2::Mmap;
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One record, borrowed from the memory map (no copy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,10 +119,7 @@ fn count_labels(
                 return Err(FormatError::BadRecord {
                     path: index_path.to_path_buf(),
                     index: first + k,
-                    msg: format!(
-                        "label {label} but the set has {} classes",
-                        per_class.len()
-                    ),
+                    msg: format!("label {label} but the set has {} classes", per_class.len()),
                 })
             }
         }

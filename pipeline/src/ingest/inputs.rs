@@ -268,11 +268,17 @@ pub fn read_list(list: &Path, split: &str) -> Result<SplitInput, IngestError> {
             continue;
         }
         let (p, label) = line.rsplit_once('\t').ok_or_else(|| {
-            IngestError::Layout(format!("{}: expected `path<TAB>label`, got {line:?}", at(n)))
+            IngestError::Layout(format!(
+                "{}: expected `path<TAB>label`, got {line:?}",
+                at(n)
+            ))
         })?;
         let label = label.trim();
         if p.is_empty() || label.is_empty() {
-            return Err(IngestError::Layout(format!("{}: empty path or label", at(n))));
+            return Err(IngestError::Layout(format!(
+                "{}: empty path or label",
+                at(n)
+            )));
         }
         let is_int = !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit());
         match numeric {
@@ -292,9 +298,7 @@ pub fn read_list(list: &Path, split: &str) -> Result<SplitInput, IngestError> {
             Some(_) => {}
         }
         if is_int {
-            let ok = label
-                .parse::<u64>()
-                .is_ok_and(|v| v < MAX_CLASSES as u64);
+            let ok = label.parse::<u64>().is_ok_and(|v| v < MAX_CLASSES as u64);
             if !ok {
                 return Err(IngestError::Layout(format!(
                     "{}: label {label} is too large (integer labels must be below \
@@ -339,7 +343,10 @@ pub fn read_list(list: &Path, split: &str) -> Result<SplitInput, IngestError> {
         let label = if numeric {
             l.parse::<u32>().ok()
         } else {
-            classes.binary_search(&l).ok().and_then(|i| u32::try_from(i).ok())
+            classes
+                .binary_search(&l)
+                .ok()
+                .and_then(|i| u32::try_from(i).ok())
         }
         .ok_or_else(|| IngestError::Layout(format!("{}: bad label {l:?}", at(n))))?;
         items.push(InputItem {
@@ -392,7 +399,10 @@ mod tests {
         assert!(e.contains("l.tsv:2: label 4294967295 is too large"), "{e}");
         assert!(e.contains("below 1000000"), "{e}");
         let e = err("a.jpg\t99999999999999999999999\n");
-        assert!(e.contains(":1: label 99999999999999999999999 is too large"), "{e}");
+        assert!(
+            e.contains(":1: label 99999999999999999999999 is too large"),
+            "{e}"
+        );
         std::fs::write(&p, "a.jpg\t999999\n").unwrap();
         assert_eq!(read_list(&p, "train").unwrap().classes.len(), MAX_CLASSES);
         // Mixed styles: the first line that differs is named, with the first label's line.
