@@ -184,6 +184,9 @@ pub fn stage_breakdown(
     let count = (count - count % 2).max(2);
     let view_len = builder.view_len();
     let (mut read, mut decode, mut mix, mut hash) = (0u64, 0u64, 0u64, 0u64);
+    // The loader's CRC-32 check of each record's first read (none with --no-crc-check).
+    let mut crc = 0u64;
+    let mut first_read = std::collections::HashSet::new();
     let mut st = StageTimes::default();
     // The loader writes each view straight into its (reused) batch buffer, then hashes it.
     let mut buf = vec![0f32; 2 * view_len];
@@ -204,6 +207,14 @@ pub fn stage_breakdown(
             let bytes = rec.bytes.to_vec();
             std::hint::black_box(&bytes);
             read += t.elapsed().as_nanos() as u64;
+            if source.checks_crc() && first_read.insert(idx) {
+                let t = Instant::now();
+                source
+                    .shards()
+                    .verify_record(idx)
+                    .map_err(|e| rec_err(idx, e.to_string()))?;
+                crc += t.elapsed().as_nanos() as u64;
+            }
             // As the loader: the crop from the stored size, then decode only its region.
             let t = Instant::now();
             let seed = plan.slot_seed(k);
@@ -227,6 +238,7 @@ pub fn stage_breakdown(
     let us = |ns: u64| ns as f64 / count as f64 / 1e3;
     Ok(vec![
         ("read".into(), us(read)),
+        ("CRC-32 (1st read)".into(), us(crc)),
         ("decode (region)".into(), us(decode)),
         ("crop/resize".into(), us(st.crop_resize)),
         ("flip+RandAugment".into(), us(st.randaugment)),

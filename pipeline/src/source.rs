@@ -103,6 +103,11 @@ impl ShardSource {
         self
     }
 
+    /// Whether records are CRC-checked on their first read (see [`Self::without_crc_check`]).
+    pub fn checks_crc(&self) -> bool {
+        self.check_crc
+    }
+
     /// The record to decode: CRC-checked on its first read unless turned off.
     fn payload(&self, index: usize) -> Result<formats::shard::RecordRef<'_>, PipelineError> {
         if self.check_crc {
