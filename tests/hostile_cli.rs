@@ -430,3 +430,21 @@ fn clean_errors_never_print_a_backtrace() {
     let (_, stderr) = run_err(&["shard", "--list", p(&list), "--out", p(tmp.path())]);
     assert!(stderr.lines().count() <= 4, "{stderr}");
 }
+
+#[test]
+fn max_pixels_above_the_readers_cap_is_refused() {
+    // Readers refuse records over 2^30 pixels whatever a manifest says, so `shard` may not
+    // promise more: a usage error (exit 2) naming the flag.
+    let o = run(&[
+        "shard",
+        "--input",
+        "in",
+        "--out",
+        "out",
+        "--max-pixels",
+        "1073741825",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("--max-pixels"), "{stderr}");
+}
