@@ -31,6 +31,9 @@ pub struct LoaderBenchOptions {
     pub reps: usize,
     /// The augmentation.
     pub augment: AugmentConfig,
+    /// Read records without the first-read CRC-32 check the training loader does
+    /// ([`ShardSource::without_crc_check`]), to measure what the check costs.
+    pub no_crc_check: bool,
 }
 
 impl Default for LoaderBenchOptions {
@@ -42,6 +45,7 @@ impl Default for LoaderBenchOptions {
             stage_samples: 200,
             reps: 2,
             augment: AugmentConfig::default(),
+            no_crc_check: false,
         }
     }
 }
@@ -80,7 +84,12 @@ pub fn run_loader_bench(
     o: &LoaderBenchOptions,
 ) -> Result<LoaderBenchReport, PipelineError> {
     let dir = split_dir(data);
-    let source = Arc::new(ShardSource::open(&dir)?);
+    let source = ShardSource::open(&dir)?;
+    let source = Arc::new(if o.no_crc_check {
+        source.without_crc_check()
+    } else {
+        source
+    });
     let n = source.len();
     let builder = Arc::new(ViewBuilder::new(&o.augment)?);
     let plan_cfg = PlanConfig {
@@ -175,6 +184,9 @@ pub fn stage_breakdown(
     let count = (count - count % 2).max(2);
     let view_len = builder.view_len();
     let (mut read, mut decode, mut mix, mut hash) = (0u64, 0u64, 0u64, 0u64);
+    // The loader's CRC-32 check of each record's first read (none with --no-crc-check).
+    let mut crc = 0u64;
+    let mut first_read = std::collections::HashSet::new();
     let mut st = StageTimes::default();
     // The loader writes each view straight into its (reused) batch buffer, then hashes it.
     let mut buf = vec![0f32; 2 * view_len];
@@ -195,6 +207,14 @@ pub fn stage_breakdown(
             let bytes = rec.bytes.to_vec();
             std::hint::black_box(&bytes);
             read += t.elapsed().as_nanos() as u64;
+            if source.checks_crc() && first_read.insert(idx) {
+                let t = Instant::now();
+                source
+                    .shards()
+                    .verify_record(idx)
+                    .map_err(|e| rec_err(idx, e.to_string()))?;
+                crc += t.elapsed().as_nanos() as u64;
+            }
             // As the loader: the crop from the stored size, then decode only its region.
             let t = Instant::now();
             let seed = plan.slot_seed(k);
@@ -218,6 +238,7 @@ pub fn stage_breakdown(
     let us = |ns: u64| ns as f64 / count as f64 / 1e3;
     Ok(vec![
         ("read".into(), us(read)),
+        ("CRC-32 (1st read)".into(), us(crc)),
         ("decode (region)".into(), us(decode)),
         ("crop/resize".into(), us(st.crop_resize)),
         ("flip+RandAugment".into(), us(st.randaugment)),

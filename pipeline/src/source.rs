@@ -67,24 +67,55 @@ pub trait RecordSource: Send + Sync {
     }
 }
 
-/// Record shards of one split, read through `formats::shard`.
+/// Record shards of one split, read through `formats::shard`. Each record's CRC-32 is
+/// checked the first time it is decoded through this source
+/// ([`formats::shard::ShardSet::record_checked`]), so a damaged payload stops the run with
+/// an error naming the shard file and record instead of feeding garbage pixels.
 pub struct ShardSource {
     set: formats::shard::ShardSet,
+    check_crc: bool,
 }
 
 impl ShardSource {
-    /// Opens the shards of a split directory.
+    /// Opens the shards of a split directory (refusing a manifest whose `split` is not the
+    /// folder's name, see [`formats::shard::ShardSet::open_split`]).
     pub fn open(split_dir: &Path) -> Result<Self, PipelineError> {
-        let set = formats::shard::ShardSet::open(split_dir).map_err(|e| PipelineError::Io {
-            path: split_dir.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Ok(ShardSource { set })
+        let set =
+            formats::shard::ShardSet::open_split(split_dir).map_err(|e| PipelineError::Io {
+                path: split_dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(ShardSource::new(set))
     }
 
     /// Wraps an open shard set.
     pub fn new(set: formats::shard::ShardSet) -> Self {
-        ShardSource { set }
+        ShardSource {
+            set,
+            check_crc: true,
+        }
+    }
+
+    /// This source without the first-read CRC check (only for measuring its cost:
+    /// `deit-pipe bench loader --no-crc-check`).
+    pub fn without_crc_check(mut self) -> Self {
+        self.check_crc = false;
+        self
+    }
+
+    /// Whether records are CRC-checked on their first read (see [`Self::without_crc_check`]).
+    pub fn checks_crc(&self) -> bool {
+        self.check_crc
+    }
+
+    /// The record to decode: CRC-checked on its first read unless turned off.
+    fn payload(&self, index: usize) -> Result<formats::shard::RecordRef<'_>, PipelineError> {
+        if self.check_crc {
+            self.set.record_checked(index)
+        } else {
+            self.set.record(index)
+        }
+        .map_err(|e| self.record_error(index, e.to_string()))
     }
 
     /// The underlying shard set.
@@ -120,17 +151,11 @@ impl RecordSource for ShardSource {
         })
     }
     fn decode(&self, index: usize) -> Result<RgbImage, PipelineError> {
-        let r = self
-            .set
-            .record(index)
-            .map_err(|e| self.record_error(index, e.to_string()))?;
+        let r = self.payload(index)?;
         crate::ingest::decode_record(&r).map_err(|e| self.record_error(index, e.to_string()))
     }
     fn decode_region(&self, index: usize, rect: CropRect) -> Result<RgbImage, PipelineError> {
-        let r = self
-            .set
-            .record(index)
-            .map_err(|e| self.record_error(index, e.to_string()))?;
+        let r = self.payload(index)?;
         crate::ingest::decode_record_region(&r, rect)
             .map_err(|e| self.record_error(index, e.to_string()))
     }
@@ -139,10 +164,7 @@ impl RecordSource for ShardSource {
         index: usize,
         rect: CropRect,
     ) -> Result<(RgbImage, CropRect), PipelineError> {
-        let r = self
-            .set
-            .record(index)
-            .map_err(|e| self.record_error(index, e.to_string()))?;
+        let r = self.payload(index)?;
         crate::ingest::decode_record_region_around(&r, rect)
             .map_err(|e| self.record_error(index, e.to_string()))
     }

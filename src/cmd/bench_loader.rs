@@ -49,6 +49,10 @@ pub struct Args {
     /// Augmentation config (TOML); default: DeiT.
     #[arg(long)]
     pub augment: Option<PathBuf>,
+    /// Skip the CRC-32 check of each record's first read (on by default, as in `train`):
+    /// for measuring its cost only.
+    #[arg(long)]
+    pub no_crc_check: bool,
 }
 
 /// Runs one benchmark of the group.
@@ -66,6 +70,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 stage_samples: a.stage_samples,
                 reps: a.reps,
                 augment,
+                no_crc_check: a.no_crc_check,
             };
             let report = run_loader_bench(&a.data, &o)?;
             print!("{}", report.summary(a.threads, a.batch));

@@ -1,4 +1,10 @@
 //! `deit-pipe inspect`: summarize a shard data set, verify its checksums, dump records.
+//!
+//! Names read from a manifest (split, classes, skipped paths) are printed escaped
+//! (`escape_debug`), so control characters in them cannot drive the terminal. A subfolder
+//! of a data set without a manifest is reported (a missing or unfinished split), and
+//! fails `--verify`. `--dump` refuses split and class names that are not plain file names,
+//! so every file it writes lies directly in `--out`.
 
 use crate::progress;
 use anyhow::{bail, Context};
@@ -31,10 +37,18 @@ pub struct Args {
 
 /// The split folders under `dir` (or `dir` itself when it holds a manifest).
 fn split_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    Ok(scan(dir)?.0)
+}
+
+/// The split folders under `dir` (or `dir` itself when it holds a manifest), and the
+/// subfolders that hold no manifest (a split that is missing its manifest or was never
+/// finished).
+fn scan(dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     if dir.join(MANIFEST_FILE).exists() {
-        return Ok(vec![dir.to_path_buf()]);
+        return Ok((vec![dir.to_path_buf()], Vec::new()));
     }
     let mut v = Vec::new();
+    let mut without = Vec::new();
     let rd = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     for e in rd {
         let p = e
@@ -42,16 +56,24 @@ fn split_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             .path();
         if p.join(MANIFEST_FILE).exists() {
             v.push(p);
+        } else if p.is_dir() {
+            without.push(p);
         }
     }
     v.sort();
+    without.sort();
     if v.is_empty() {
         bail!(
             "{}: no shard set here (no {MANIFEST_FILE} in it or in its subfolders)",
             dir.display()
         );
     }
-    Ok(v)
+    Ok((v, without))
+}
+
+/// `s` with control characters, quotes and backslashes escaped, for printing.
+fn esc(s: &str) -> String {
+    s.escape_debug().to_string()
 }
 
 fn quantiles(mut v: Vec<u32>) -> String {
@@ -72,7 +94,7 @@ fn quantiles(mut v: Vec<u32>) -> String {
 
 fn summarize(set: &ShardSet) -> anyhow::Result<()> {
     let m = set.manifest();
-    println!("== {} ({})", m.split, set.dir().display());
+    println!("== {} ({})", esc(&m.split), set.dir().display());
     println!(
         "records {}  shards {}  classes {}  bytes {} ({:.1} MiB, {:.1} KiB/record)",
         m.num_records,
@@ -87,7 +109,7 @@ fn summarize(set: &ShardSet) -> anyhow::Result<()> {
         .iter()
         .zip(&m.counts_per_class)
         .take(12)
-        .map(|(c, n)| format!("{c}:{n}"))
+        .map(|(c, n)| format!("{}:{n}", esc(c)))
         .collect();
     let more = if m.classes.len() > 12 {
         format!(" ... ({} more)", m.classes.len() - 12)
@@ -109,7 +131,7 @@ fn summarize(set: &ShardSet) -> anyhow::Result<()> {
         m.options.shard_bytes,
         m.options.seed,
         m.options.max_pixels,
-        m.options.input,
+        esc(&m.options.input),
         m.options.restart_mcus
     );
     let (mut ws, mut hs, mut ows, mut ohs) = (vec![], vec![], vec![], vec![]);
@@ -145,7 +167,7 @@ fn summarize(set: &ShardSet) -> anyhow::Result<()> {
     );
     println!("skipped {}", m.skipped.len());
     for s in m.skipped.iter().take(10) {
-        println!("  {}: {}", s.path, s.reason);
+        println!("  {}: {}", esc(&s.path), esc(&s.reason));
     }
     if m.skipped.len() > 10 {
         println!("  ... ({} more in the manifest)", m.skipped.len() - 10);
@@ -157,6 +179,9 @@ fn summarize(set: &ShardSet) -> anyhow::Result<()> {
 fn dump(set: &ShardSet, n: usize, out: &Path) -> anyhow::Result<usize> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let split = &set.manifest().split;
+    formats::shard::check_path_part("split name", split)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("--dump of {}", set.dir().display()))?;
     let n = n.min(set.len());
     for i in 0..n {
         let r = set.record(i)?;
@@ -165,6 +190,9 @@ fn dump(set: &ShardSet, n: usize, out: &Path) -> anyhow::Result<usize> {
             .classes
             .get(r.label as usize)
             .map_or("?", |s| s.as_str());
+        formats::shard::check_path_part("class name", class)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("--dump of record {i} of {}", set.dir().display()))?;
         let stem = format!("{split}_{i:06}_{class}");
         let path = match r.encoding {
             Encoding::Jpeg => {
@@ -192,8 +220,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return write_augment_grid(&args.dir, count, args.augment_config.as_deref(), out);
     }
     let mut failures = Vec::new();
-    for dir in split_dirs(&args.dir)? {
-        let set = ShardSet::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    let (dirs, without) = scan(&args.dir)?;
+    for d in &without {
+        println!(
+            "{} {}: no {MANIFEST_FILE} (a split whose manifest is missing, or a job that \
+             did not finish)",
+            if args.verify { "BAD" } else { "WARNING" },
+            d.display()
+        );
+        failures.push(format!("{}: no {MANIFEST_FILE}", d.display()));
+    }
+    if !args.verify {
+        failures.clear();
+    }
+    for dir in dirs {
+        let set =
+            ShardSet::open_split(&dir).with_context(|| format!("opening {}", dir.display()))?;
         summarize(&set)?;
         if args.verify {
             let bar = progress::bar(set.len() as u64, "verify", "rec");

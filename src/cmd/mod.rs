@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod predict;
 pub mod quickstart;
 pub mod report;
+pub mod run_dir;
 pub mod shard;
 pub mod synth;
 pub mod teacher_cache;

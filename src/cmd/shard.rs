@@ -56,7 +56,8 @@ pub struct Args {
     /// List file of `path<TAB>label` lines (relative paths from the list's folder).
     #[arg(long)]
     pub list: Option<PathBuf>,
-    /// Split name for --list input (the output goes to OUT/<split>).
+    /// Split name for --list input (the output goes to OUT/<split>; a plain folder name,
+    /// no `/` or `..`).
     #[arg(long, default_value = "train", requires = "list")]
     pub split: String,
     /// Output dataset folder (one subfolder per split).
@@ -85,13 +86,16 @@ pub struct Args {
     /// Seed of the write-time shuffle.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Skip images with more pixels than this (decompression-bomb guard).
-    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    /// Skip images with more pixels than this (decompression-bomb guard; at most 2^30).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS,
+          value_parser = clap::value_parser!(u64).range(1..=formats::shard::layout::MAX_PIXELS_CAP))]
     pub max_pixels: u64,
 }
 
 /// Run `deit-pipe shard`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // The split name becomes a folder under --out: never a path that leaves it.
+    formats::shard::check_path_part("--split", &args.split).map_err(anyhow::Error::msg)?;
     let (splits, kind): (Vec<SplitInput>, &str) = match (&args.input, &args.list) {
         (Some(root), None) => (
             scan_root(root).with_context(|| format!("reading input tree {}", root.display()))?,
@@ -139,7 +143,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bar.finish();
         let m = &outcome.manifest;
         for s in m.skipped.iter().take(20) {
-            tracing::warn!("skipped {}: {}", s.path, s.reason);
+            tracing::warn!(
+                "skipped {}: {}",
+                s.path.escape_debug(),
+                s.reason.escape_debug()
+            );
         }
         if m.skipped.len() > 20 {
             tracing::warn!(

@@ -21,6 +21,11 @@ pub const INDEX_HEADER_LEN: usize = 64;
 pub const ENTRY_LEN: usize = 48;
 /// Largest side a stored image may have (sanity bound checked on every entry).
 pub const MAX_SIDE: u32 = 1 << 16;
+/// Largest pixel count a stored image may have, whatever a manifest's `max_pixels` says
+/// (2^30 pixels: 3 GiB of RGB). Readers refuse larger index entries before allocating, and
+/// `deit-pipe shard --max-pixels` refuses larger limits, so no record a reader accepts
+/// needs a bigger buffer.
+pub const MAX_PIXELS_CAP: u64 = 1 << 30;
 
 /// How a record's bytes encode its pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -105,6 +105,21 @@ pub fn fingerprint(classes: &[String], shard_digests: &[String]) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// Check that `name` can be used as one component of a path under an output folder: not
+/// empty, not `.` or `..`, no `/`, `\\` or NUL. `what` names it in the error (e.g.
+/// `--split`), so a name like `../x` or `/abs` can never write outside the folder.
+pub fn check_path_part(what: &str, name: &str) -> Result<(), String> {
+    if is_plain_file_name(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {:?} cannot be used as a file or folder name (it is empty, `.` or `..`, \
+             or holds a path separator or NUL)",
+            name
+        ))
+    }
+}
+
 fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."

@@ -14,6 +14,8 @@ pub mod writer;
 
 pub use error::FormatError;
 pub use layout::{Encoding, IndexEntry, FORMAT_VERSION};
-pub use manifest::{fingerprint, Manifest, ShardInfo, ShardOptions, SkippedFile, MANIFEST_FILE};
+pub use manifest::{
+    check_path_part, fingerprint, Manifest, ShardInfo, ShardOptions, SkippedFile, MANIFEST_FILE,
+};
 pub use reader::{RecordRef, ShardSet, VerifyReport};
 pub use writer::{RecordMeta, ShardWriter};

@@ -1,16 +1,30 @@
 //! Read-only access to a shard set: memory-mapped data files, O(1) record lookup through the
 //! index, checksum verification. Every offset read from disk is checked before use, so
 //! truncated or corrupted files give errors, never panics or out-of-bounds reads.
+//!
+//! Opening also checks what the manifest says against the index (records per class) and,
+//! through [`ShardSet::open_split`], against the folder (the split name). Index entries
+//! whose stored size exceeds the set's pixel limit are refused before anything is
+//! allocated for them, and [`ShardSet::record_checked`] verifies each record's CRC-32 the
+//! first time it is read through this `ShardSet`.
+//!
+//! The data files are memory-mapped: a shard file truncated by another process *while* it
+//! is mapped makes the next read of a page past the new end raise SIGBUS, which kills the
+//! process (the kernel's behaviour for any mapped file; no reader can turn it into an
+//! error without giving up the map). Shard files are written once and renamed into place;
+//! do not truncate or rewrite them while a job reads them. A file truncated *before* it is
+//! opened is an error naming the file.
 
 use super::layout::{
     parse_data_header, parse_index_header, Encoding, IndexEntry, DATA_HEADER_LEN, ENTRY_LEN,
-    INDEX_HEADER_LEN,
+    INDEX_HEADER_LEN, MAX_PIXELS_CAP,
 };
 use super::manifest::{fingerprint, Manifest};
 use super::FormatError;
 use memmap2::Mmap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One record, borrowed from the memory map (no copy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +59,11 @@ pub struct ShardSet {
     /// Global index of each shard's first record; `starts.len() == shards.len()`.
     starts: Vec<usize>,
     len: usize,
+    /// Largest stored pixel count accepted: the manifest's `max_pixels`, at most
+    /// [`MAX_PIXELS_CAP`].
+    pixel_limit: u64,
+    /// One bit per record: set once its CRC-32 was checked by [`ShardSet::record_checked`].
+    checked: Vec<AtomicU64>,
 }
 
 /// The outcome of [`ShardSet::verify_all`].
@@ -75,18 +94,49 @@ fn map_file(path: &Path, min_len: usize) -> Result<Mmap, FormatError> {
         ));
     }
     // SAFETY: the map is read-only. Shard files are written once (temp + rename) and never
-    // modified in place; truncating a file while it is mapped is outside the contract.
+    // modified in place; truncating a file while it is mapped is outside the contract: the
+    // kernel then raises SIGBUS on the next access past the new end, which ends the process
+    // (documented in the module doc and in README.md's data section).
     unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))
 }
 
+/// Add the labels of one index (its first record is global record `first`) to
+/// `per_class`; a label outside the class list is an error naming the record.
+fn count_labels(
+    index: &[u8],
+    index_path: &Path,
+    first: usize,
+    per_class: &mut [u64],
+) -> Result<(), FormatError> {
+    let entries = index.get(INDEX_HEADER_LEN..).unwrap_or(&[]);
+    for (k, e) in entries.chunks_exact(ENTRY_LEN).enumerate() {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&e[16..20]);
+        let label = u32::from_le_bytes(b);
+        match per_class.get_mut(label as usize) {
+            Some(n) => *n += 1,
+            None => {
+                return Err(FormatError::BadRecord {
+                    path: index_path.to_path_buf(),
+                    index: first + k,
+                    msg: format!("label {label} but the set has {} classes", per_class.len()),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 impl ShardSet {
-    /// Open a split directory: read the manifest, map every shard and check headers, sizes
-    /// and index hashes against it.
+    /// Open a split directory: read the manifest, map every shard and check headers, sizes,
+    /// index hashes and the records per class against it. Does not compare the manifest's
+    /// `split` with the folder name (see [`ShardSet::open_split`]).
     pub fn open(split_dir: &Path) -> Result<ShardSet, FormatError> {
         let manifest = Manifest::read(split_dir)?;
         let mut shards = Vec::with_capacity(manifest.shards.len());
         let mut starts = Vec::with_capacity(manifest.shards.len());
         let mut len: usize = 0;
+        let mut per_class = vec![0u64; manifest.classes.len()];
         for info in &manifest.shards {
             let data_path = split_dir.join(&info.data);
             let index_path = split_dir.join(&info.index);
@@ -133,6 +183,7 @@ impl ShardSet {
             }
             let records = usize::try_from(info.records)
                 .map_err(|_| FormatError::corrupt(&index_path, "too many records"))?;
+            count_labels(&index, &index_path, len, &mut per_class)?;
             starts.push(len);
             len = len
                 .checked_add(records)
@@ -143,13 +194,64 @@ impl ShardSet {
                 index,
             });
         }
+        if let Some((c, (&said, &found))) = manifest
+            .counts_per_class
+            .iter()
+            .zip(&per_class)
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+        {
+            return Err(FormatError::Manifest {
+                path: split_dir.join(super::MANIFEST_FILE),
+                msg: format!(
+                    "counts_per_class[{c}] (class {:?}) is {said} but the index holds {found} \
+                     records of that class",
+                    manifest.classes[c]
+                ),
+            });
+        }
+        let pixel_limit = manifest.options.max_pixels.min(MAX_PIXELS_CAP);
         Ok(ShardSet {
             dir: split_dir.to_path_buf(),
             manifest,
             shards,
             starts,
             len,
+            pixel_limit,
+            checked: (0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
         })
+    }
+
+    /// [`ShardSet::open`], and refuse a manifest whose `split` is not the folder's name (a
+    /// `val/manifest.json` copied into `train/`, or split folders swapped). Every command
+    /// opens shard sets this way.
+    pub fn open_split(split_dir: &Path) -> Result<ShardSet, FormatError> {
+        let set = ShardSet::open(split_dir)?;
+        let name = match split_dir.file_name() {
+            Some(n) => Some(n.to_os_string()),
+            None => std::fs::canonicalize(split_dir)
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_os_string())),
+        };
+        let name = name.map(|n| n.to_string_lossy().into_owned());
+        if name.as_deref() != Some(set.manifest.split.as_str()) {
+            return Err(FormatError::Manifest {
+                path: split_dir.join(super::MANIFEST_FILE),
+                msg: format!(
+                    "`split` is {:?} but the folder is named {:?}: the manifest belongs to \
+                     another split (rename the folder back or re-create the shards)",
+                    set.manifest.split,
+                    name.unwrap_or_default()
+                ),
+            });
+        }
+        Ok(set)
+    }
+
+    /// The largest stored pixel count this set accepts (its manifest's `max_pixels`, at
+    /// most [`MAX_PIXELS_CAP`]).
+    pub fn pixel_limit(&self) -> u64 {
+        self.pixel_limit
     }
 
     /// The split directory this set was opened from.
@@ -224,6 +326,14 @@ impl ShardSet {
                 shard.data.len()
             )));
         }
+        let pixels = u64::from(e.width) * u64::from(e.height);
+        if pixels > self.pixel_limit {
+            return Err(bad(format!(
+                "stored size {}x{} = {pixels} pixels exceeds the set's limit of {} \
+                 (manifest options.max_pixels, at most {MAX_PIXELS_CAP})",
+                e.width, e.height, self.pixel_limit
+            )));
+        }
         if e.label as usize >= self.manifest.classes.len() {
             return Err(bad(format!(
                 "label {} but the set has {} classes",
@@ -278,6 +388,25 @@ impl ShardSet {
             encoding: e.encoding,
             bytes,
         })
+    }
+
+    /// Record `i`, its CRC-32 checked the first time it is read through this set (later
+    /// reads skip the check: one bit per record remembers it). What the training loader
+    /// reads, so a damaged payload is an error naming the file and record, never pixels.
+    pub fn record_checked(&self, i: usize) -> Result<RecordRef<'_>, FormatError> {
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        let done = self
+            .checked
+            .get(word)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & bit != 0);
+        if done {
+            return self.record(i);
+        }
+        let r = self.verify_record(i)?;
+        if let Some(w) = self.checked.get(word) {
+            w.fetch_or(bit, Ordering::Relaxed);
+        }
+        Ok(r)
     }
 
     /// Re-check every record's checksum and recompute every shard digest and the fingerprint.

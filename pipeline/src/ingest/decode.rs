@@ -203,6 +203,15 @@ fn region(
             rect.width, rect.height, rect.left, rect.top
         )));
     }
+    // Readers of a shard set refuse larger index entries already (`ShardSet::entry`); this
+    // guards every other caller before any buffer is sized from the record's dimensions.
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > formats::shard::layout::MAX_PIXELS_CAP {
+        return Err(IngestError::Record(format!(
+            "{w}x{h} = {pixels} pixels exceeds the limit of {}",
+            formats::shard::layout::MAX_PIXELS_CAP
+        )));
+    }
     let full = rect == full_rect(rec);
     let jpeg_err = |e: String| IngestError::Record(format!("JPEG: {e}"));
     let img = match rec.encoding {
@@ -249,6 +258,15 @@ fn region(
         }
         Encoding::RawRgbZstd => {
             let n = w as usize * h as usize * 3;
+            // A frame that declares another size is refused from its header; otherwise
+            // decompression writes into a buffer of exactly `n` bytes and fails past it.
+            if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(rec.bytes) {
+                if declared != n as u64 {
+                    return Err(IngestError::Record(format!(
+                        "zstd frame declares {declared} bytes, {w}x{h} RGB needs {n}"
+                    )));
+                }
+            }
             let raw = zstd::bulk::decompress(rec.bytes, n)
                 .map_err(|e| IngestError::Record(format!("zstd: {e}")))?;
             if raw.len() != n {

@@ -1,8 +1,20 @@
 //! Input discovery: ImageFolder trees (`ROOT/<split>/<class>/...`, class folder names sorted
 //! give label ids, as torchvision does) and list files (`path<TAB>label` lines).
+//!
+//! Hostile trees: symbolic links are followed, but a folder reached a second time (a link
+//! back to an ancestor, or two links to one folder) is read once and the other paths are
+//! listed as skipped, so a link cycle neither loops nor stores an image twice. Inputs are
+//! opened with [`read_regular_file`], which refuses anything that is not a regular file
+//! (FIFOs, devices such as `/dev/zero`, sockets) without blocking or reading it.
 
 use super::IngestError;
-use std::path::{Path, PathBuf};
+use formats::shard::SkippedFile;
+use std::collections::{HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+
+/// Most classes a list file may have: integer labels must be below this (a label of
+/// 4294967295 would otherwise name four billion classes).
+pub const MAX_CLASSES: usize = 1_000_000;
 
 /// One input file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +36,105 @@ pub struct SplitInput {
     pub classes: Vec<String>,
     /// Files in a stable order (class, then path).
     pub items: Vec<InputItem>,
+    /// Paths found but not read (folders reached twice through links), with reasons; they
+    /// join the manifest's skip list.
+    pub skipped: Vec<SkippedFile>,
+}
+
+/// Read an input file that must be a regular file (symbolic links followed). A FIFO,
+/// device, socket or folder is refused with a one-line reason without blocking: the file
+/// is opened non-blocking and checked with `fstat` before any byte is read.
+pub fn read_regular_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let mut file = opts.open(path).map_err(|e| format!("unreadable: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("unreadable: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "not a regular file ({}): skipped",
+            file_kind(&meta.file_type())
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)
+        .map_err(|e| format!("unreadable: {e}"))?;
+    Ok(bytes)
+}
+
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "FIFO";
+        }
+        if t.is_char_device() {
+            return "character device";
+        }
+        if t.is_block_device() {
+            return "block device";
+        }
+        if t.is_socket() {
+            return "socket";
+        }
+    }
+    if t.is_dir() {
+        "folder"
+    } else {
+        "special file"
+    }
+}
+
+/// Folders already read in one split walk, by canonical path (links resolved).
+struct Walk<'a> {
+    root: &'a Path,
+    seen: HashSet<PathBuf>,
+    skipped: Vec<SkippedFile>,
+}
+
+impl Walk<'_> {
+    fn display(&self, p: &Path) -> String {
+        p.strip_prefix(self.root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// True the first time a folder is met; later it is listed as skipped.
+    fn first_visit(&mut self, dir: &Path) -> Result<bool, IngestError> {
+        let canon = std::fs::canonicalize(dir).map_err(|e| IngestError::io(dir, e))?;
+        if self.seen.insert(canon) {
+            return Ok(true);
+        }
+        self.skipped.push(SkippedFile {
+            path: self.display(dir),
+            reason: "folder already read through another path (a symbolic-link cycle or a \
+                     second link to it): skipped"
+                .into(),
+        });
+        Ok(false)
+    }
+
+    fn files(&mut self, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
+        if !self.first_visit(dir)? {
+            return Ok(());
+        }
+        for e in sorted_entries(dir)? {
+            let p = e.path();
+            if p.is_dir() {
+                self.files(&p, out)?;
+            } else {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<std::fs::DirEntry>, IngestError> {
@@ -58,18 +169,6 @@ pub fn class_folders(split_dir: &Path) -> Result<Vec<String>, IngestError> {
     Ok(classes)
 }
 
-fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
-    for e in sorted_entries(dir)? {
-        let p = e.path();
-        if p.is_dir() {
-            walk_files(&p, out)?;
-        } else {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 /// Read one ImageFolder split (`root/<split>/<class>/**`) with the given class list. Every
 /// regular file is an input; files that are not images are skipped later, with a reason.
 /// A class folder not in `classes` is an error.
@@ -80,6 +179,15 @@ pub fn scan_image_folder(
 ) -> Result<SplitInput, IngestError> {
     let split_dir = root.join(split);
     let found = class_folders(&split_dir)?;
+    let mut walk = Walk {
+        root,
+        seen: HashSet::new(),
+        skipped: Vec::new(),
+    };
+    // The root and the split folder count as read: a link back to either is a cycle.
+    for d in [root, split_dir.as_path()] {
+        walk.first_visit(d)?;
+    }
     let mut items = Vec::new();
     for name in &found {
         let label = classes.iter().position(|c| c == name).ok_or_else(|| {
@@ -90,7 +198,7 @@ pub fn scan_image_folder(
             ))
         })?;
         let mut files = Vec::new();
-        walk_files(&split_dir.join(name), &mut files)?;
+        walk.files(&split_dir.join(name), &mut files)?;
         for path in files {
             let display = path
                 .strip_prefix(root)
@@ -108,6 +216,7 @@ pub fn scan_image_folder(
         name: split.to_string(),
         classes: classes.to_vec(),
         items,
+        skipped: walk.skipped,
     })
 }
 
@@ -139,70 +248,118 @@ pub fn scan_root(root: &Path) -> Result<Vec<SplitInput>, IngestError> {
 
 /// Read a list file: one `path<TAB>label` per line (blank lines and `#` comments ignored).
 /// Relative paths are resolved against the list file's folder. Labels are either all
-/// non-negative integers (kept as ids; classes are named "0".."max") or all names (sorted
-/// names give ids).
+/// non-negative integers below [`MAX_CLASSES`] (kept as ids; classes are named "0".."max")
+/// or all names (sorted names give ids): a file mixing the two styles is refused, naming the
+/// first line whose style differs from the first label's. A path listed twice (after
+/// resolving it against the list's folder and dropping `.` components) is refused with
+/// both line numbers, whatever its labels.
 pub fn read_list(list: &Path, split: &str) -> Result<SplitInput, IngestError> {
     let text = std::fs::read_to_string(list).map_err(|e| IngestError::io(list, e))?;
     let base = list.parent().unwrap_or(Path::new("."));
-    let mut rows = Vec::new();
+    let at = |n: usize| format!("{}:{n}", list.display());
+    // (line number, path as written, resolved path, label)
+    let mut rows: Vec<(usize, String, PathBuf, String)> = Vec::new();
+    let mut first_line: HashMap<PathBuf, usize> = HashMap::new();
+    let mut numeric: Option<(bool, usize)> = None;
     for (n, line) in text.lines().enumerate() {
+        let n = n + 1;
         let line = line.trim_end_matches('\r');
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
         let (p, label) = line.rsplit_once('\t').ok_or_else(|| {
             IngestError::Layout(format!(
-                "{}:{}: expected `path<TAB>label`, got {line:?}",
-                list.display(),
-                n + 1
+                "{}: expected `path<TAB>label`, got {line:?}",
+                at(n)
             ))
         })?;
-        if p.is_empty() || label.trim().is_empty() {
+        let label = label.trim();
+        if p.is_empty() || label.is_empty() {
             return Err(IngestError::Layout(format!(
-                "{}:{}: empty path or label",
-                list.display(),
-                n + 1
+                "{}: empty path or label",
+                at(n)
             )));
         }
-        rows.push((p.to_string(), label.trim().to_string()));
+        let is_int = !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit());
+        match numeric {
+            None => numeric = Some((is_int, n)),
+            Some((style, first)) if style != is_int => {
+                let (this, that) = if style {
+                    ("a class name", "integer labels")
+                } else {
+                    ("an integer", "class names")
+                };
+                return Err(IngestError::Layout(format!(
+                    "{}: label {label:?} is {this} but line {first} starts {that}; labels \
+                     must be all integers or all class names",
+                    at(n)
+                )));
+            }
+            Some(_) => {}
+        }
+        if is_int {
+            let ok = label.parse::<u64>().is_ok_and(|v| v < MAX_CLASSES as u64);
+            if !ok {
+                return Err(IngestError::Layout(format!(
+                    "{}: label {label} is too large (integer labels must be below \
+                     {MAX_CLASSES}, the most classes a data set may have)",
+                    at(n)
+                )));
+            }
+        }
+        let path = Path::new(p);
+        let resolved = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base.join(path)
+        };
+        let key: PathBuf = resolved
+            .components()
+            .filter(|c| *c != Component::CurDir)
+            .collect();
+        if let Some(first) = first_line.insert(key, n) {
+            return Err(IngestError::Layout(format!(
+                "{}: {p:?} is listed twice (lines {first} and {n}); list each file once",
+                at(n)
+            )));
+        }
+        rows.push((n, p.to_string(), resolved, label.to_string()));
     }
-    let numeric = rows.iter().all(|(_, l)| l.parse::<u32>().is_ok());
+    let numeric = numeric.is_some_and(|(s, _)| s);
     let classes: Vec<String> = if numeric {
-        let max = rows.iter().filter_map(|(_, l)| l.parse::<u32>().ok()).max();
+        let max = rows.iter().filter_map(|r| r.3.parse::<u32>().ok()).max();
         match max {
             Some(m) => (0..=m).map(|i| i.to_string()).collect(),
             None => Vec::new(),
         }
     } else {
-        let mut names: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect();
+        let mut names: Vec<String> = rows.iter().map(|r| r.3.clone()).collect();
         names.sort();
         names.dedup();
         names
     };
-    let items = rows
-        .into_iter()
-        .map(|(p, l)| {
-            let label = if numeric {
-                l.parse::<u32>().unwrap_or(0)
-            } else {
-                classes.binary_search(&l).unwrap_or(0) as u32
-            };
-            let path = Path::new(&p);
-            InputItem {
-                path: if path.is_absolute() {
-                    path.to_path_buf()
-                } else {
-                    base.join(path)
-                },
-                display: p,
-                label,
-            }
-        })
-        .collect();
+    let mut items = Vec::with_capacity(rows.len());
+    for (n, p, path, l) in rows {
+        let label = if numeric {
+            l.parse::<u32>().ok()
+        } else {
+            classes
+                .binary_search(&l)
+                .ok()
+                .and_then(|i| u32::try_from(i).ok())
+        }
+        .ok_or_else(|| IngestError::Layout(format!("{}: bad label {l:?}", at(n))))?;
+        items.push(InputItem {
+            path,
+            display: p,
+            label,
+        });
+    }
     Ok(SplitInput {
         name: split.to_string(),
         classes,
         items,
+        skipped: Vec::new(),
     })
 }
 
@@ -227,6 +384,47 @@ mod tests {
         std::fs::write(&p, "a.jpg 3\n").unwrap();
         let err = read_list(&p, "train").unwrap_err().to_string();
         assert!(err.contains(":1: expected"), "{err}");
+    }
+
+    #[test]
+    fn list_labels_are_bounded_single_style_and_paths_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.tsv");
+        let err = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            read_list(&p, "train").unwrap_err().to_string()
+        };
+        // A huge label is refused before any class list is built.
+        let e = err("a.jpg\t1\nb.jpg\t4294967295\n");
+        assert!(e.contains("l.tsv:2: label 4294967295 is too large"), "{e}");
+        assert!(e.contains("below 1000000"), "{e}");
+        let e = err("a.jpg\t99999999999999999999999\n");
+        assert!(
+            e.contains(":1: label 99999999999999999999999 is too large"),
+            "{e}"
+        );
+        std::fs::write(&p, "a.jpg\t999999\n").unwrap();
+        assert_eq!(read_list(&p, "train").unwrap().classes.len(), MAX_CLASSES);
+        // Mixed styles: the first line that differs is named, with the first label's line.
+        let e = err("# header\na.jpg\t3\nb.jpg\t0\nc.jpg\tcat\n");
+        assert!(
+            e.contains("l.tsv:4: label \"cat\" is a class name but line 2 starts integer labels"),
+            "{e}"
+        );
+        let e = err("a.jpg\tcat\nb.jpg\t7\n");
+        assert!(
+            e.contains("l.tsv:2: label \"7\" is an integer but line 1 starts class names"),
+            "{e}"
+        );
+        // The same file twice, even spelled differently or with another label.
+        let e = err("a.jpg\tcat\nb.jpg\tdog\n./a.jpg\tdog\n");
+        assert!(
+            e.contains("l.tsv:3: \"./a.jpg\" is listed twice (lines 1 and 3)"),
+            "{e}"
+        );
+        let abs = dir.path().join("sub/b.jpg");
+        let e = err(&format!("sub/b.jpg\t0\n{}\t1\n", abs.display()));
+        assert!(e.contains("listed twice (lines 1 and 2)"), "{e}");
     }
 
     #[test]

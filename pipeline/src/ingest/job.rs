@@ -285,13 +285,13 @@ pub fn shard_split(
                 let mut resizer = fast_image_resize::Resizer::new();
                 for pos in job_rx.iter() {
                     let item = &input.items[order[pos as usize]];
-                    let r = match std::fs::read(&item.path) {
+                    let r = match super::inputs::read_regular_file(&item.path) {
                         // A decoder bug on hostile input must not take the job down.
                         Ok(bytes) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             process_image(&bytes, ingest, &mut resizer)
                         }))
                         .unwrap_or_else(|_| Err("the decoder crashed on this file".into())),
-                        Err(e) => Err(format!("unreadable: {e}")),
+                        Err(reason) => Err(reason),
                     };
                     if res_tx.send((pos, r)).is_err() {
                         break;
@@ -336,6 +336,7 @@ pub fn shard_split(
 
     let mut skipped = std::mem::take(&mut sink.skipped);
     skipped.append(&mut sink.pending_skips);
+    skipped.extend(input.skipped.iter().cloned());
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
     let digests: Vec<String> = sink.shards.iter().map(|s| s.digest.clone()).collect();
     let manifest = Manifest {

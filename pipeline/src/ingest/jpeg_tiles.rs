@@ -129,6 +129,11 @@ impl TileLayout {
             return None;
         }
         let count = (mcus_per_row / interval) as usize * mcu_rows as usize;
+        // Every interval but the last ends in a 2-byte marker: a header promising more
+        // intervals than the file can hold (a hostile size) is refused before allocating.
+        if count > b.len() / 2 + 1 {
+            return None;
+        }
         let mut intervals = Vec::with_capacity(count);
         let mut start = scan_at;
         let mut end = None;
@@ -432,6 +437,12 @@ mod tests {
             .expect("rewrites");
         // Cut short: the intervals no longer add up.
         assert!(TileLayout::parse(&re[..re.len() / 2]).is_none());
+        // A frame header claiming 65535x65535 (millions of intervals in a file of a few
+        // hundred bytes): refused from the header, before any list of intervals is built.
+        let sof = re.windows(2).position(|x| x == [0xFF, 0xC0]).expect("SOF0");
+        let mut huge = re.clone();
+        huge[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
+        assert!(TileLayout::parse(&huge).is_none());
         // A rectangle covering everything needs no tile.
         let layout = TileLayout::parse(&re).expect("tileable");
         assert!(layout.tile_for(CropRect::whole(w, h)).is_none());

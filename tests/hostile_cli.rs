@@ -1,0 +1,450 @@
+//! Hostile and damaged inputs through the real binary (issue 19): each case ends in exit 1
+//! with an error naming the file, line, record or field (or in a documented skip), never
+//! in exit 101/134, a signal, a hang, a write outside `--out` or a backtrace.
+
+use formats::shard::layout::{ENTRY_LEN, INDEX_HEADER_LEN};
+use formats::shard::{Manifest, ShardSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_deit-pipe"));
+    c.arg("--quiet");
+    c.env_remove(pipeline::ingest::job::ABORT_AFTER_ENV);
+    // Every case here must stay backtrace-free even when backtraces are asked for.
+    c.env("RUST_BACKTRACE", "1").env("RUST_LIB_BACKTRACE", "1");
+    c
+}
+
+/// Run with a deadline: a hang fails the test instead of blocking it.
+fn run(args: &[&str]) -> Output {
+    let mut child = bin()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("deit-pipe {args:?} hung (killed after 120 s)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "deit-pipe {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Exit 1 with a one-line `error:` first and no backtrace; returns stdout and stderr.
+fn run_err(args: &[&str]) -> (String, String) {
+    let o = run(args);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {stdout}\n{stderr}");
+    assert!(stderr.contains("error: "), "{args:?}: {stderr}");
+    assert!(
+        !stderr.to_lowercase().contains("backtrace") && !stderr.contains("panicked"),
+        "{args:?} printed a backtrace or panic: {stderr}"
+    );
+    (stdout, stderr)
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A small ImageFolder set (2 classes, 3 train + 1 val each).
+fn synth(dir: &Path) {
+    run_ok(&[
+        "synth",
+        "--out",
+        p(dir),
+        "--classes",
+        "2",
+        "--train-per-class",
+        "3",
+        "--val-per-class",
+        "1",
+        "--seed",
+        "3",
+    ]);
+}
+
+/// Synth + shard (raw records, max side 40); returns the shard root.
+fn shards(tmp: &Path) -> PathBuf {
+    let folder = tmp.join("folder");
+    synth(&folder);
+    let out = tmp.join("shards");
+    run_ok(&[
+        "shard",
+        "--input",
+        p(&folder),
+        "--out",
+        p(&out),
+        "--format",
+        "raw",
+        "--max-side",
+        "40",
+    ]);
+    out
+}
+
+/// Image files of a synth folder, sorted.
+fn images(folder: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for class in std::fs::read_dir(folder.join("train")).unwrap() {
+        for f in std::fs::read_dir(class.unwrap().path()).unwrap() {
+            v.push(f.unwrap().path());
+        }
+    }
+    v.sort();
+    v
+}
+
+fn write_list(path: &Path, rows: &[(&Path, &str)]) {
+    let text: String = rows
+        .iter()
+        .map(|(f, l)| format!("{}\t{l}\n", f.display()))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn split_names_never_leave_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("folder");
+    synth(&folder);
+    let imgs = images(&folder);
+    let list = tmp.path().join("list.tsv");
+    write_list(&list, &[(&imgs[0], "0"), (&imgs[1], "1")]);
+    let out = tmp.path().join("out");
+    let abs = tmp.path().join("elsewhere");
+    for split in ["../x", "a/b", "..", "", abs.to_str().unwrap()] {
+        let (_, stderr) = run_err(&[
+            "shard",
+            "--list",
+            p(&list),
+            "--split",
+            split,
+            "--out",
+            p(&out),
+        ]);
+        assert!(
+            stderr.contains(&format!(
+                "--split {split:?} cannot be used as a file or folder name"
+            )),
+            "{stderr}"
+        );
+    }
+    assert!(!tmp.path().join("x").exists() && !abs.exists() && !out.exists());
+    run_ok(&[
+        "shard",
+        "--list",
+        p(&list),
+        "--split",
+        "mine",
+        "--out",
+        p(&out),
+    ]);
+    assert!(out.join("mine/manifest.json").is_file());
+}
+
+#[test]
+fn list_files_with_huge_mixed_or_repeated_labels_are_refused_by_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("folder");
+    synth(&folder);
+    let imgs = images(&folder);
+    let list = tmp.path().join("list.tsv");
+    let out = tmp.path().join("out");
+    let cases: Vec<(Vec<(&Path, &str)>, String)> = vec![
+        (
+            vec![(&imgs[0], "0"), (&imgs[1], "4294967295")],
+            ":2: label 4294967295 is too large".into(),
+        ),
+        (
+            vec![(&imgs[0], "0"), (&imgs[1], "1"), (&imgs[2], "cat")],
+            ":3: label \"cat\" is a class name but line 1 starts integer labels".into(),
+        ),
+        (
+            vec![(&imgs[0], "0"), (&imgs[1], "1"), (&imgs[0], "1")],
+            format!(
+                ":3: {:?} is listed twice (lines 1 and 3)",
+                imgs[0].display().to_string()
+            ),
+        ),
+    ];
+    for (rows, want) in cases {
+        write_list(&list, &rows);
+        let start = Instant::now();
+        let (_, stderr) = run_err(&["shard", "--list", p(&list), "--out", p(&out)]);
+        assert!(stderr.contains(&want), "{want}: {stderr}");
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
+    assert!(!out.join("train").exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn fifos_device_links_and_link_cycles_are_skipped_and_listed() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("folder");
+    synth(&folder);
+    let class = images(&folder)[0].parent().unwrap().to_path_buf();
+    let fifo = class.join("x.jpg");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    symlink("/dev/zero", class.join("zero.jpg")).unwrap();
+    symlink("../..", class.join("loop")).unwrap();
+    let out = tmp.path().join("out");
+    let text = run_ok(&["shard", "--input", p(&folder), "--out", p(&out)]);
+    assert!(
+        text.contains("train: 6 records") && text.contains("3 skipped"),
+        "{text}"
+    );
+    let m = Manifest::read(&out.join("train")).unwrap();
+    let reasons: Vec<String> = m
+        .skipped
+        .iter()
+        .map(|s| format!("{}: {}", s.path, s.reason))
+        .collect();
+    let has = |name: &str, why: &str| reasons.iter().any(|r| r.contains(name) && r.contains(why));
+    assert!(has("x.jpg", "not a regular file (FIFO)"), "{reasons:?}");
+    assert!(
+        has("zero.jpg", "not a regular file (character device)"),
+        "{reasons:?}"
+    );
+    assert!(has("/loop", "folder already read"), "{reasons:?}");
+}
+
+#[test]
+fn verify_fails_when_a_split_has_no_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = shards(tmp.path());
+    run_ok(&["inspect", p(&root), "--verify"]);
+    std::fs::remove_file(root.join("val/manifest.json")).unwrap();
+    let (stdout, stderr) = run_err(&["inspect", p(&root), "--verify"]);
+    assert!(
+        stdout.contains("BAD") && stdout.contains("no manifest.json"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("verification failed"), "{stderr}");
+    // Without --verify the summary still prints, with a warning.
+    let text = run_ok(&["inspect", p(&root)]);
+    assert!(
+        text.contains("WARNING") && text.contains("no manifest.json"),
+        "{text}"
+    );
+}
+
+#[test]
+fn manifests_that_disagree_with_the_index_or_the_folder_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = shards(tmp.path());
+    let train = root.join("train");
+    let mpath = train.join("manifest.json");
+    let original = std::fs::read(&mpath).unwrap();
+    // Counts moved between classes (the sum still matches): refused on open.
+    let mut m = Manifest::read(&train).unwrap();
+    m.counts_per_class[0] += 1;
+    m.counts_per_class[1] -= 1;
+    std::fs::write(&mpath, m.to_json()).unwrap();
+    let (_, stderr) = run_err(&["inspect", p(&train)]);
+    assert!(
+        stderr.contains("counts_per_class[0]") && stderr.contains("the index holds 3"),
+        "{stderr}"
+    );
+    std::fs::write(&mpath, &original).unwrap();
+    // A split folder renamed (or a manifest copied into another split's folder).
+    let renamed = root.join("renamed");
+    std::fs::rename(&train, &renamed).unwrap();
+    let (_, stderr) = run_err(&["inspect", p(&renamed)]);
+    assert!(
+        stderr.contains("`split` is \"train\" but the folder is named \"renamed\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn inspect_escapes_names_and_dump_stays_under_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("folder");
+    synth(&folder);
+    let imgs = images(&folder);
+    let list = tmp.path().join("list.tsv");
+    write_list(
+        &list,
+        &[
+            (&imgs[0], "\x1b[2Jwipe"),
+            (&imgs[1], "bell\x07"),
+            (&imgs[2], "../../evil"),
+        ],
+    );
+    let data = tmp.path().join("data");
+    run_ok(&["shard", "--list", p(&list), "--out", p(&data)]);
+    let o = run(&["inspect", p(&data)]);
+    assert!(o.status.success());
+    assert!(!o.stdout.contains(&0x1b) && !o.stdout.contains(&0x07));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("\\u{1b}[2Jwipe:1") && text.contains("bell\\u{7}:1"),
+        "{text}"
+    );
+    // --dump would name a file after "../../evil": refused, nothing written outside --out.
+    let dump = tmp.path().join("a/b/dump");
+    let (_, stderr) = run_err(&["inspect", p(&data), "--dump", "3", "--out", p(&dump)]);
+    assert!(
+        stderr.contains("class name \"../../evil\" cannot be used as a file or folder name"),
+        "{stderr}"
+    );
+    let stray: Vec<_> = std::fs::read_dir(tmp.path().join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(stray, vec![std::ffi::OsString::from("b")]);
+}
+
+#[test]
+fn train_refuses_an_out_folder_that_is_not_a_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let user = tmp.path().join("user");
+    std::fs::create_dir(&user).unwrap();
+    std::fs::write(user.join("config.toml"), "mine = true\n").unwrap();
+    std::fs::write(user.join("metrics.jsonl"), "{\"mine\": 1}\n").unwrap();
+    let (_, stderr) = run_err(&["train", "--data", p(tmp.path()), "--out", p(&user)]);
+    assert!(
+        stderr.contains("is not empty and is not a deit-pipe run")
+            && stderr.contains("config.toml, metrics.jsonl"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(user.join("config.toml")).unwrap(),
+        "mine = true\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(user.join("metrics.jsonl")).unwrap(),
+        "{\"mine\": 1}\n"
+    );
+    assert_eq!(std::fs::read_dir(&user).unwrap().count(), 2);
+}
+
+/// Rewrite every train index entry with `f` and re-hash, as a hostile writer would.
+fn patch_entries(train: &Path, f: impl Fn(&mut [u8])) {
+    let m = Manifest::read(train).unwrap();
+    for s in &m.shards {
+        let idx = train.join(&s.index);
+        let mut b = std::fs::read(&idx).unwrap();
+        for e in b[INDEX_HEADER_LEN..].chunks_exact_mut(ENTRY_LEN) {
+            f(e);
+        }
+        let h = blake3::hash(&b[INDEX_HEADER_LEN..]);
+        b[32..64].copy_from_slice(h.as_bytes());
+        std::fs::write(&idx, b).unwrap();
+    }
+}
+
+fn train_args<'a>(data: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/configs/small_image.toml"),
+        "--data",
+        p(data),
+        "--out",
+        p(out),
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--batch-size",
+        "4",
+        "--set",
+        "model.depth=1",
+        "--set",
+        "model.embed_dim=48",
+    ]
+}
+
+#[test]
+fn train_stops_on_damaged_records_with_their_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = shards(tmp.path());
+    let train = root.join("train");
+    // A flipped byte inside every payload: the first read of any record fails its CRC.
+    let set = ShardSet::open(&train).unwrap();
+    let mut flips = Vec::new();
+    for i in 0..set.len() {
+        let e = set.entry(i).unwrap();
+        flips.push(e.offset + e.length / 2);
+    }
+    drop(set);
+    let data = train.join("shard-00000.bin");
+    let original = std::fs::read(&data).unwrap();
+    let mut b = original.clone();
+    for at in flips {
+        b[at as usize] ^= 0x08;
+    }
+    std::fs::write(&data, b).unwrap();
+    let (_, stderr) = run_err(&train_args(&root, &tmp.path().join("run1")));
+    assert!(
+        stderr.contains("checksum mismatch") && stderr.contains("shard-00000.bin"),
+        "{stderr}"
+    );
+    std::fs::write(&data, original).unwrap();
+    // Every record declaring 65536 x 65536: refused before any allocation.
+    patch_entries(&train, |e| {
+        e[28..32].copy_from_slice(&65536u32.to_le_bytes());
+        e[32..36].copy_from_slice(&65536u32.to_le_bytes());
+    });
+    let (_, stderr) = run_err(&train_args(&root, &tmp.path().join("run2")));
+    assert!(
+        stderr.contains("65536x65536") && stderr.contains("exceeds the set's limit"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn clean_errors_never_print_a_backtrace() {
+    // run_err asserts exit 1, an `error:` line and no backtrace with RUST_BACKTRACE=1.
+    run_err(&["inspect", "/nonexistent/deit-pipe-shards"]);
+    run_err(&["shard", "--input", "/nonexistent/in", "--out", "/tmp/x"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("l.tsv");
+    std::fs::write(&list, "a.jpg\t1\nb.jpg\tcat\n").unwrap();
+    let (_, stderr) = run_err(&["shard", "--list", p(&list), "--out", p(tmp.path())]);
+    assert!(stderr.lines().count() <= 4, "{stderr}");
+}
+
+#[test]
+fn max_pixels_above_the_readers_cap_is_refused() {
+    // Readers refuse records over 2^30 pixels whatever a manifest says, so `shard` may not
+    // promise more: a usage error (exit 2) naming the flag.
+    let o = run(&[
+        "shard",
+        "--input",
+        "in",
+        "--out",
+        "out",
+        "--max-pixels",
+        "1073741825",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("--max-pixels"), "{stderr}");
+}
