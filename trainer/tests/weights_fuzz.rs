@@ -3,14 +3,15 @@
 //! the safetensors reader. Every input must give `Ok` or an ordinary error: a panic
 //! fails the test, an abort or a hang kills it.
 //!
-//! The normal test run tries `WEIGHTS_FUZZ_CASES` inputs per target (default 300, a
-//! second or two); BENCHMARKS.md ("Fuzzing: weights readers") records the 100k run:
+//! The normal test run tries `WEIGHTS_FUZZ_CASES` inputs per target (default 2000,
+//! well under a second); BENCHMARKS.md ("Fuzzing: weights readers") records the 100k run:
 //!
 //!     WEIGHTS_FUZZ_CASES=100000 cargo test --release -p trainer --test weights_fuzz
 
 mod weights_util;
 
 use proptest::prelude::*;
+use std::cell::Cell;
 use proptest::test_runner::{Config, TestRunner};
 use trainer::weights::read_weights_bytes;
 use weights_util::*;
@@ -19,7 +20,7 @@ fn cases() -> u32 {
     std::env::var("WEIGHTS_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300)
+        .unwrap_or(2000)
 }
 
 fn runner() -> TestRunner {
@@ -158,9 +159,32 @@ fn muts() -> impl Strategy<Value = Vec<Mutation>> {
     proptest::collection::vec(mutation(), 1..6)
 }
 
-/// The reader must return; a panic is a failure (proptest catches and reports it).
-fn must_not_panic(bytes: &[u8], safetensors: bool) {
-    let _ = read_weights_bytes(bytes, "fuzz.pth", safetensors);
+/// Inputs read without error, and all inputs, of one target (printed with
+/// `--nocapture`, to see that mutations still reach the readers' inner checks rather
+/// than all failing early).
+#[derive(Default)]
+struct Counts {
+    ok: Cell<usize>,
+    all: Cell<usize>,
+}
+
+impl Counts {
+    /// The reader must return; a panic is a failure (proptest catches and reports it).
+    fn must_not_panic(&self, bytes: &[u8], safetensors: bool) {
+        self.all.set(self.all.get() + 1);
+        if read_weights_bytes(bytes, "fuzz.pth", safetensors).is_ok() {
+            self.ok.set(self.ok.get() + 1);
+        }
+    }
+
+    fn report(&self, target: &str) {
+        eprintln!(
+            "{target}: {} cases, {} inputs, {} read without error, 0 panics",
+            cases(),
+            self.all.get(),
+            self.ok.get()
+        );
+    }
 }
 
 #[test]
@@ -169,15 +193,17 @@ fn fuzz_pth_reader_mutated_pickles_in_zip_archives() {
         .iter()
         .map(|&frame| seed_state_dict(false, frame))
         .collect();
+    let c = Counts::default();
     runner()
         .run(&(0..seeds.len(), muts()), |(i, m)| {
             let (pkl, st) = &seeds[i];
             // the pickle mutated and re-wrapped, so the zip's CRCs are right and the
             // unpickler sees every mutation
-            must_not_panic(&zip_of(&apply(pkl.clone(), &m), st), false);
+            c.must_not_panic(&zip_of(&apply(pkl.clone(), &m), st), false);
             Ok(())
         })
         .unwrap();
+    c.report("fuzz_pth_reader_mutated_pickles_in_zip_archives");
 }
 
 #[test]
@@ -186,13 +212,15 @@ fn fuzz_pth_reader_mutated_legacy_streams_and_archives() {
     let legacy = legacy_of(&pkl, &st);
     let (zpkl, zst) = seed_state_dict(false, false);
     let archive = zip_of(&zpkl, &zst);
+    let c = Counts::default();
     runner()
         .run(&(any::<bool>(), muts()), |(which, m)| {
             let seed = if which { &legacy } else { &archive };
-            must_not_panic(&apply(seed.clone(), &m), false);
+            c.must_not_panic(&apply(seed.clone(), &m), false);
             Ok(())
         })
         .unwrap();
+    c.report("fuzz_pth_reader_mutated_legacy_streams_and_archives");
 }
 
 #[test]
@@ -205,6 +233,7 @@ fn fuzz_pth_reader_arbitrary_pickle_bytes() {
         .collect();
     let op = proptest::sample::select(ops);
     let byte = prop_oneof![op, any::<u8>()];
+    let c = Counts::default();
     runner()
         .run(
             &(proptest::collection::vec(byte, 0..256), any::<bool>()),
@@ -216,17 +245,19 @@ fn fuzz_pth_reader_arbitrary_pickle_bytes() {
                 } else {
                     zip_checkpoint("a", &pkl, &[])
                 };
-                must_not_panic(&bytes, false);
+                c.must_not_panic(&bytes, false);
                 Ok(())
             },
         )
         .unwrap();
+    c.report("fuzz_pth_reader_arbitrary_pickle_bytes");
 }
 
 #[test]
 fn fuzz_safetensors_reader() {
     let seed = seed_safetensors();
     let header_len = u64::from_le_bytes(seed[..8].try_into().unwrap()) as usize;
+    let c = Counts::default();
     runner()
         .run(&(0u8..3, muts()), |(how, m)| {
             let bytes = match how {
@@ -243,11 +274,12 @@ fn fuzz_safetensors_reader() {
                 // arbitrary bytes after a plausible length
                 _ => apply(seed[..8].to_vec(), &m),
             };
-            must_not_panic(&bytes, true);
-            must_not_panic(&bytes, false);
+            c.must_not_panic(&bytes, true);
+            c.must_not_panic(&bytes, false);
             Ok(())
         })
         .unwrap();
+    c.report("fuzz_safetensors_reader");
 }
 
 #[test]

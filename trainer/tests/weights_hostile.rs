@@ -32,18 +32,6 @@ fn values(w: &trainer::weights::WeightsFile, name: &str) -> Vec<f32> {
     w.tensors[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-/// A zip checkpoint of one 2x3 f32 tensor `w` = 0..6 plus what `extra` writes into the
-/// state dict.
-fn zip_with(extra: impl FnOnce(&mut Pickle)) -> Vec<u8> {
-    let mut p = Pickle::new(2);
-    p.state_dict(|p| {
-        p.str("w").tensor(&TensorSpec::f32("0", &[2, 3]), false);
-        extra(p);
-    });
-    let pkl = p.stop();
-    zip_checkpoint("archive", &pkl, &[("0", f32_bytes(&[0., 1., 2., 3., 4., 5.]))])
-}
-
 #[test]
 fn a_well_formed_zip_checkpoint_loads_with_strides_and_offsets() {
     // w: contiguous; t: the transpose of w (stride (1, 3)) over the same storage;

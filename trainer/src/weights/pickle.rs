@@ -75,10 +75,8 @@ pub enum Obj {
     },
     /// `cls.__new__(cls, *args, **kwargs)` as `NEWOBJ`/`NEWOBJ_EX` describe it.
     NewObj {
-        /// The class.
+        /// The class (the arguments are not kept: nothing is ever created).
         cls: Value,
-        /// The argument tuple.
-        args: Value,
     },
     /// A persistent id (`BINPERSID`): torch's reference to a storage.
     PersistentId(Value),
@@ -628,14 +626,14 @@ impl Machine<'_> {
                 if self.is_empty_dict_call(cls, args) {
                     self.push_obj(Obj::Dict(Vec::new()))?
                 } else {
-                    self.push_obj(Obj::NewObj { cls, args })?
+                    self.push_obj(Obj::NewObj { cls })?
                 }
             }
             0x92 => {
                 let _kwargs = self.pop()?;
-                let args = self.pop()?;
+                let _args = self.pop()?;
                 let cls = self.pop()?;
-                self.push_obj(Obj::NewObj { cls, args })?
+                self.push_obj(Obj::NewObj { cls })?
             }
             b'b' => {
                 // BUILD: `obj.__setstate__(state)`. Nothing we read needs the state
