@@ -13,7 +13,10 @@ fn predict(weights: &Path, image: &Path) -> (Option<i32>, String) {
         .arg(image)
         .output()
         .expect("runs");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn safetensors(header: &str, data: &[u8]) -> Vec<u8> {

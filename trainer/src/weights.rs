@@ -91,25 +91,30 @@ pub fn read_weights(path: &Path) -> Result<WeightsFile> {
 /// forces that format; otherwise it is told by the first bytes. Never panics, whatever
 /// the bytes (fuzzed in `tests/weights_fuzz.rs`).
 pub fn read_weights_bytes(bytes: &[u8], file: &str, safetensors: bool) -> Result<WeightsFile> {
-    let (raw, ignored) = if safetensors || (!bytes.starts_with(ZIP_MAGIC) && looks_safetensors(bytes)) {
-        (st::read(bytes, file)?, Vec::new())
-    } else if bytes.starts_with(ZIP_MAGIC) {
-        let e = pth::read_zip(bytes, file)?;
-        (e.tensors, e.ignored)
-    } else if bytes.first() == Some(&0x80) {
-        let e = pth::read_legacy(bytes, file)?;
-        (e.tensors, e.ignored)
-    } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
-        bail!("{file}: a tar-format checkpoint of torch < 0.1.10, which is not read");
-    } else {
-        bail!(
-            "{file} is neither a safetensors file nor a PyTorch checkpoint (a zip archive or \
+    let (raw, ignored) =
+        if safetensors || (!bytes.starts_with(ZIP_MAGIC) && looks_safetensors(bytes)) {
+            (st::read(bytes, file)?, Vec::new())
+        } else if bytes.starts_with(ZIP_MAGIC) {
+            let e = pth::read_zip(bytes, file)?;
+            (e.tensors, e.ignored)
+        } else if bytes.first() == Some(&0x80) {
+            let e = pth::read_legacy(bytes, file)?;
+            (e.tensors, e.ignored)
+        } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
+            bail!("{file}: a tar-format checkpoint of torch < 0.1.10, which is not read");
+        } else {
+            bail!(
+                "{file} is neither a safetensors file nor a PyTorch checkpoint (a zip archive or \
              a legacy pickle stream)"
-        );
-    };
+            );
+        };
     let mut tensors = BTreeMap::new();
     for t in raw {
-        let name = t.name.strip_prefix("module.").unwrap_or(&t.name).to_string();
+        let name = t
+            .name
+            .strip_prefix("module.")
+            .unwrap_or(&t.name)
+            .to_string();
         if name.ends_with("num_batches_tracked") {
             continue;
         }
@@ -243,8 +248,13 @@ pub fn load_into(
     opts: &LoadOptions,
 ) -> Result<LoadReport> {
     let file = read_weights(path)?;
-    let mut report =
-        load_state_dict_into(varmap, spec, &file.tensors, opts, &path.display().to_string())?;
+    let mut report = load_state_dict_into(
+        varmap,
+        spec,
+        &file.tensors,
+        opts,
+        &path.display().to_string(),
+    )?;
     report.ignored_entries = file.ignored;
     Ok(report)
 }

@@ -11,8 +11,8 @@
 mod weights_util;
 
 use proptest::prelude::*;
-use std::cell::Cell;
 use proptest::test_runner::{Config, TestRunner};
+use std::cell::Cell;
 use trainer::weights::read_weights_bytes;
 use weights_util::*;
 
@@ -46,12 +46,18 @@ fn seed_state_dict(legacy: bool, proto4_frame: bool) -> (Vec<u8>, Vec<(String, V
         let mut h = TensorSpec::f32("1", &[2]);
         h.class = "HalfStorage".into();
         p.str("h").tensor(&h, legacy);
-        p.str("p").global("torch._utils", "_rebuild_parameter").mark();
+        p.str("p")
+            .global("torch._utils", "_rebuild_parameter")
+            .mark();
         p.tensor(&TensorSpec::f32("2", &[1]), legacy)
             .op(&[0x88])
             .ordered_dict()
             .op(b"tR");
-        p.str("x").global("posix", "system").mark().str("true").op(b"tR");
+        p.str("x")
+            .global("posix", "system")
+            .mark()
+            .str("true")
+            .op(b"tR");
     });
     p.op(b"u");
     let mut pkl = p.stop();

@@ -29,7 +29,11 @@ fn assert_err(bytes: &[u8], parts: &[&str]) {
 }
 
 fn values(w: &trainer::weights::WeightsFile, name: &str) -> Vec<f32> {
-    w.tensors[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    w.tensors[name]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -98,18 +102,38 @@ fn short_rebuild_tuples_are_errors_naming_the_tensor() {
     // _rebuild_tensor_v2 with 2 arguments
     let mut p = Pickle::new(2);
     p.state_dict(|p| {
-        p.str("w").global("torch._utils", "_rebuild_tensor_v2").mark();
+        p.str("w")
+            .global("torch._utils", "_rebuild_tensor_v2")
+            .mark();
         p.storage("FloatStorage", "0", 6, false).int(0).op(b"tR");
     });
     let b = zip_checkpoint("a", &p.stop(), &[("0", f32_bytes(&[0.; 6]))]);
-    assert_err(&b, &["\"w\"", "_rebuild_tensor_v2 takes 6 or 7 arguments", "gives 2"]);
+    assert_err(
+        &b,
+        &[
+            "\"w\"",
+            "_rebuild_tensor_v2 takes 6 or 7 arguments",
+            "gives 2",
+        ],
+    );
 
     // a persistent id with 3 fields
     let mut p = Pickle::new(2);
     p.state_dict(|p| {
-        p.str("w").global("torch._utils", "_rebuild_tensor_v2").mark();
-        p.mark().str("storage").global("torch", "FloatStorage").str("0").op(b"tQ");
-        p.int(0).int_tuple(&[6]).int_tuple(&[1]).op(&[0x89]).ordered_dict().op(b"tR");
+        p.str("w")
+            .global("torch._utils", "_rebuild_tensor_v2")
+            .mark();
+        p.mark()
+            .str("storage")
+            .global("torch", "FloatStorage")
+            .str("0")
+            .op(b"tQ");
+        p.int(0)
+            .int_tuple(&[6])
+            .int_tuple(&[1])
+            .op(&[0x89])
+            .ordered_dict()
+            .op(b"tR");
     });
     let b = zip_checkpoint("a", &p.stop(), &[("0", f32_bytes(&[0.; 6]))]);
     assert_err(&b, &["persistent id has 3 fields"]);
@@ -117,22 +141,36 @@ fn short_rebuild_tuples_are_errors_naming_the_tensor() {
     // _rebuild_from_type_v2 with 2 arguments
     let mut p = Pickle::new(2);
     p.state_dict(|p| {
-        p.str("w").global("torch._tensor", "_rebuild_from_type_v2").mark();
+        p.str("w")
+            .global("torch._tensor", "_rebuild_from_type_v2")
+            .mark();
         p.global("torch._utils", "_rebuild_tensor_v2")
             .global("torch.nn.parameter", "Parameter")
             .op(b"tR");
     });
     let b = zip_checkpoint("a", &p.stop(), &[]);
-    assert_err(&b, &["\"w\"", "_rebuild_from_type_v2 takes 4 arguments", "gives 2"]);
+    assert_err(
+        &b,
+        &[
+            "\"w\"",
+            "_rebuild_from_type_v2 takes 4 arguments",
+            "gives 2",
+        ],
+    );
 
     // _rebuild_parameter with 1 argument
     let mut p = Pickle::new(2);
     p.state_dict(|p| {
-        p.str("w").global("torch._utils", "_rebuild_parameter").mark();
+        p.str("w")
+            .global("torch._utils", "_rebuild_parameter")
+            .mark();
         p.tensor(&TensorSpec::f32("0", &[6]), false).op(b"tR");
     });
     let b = zip_checkpoint("a", &p.stop(), &[("0", f32_bytes(&[0.; 6]))]);
-    assert_err(&b, &["\"w\"", "_rebuild_parameter takes 3 arguments", "gives 1"]);
+    assert_err(
+        &b,
+        &["\"w\"", "_rebuild_parameter takes 3 arguments", "gives 1"],
+    );
 }
 
 #[test]
@@ -141,12 +179,16 @@ fn rebuild_wrappers_of_torch_load_as_the_tensor() {
     // Parameter, args, state), as torch 2.x writes parameters and tensor subclasses
     let mut p = Pickle::new(2);
     p.state_dict(|p| {
-        p.str("p").global("torch._utils", "_rebuild_parameter").mark();
+        p.str("p")
+            .global("torch._utils", "_rebuild_parameter")
+            .mark();
         p.tensor(&TensorSpec::f32("0", &[2]), false)
             .op(&[0x88])
             .ordered_dict()
             .op(b"tR");
-        p.str("q").global("torch._tensor", "_rebuild_from_type_v2").mark();
+        p.str("q")
+            .global("torch._tensor", "_rebuild_from_type_v2")
+            .mark();
         p.global("torch._utils", "_rebuild_tensor_v2")
             .global("torch.nn.parameter", "Parameter")
             .mark();
@@ -185,7 +227,13 @@ fn declared_sizes_are_checked_against_the_real_data_before_allocating() {
     let pkl = state_dict_pickle(&[("w", t)], false);
     let b = zip_checkpoint("a", &pkl, &[("0", f32_bytes(&[0.; 4]))]);
     assert!(b.len() < 1000);
-    assert_err(&b, &["storage \"0\" declares 8589934592 elements", "holds 16 bytes"]);
+    assert_err(
+        &b,
+        &[
+            "storage \"0\" declares 8589934592 elements",
+            "holds 16 bytes",
+        ],
+    );
 
     // a shape whose product overflows u64
     let mut t = TensorSpec::f32("0", &[6]);
@@ -219,11 +267,23 @@ fn deep_nesting_and_memo_doubling_cost_neither_stack_nor_memory() {
         p.str("w").tensor(&TensorSpec::f32("0", &[2, 3]), false);
         p.str("deep").op(b")");
         p.op(&vec![0x85u8; 1_000_000]);
+        // and 10^6 lists appended each into the one below it
+        p.str("deep_list").op(&vec![b']'; 1_000_000]);
+        p.op(&vec![b'a'; 999_999]);
     });
     let b = zip_checkpoint("a", &p.stop(), &[("0", f32_bytes(&[0.; 6]))]);
     let w = read_weights_bytes(&b, FILE, false).unwrap();
     assert_eq!(w.tensors.len(), 1);
-    assert!(w.ignored.iter().any(|l| l.contains("\"deep\"")), "{:?}", w.ignored);
+    assert!(
+        w.ignored.iter().any(|l| l.contains("\"deep\"")),
+        "{:?}",
+        w.ignored
+    );
+    assert!(
+        w.ignored.iter().any(|l| l.contains("\"deep_list\"")),
+        "{:?}",
+        w.ignored
+    );
 
     // 10^6 nested marks: refused at the mark limit
     let mut p = Pickle::new(2);
@@ -247,7 +307,11 @@ fn deep_nesting_and_memo_doubling_cost_neither_stack_nor_memory() {
     let w = read_weights_bytes(&b, FILE, false).unwrap();
     assert!(t0.elapsed().as_secs() < 5);
     assert_eq!(w.tensors.len(), 1);
-    assert!(w.ignored.iter().any(|l| l.contains("\"bomb\"")), "{:?}", w.ignored);
+    assert!(
+        w.ignored.iter().any(|l| l.contains("\"bomb\"")),
+        "{:?}",
+        w.ignored
+    );
 }
 
 #[test]
@@ -257,8 +321,14 @@ fn protocol_4_pickles_with_frames_load() {
     let mut body = Pickle(Vec::new());
     body.op(b"}").op(&[0x94]).mark();
     // key as BINUNICODE8
-    body.op(&[0x8d]).op(&5u64.to_le_bytes()).op(b"model").op(&[0x94]);
-    body.short_str("collections").op(&[0x94]).short_str("OrderedDict").op(&[0x94, 0x93, 0x94]);
+    body.op(&[0x8d])
+        .op(&5u64.to_le_bytes())
+        .op(b"model")
+        .op(&[0x94]);
+    body.short_str("collections")
+        .op(&[0x94])
+        .short_str("OrderedDict")
+        .op(&[0x94, 0x93, 0x94]);
     body.op(b")R").op(&[0x94]).mark();
     body.short_str("w").op(&[0x94]);
     body.short_str("torch._utils")
@@ -307,9 +377,17 @@ fn foreign_globals_are_never_called_and_are_reported() {
     p.op(b"}").mark().str("model");
     p.state_dict(|p| {
         p.str("w").tensor(&TensorSpec::f32("0", &[2, 3]), false);
-        p.str("evil").global("posix", "system").mark().str(&cmd).op(b"tR");
+        p.str("evil")
+            .global("posix", "system")
+            .mark()
+            .str(&cmd)
+            .op(b"tR");
     });
-    p.str("x").global("builtins", "eval").mark().str("1+1").op(b"tR");
+    p.str("x")
+        .global("builtins", "eval")
+        .mark()
+        .str("1+1")
+        .op(b"tR");
     p.op(b"u");
     let b = zip_checkpoint("a", &p.stop(), &[("0", f32_bytes(&[0.; 6]))]);
     let path = dir.path().join("evil.pth");
@@ -338,7 +416,10 @@ fn foreign_globals_are_never_called_and_are_reported() {
     let opts = trainer::weights::LoadOptions { partial: true };
     let report = trainer::weights::load_into(&vm, &spec, &path, &opts).unwrap();
     assert!(
-        report.ignored_entries.iter().any(|l| l.contains("posix.system")),
+        report
+            .ignored_entries
+            .iter()
+            .any(|l| l.contains("posix.system")),
         "{:?}",
         report.ignored_entries
     );
@@ -376,16 +457,28 @@ fn safetensors_headers_are_checked_by_us() {
     // offsets errors name the tensor at fault, not a neighbour
     let hdr = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[2],"data_offsets":[2,10]},"c":{"dtype":"F32","shape":[1],"data_offsets":[12,16]}}"#;
     let e = err(&safetensors_raw(hdr, &data));
-    assert!(e.contains("tensor \"b\" starts at data byte 2 inside tensor \"a\""), "{e}");
+    assert!(
+        e.contains("tensor \"b\" starts at data byte 2 inside tensor \"a\""),
+        "{e}"
+    );
     let hdr = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]},"c":{"dtype":"F32","shape":[1],"data_offsets":[12,16]}}"#;
     let e = err(&safetensors_raw(hdr, &data));
-    assert!(e.contains("tensor \"b\" starts at data byte 8 but tensor \"a\" ends at 4"), "{e}");
+    assert!(
+        e.contains("tensor \"b\" starts at data byte 8 but tensor \"a\" ends at 4"),
+        "{e}"
+    );
     let hdr = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"z":{"dtype":"F32","shape":[2],"data_offsets":[4,16]}}"#;
     let e = err(&safetensors_raw(hdr, &data));
-    assert!(e.contains("tensor \"z\": shape [2] of F32 needs 8 bytes"), "{e}");
+    assert!(
+        e.contains("tensor \"z\": shape [2] of F32 needs 8 bytes"),
+        "{e}"
+    );
     let hdr = r#"{"a":{"dtype":"F32","shape":[5],"data_offsets":[0,20]}}"#;
     let e = err(&safetensors_raw(hdr, &data));
-    assert!(e.contains("tensor \"a\": data_offsets [0, 20] outside the 16 data bytes"), "{e}");
+    assert!(
+        e.contains("tensor \"a\": data_offsets [0, 20] outside the 16 data bytes"),
+        "{e}"
+    );
     // a header length beyond the file
     let mut b = safetensors_raw("{}", &[]);
     b[..8].copy_from_slice(&(1u64 << 62).to_le_bytes());
@@ -404,11 +497,16 @@ fn unknown_storage_types_are_named() {
     t.class = "ComplexFloatStorage".into();
     let pkl = state_dict_pickle(&[("w", t)], false);
     let b = zip_checkpoint("a", &pkl, &[("0", vec![0; 16])]);
-    assert_err(&b, &["unknown storage type torch.ComplexFloatStorage in file hostile.pth"]);
+    assert_err(
+        &b,
+        &["unknown storage type torch.ComplexFloatStorage in file hostile.pth"],
+    );
     // and for one that is not torch's at all
     let mut p = Pickle::new(2);
     p.state_dict(|p| {
-        p.str("w").global("torch._utils", "_rebuild_tensor_v2").mark();
+        p.str("w")
+            .global("torch._utils", "_rebuild_tensor_v2")
+            .mark();
         p.mark()
             .str("storage")
             .global("numpy", "ndarray")
@@ -416,10 +514,18 @@ fn unknown_storage_types_are_named() {
             .str("cpu")
             .int(2)
             .op(b"tQ");
-        p.int(0).int_tuple(&[2]).int_tuple(&[1]).op(&[0x89]).ordered_dict().op(b"tR");
+        p.int(0)
+            .int_tuple(&[2])
+            .int_tuple(&[1])
+            .op(&[0x89])
+            .ordered_dict()
+            .op(b"tR");
     });
     let b = zip_checkpoint("a", &p.stop(), &[("0", f32_bytes(&[0.; 2]))]);
-    assert_err(&b, &["unknown storage type numpy.ndarray in file hostile.pth"]);
+    assert_err(
+        &b,
+        &["unknown storage type numpy.ndarray in file hostile.pth"],
+    );
 }
 
 #[test]
@@ -458,9 +564,15 @@ fn legacy_torch_save_streams_load_like_zip_archives() {
             ("99", 1, 0.5f64.to_le_bytes().to_vec()),
         ],
     );
-    assert_err(&bad, &["storage \"140234\" holds 5 elements but its tensors declare 6"]);
+    assert_err(
+        &bad,
+        &["storage \"140234\" holds 5 elements but its tensors declare 6"],
+    );
     // truncated inside the raw storages
-    assert_err(&b[..b.len() - 3], &["storage \"99\"", "only 5 bytes are left"]);
+    assert_err(
+        &b[..b.len() - 3],
+        &["storage \"99\"", "only 5 bytes are left"],
+    );
     // a pickle that is not a torch checkpoint
     let mut p = Pickle::new(2);
     p.str("hello");
@@ -476,8 +588,7 @@ fn fixtures() -> PathBuf {
 #[test]
 fn torch_layout_fixtures_load_to_the_same_values() {
     let expected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap();
     let want: BTreeMap<String, (Vec<usize>, Vec<f32>)> = expected["tensors"]
         .as_object()
         .unwrap()
@@ -546,13 +657,16 @@ fn weights_we_write_carry_the_hugging_face_format_tag() {
     let bytes = std::fs::read(&ema_path).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     assert_eq!(
-        meta.metadata().as_ref().unwrap().get("format").map(String::as_str),
+        meta.metadata()
+            .as_ref()
+            .unwrap()
+            .get("format")
+            .map(String::as_str),
         Some("pt")
     );
     let back = trainer::ema::ModelEma::load(&ema_path, &candle_core::Device::Cpu).unwrap();
     assert_eq!(back.decay(), 0.9);
-    let (tensors, _) =
-        trainer::tensor_file::read(&ema_path, &candle_core::Device::Cpu).unwrap();
+    let (tensors, _) = trainer::tensor_file::read(&ema_path, &candle_core::Device::Cpu).unwrap();
     let old = dir.path().join("old_ema.safetensors");
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "deit-pipe model ema v1".to_string());
@@ -566,6 +680,24 @@ fn weights_we_write_carry_the_hugging_face_format_tag() {
         0.5
     );
     ema.update_from_varmap(&vm).unwrap();
+
+    // the optimizer state too; it still loads back
+    let cfg = trainer::optim::AdamWConfig::default();
+    let opt = trainer::optim::AdamW::from_varmap(&vm, cfg).unwrap();
+    let opt_path = dir.path().join("optimizer.safetensors");
+    opt.save(&opt_path).unwrap();
+    let bytes = std::fs::read(&opt_path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(
+        meta.metadata()
+            .as_ref()
+            .unwrap()
+            .get("format")
+            .map(String::as_str),
+        Some("pt")
+    );
+    let mut back = trainer::optim::AdamW::from_varmap(&vm, cfg).unwrap();
+    back.load(&opt_path).unwrap();
 }
 
 #[test]
@@ -573,9 +705,15 @@ fn odd_paths_and_unknown_bytes_are_clean_errors() {
     let dir = tempfile::tempdir().unwrap();
     let e = format!("{:#}", read_weights(dir.path()).unwrap_err());
     assert!(e.contains("is not a regular file"), "{e}");
-    let e = format!("{:#}", read_weights(&dir.path().join("nope.pth")).unwrap_err());
+    let e = format!(
+        "{:#}",
+        read_weights(&dir.path().join("nope.pth")).unwrap_err()
+    );
     assert!(e.contains("nope.pth"), "{e}");
-    assert_err(b"hello world", &["neither a safetensors file nor a PyTorch checkpoint"]);
+    assert_err(
+        b"hello world",
+        &["neither a safetensors file nor a PyTorch checkpoint"],
+    );
     assert_err(b"", &["neither"]);
     // a TorchScript archive
     let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
@@ -583,4 +721,19 @@ fn odd_paths_and_unknown_bytes_are_clean_errors() {
         .unwrap();
     let b = z.finish().unwrap().into_inner();
     assert_err(&b, &["TorchScript"]);
+    // a big-endian archive
+    let pkl = state_dict_pickle(&[("w", TensorSpec::f32("0", &[1]))], false);
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in [
+        ("m/data.pkl", pkl.as_slice()),
+        ("m/byteorder", b"big".as_slice()),
+        ("m/data/0", &[0u8; 4]),
+    ] {
+        z.start_file(name, opts).unwrap();
+        std::io::Write::write_all(&mut z, data).unwrap();
+    }
+    let b = z.finish().unwrap().into_inner();
+    assert_err(&b, &["byte order \"big\""]);
 }

@@ -86,11 +86,15 @@ pub fn read_zip(bytes: &[u8], file: &str) -> Result<Extracted> {
              model.state_dict() with torch.save"
         ),
         [] => bail!("{file}: a zip archive without the data.pkl record of torch.save"),
-        _ => bail!("{file}: the zip archive holds {} data.pkl records", pkls.len()),
+        _ => bail!(
+            "{file}: the zip archive holds {} data.pkl records",
+            pkls.len()
+        ),
     };
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
-    if let Some(order) = names.iter().find(|n| **n == format!("{prefix}byteorder")) {
-        let order = read_entry(&mut zip, order, 16, file)?;
+    let order_name = format!("{prefix}byteorder");
+    if names.contains(&order_name) {
+        let order = read_entry(&mut zip, &order_name, 16, file)?;
         ensure!(
             order.as_slice() == b"little",
             "{file}: byte order {:?} (only little-endian checkpoints are read)",
@@ -177,9 +181,9 @@ pub fn read_legacy(bytes: &[u8], file: &str) -> Result<Extracted> {
         Some(items) => items
             .iter()
             .map(|k| {
-                keys.str(*k).map(str::to_string).with_context(|| {
-                    format!("{file}: a storage key is a {}", keys.describe(*k))
-                })
+                keys.str(*k)
+                    .map(str::to_string)
+                    .with_context(|| format!("{file}: a storage key is a {}", keys.describe(*k)))
             })
             .collect::<Result<_>>()?,
         None => bail!("{file}: the storage key list is not a list"),
@@ -558,9 +562,9 @@ impl InnerCall {
             ("torch._utils", "_rebuild_tensor") => &[4],
             ("torch._utils", "_rebuild_parameter") => &[3],
             ("torch._utils", "_rebuild_parameter_with_state") => &[4],
-            (m, f) if m == "torch" || m.starts_with("torch.") => bail!(
-                "{file}: tensor {name:?} is rebuilt by {m}.{f}, which is not read"
-            ),
+            (m, f) if m == "torch" || m.starts_with("torch.") => {
+                bail!("{file}: tensor {name:?} is rebuilt by {m}.{f}, which is not read")
+            }
             (m, f) => return Ok(Entry::Ignored(format!("calls {m}.{f}, never executed"))),
         };
         ensure!(
@@ -642,7 +646,10 @@ fn materialize(
         let name = &t.name;
         let (Some(&(dtype, numel)), Some(bytes)) = (declared.get(&t.storage), data.get(&t.storage))
         else {
-            bail!("{file}: tensor {name:?}: storage {:?} was not read", t.storage);
+            bail!(
+                "{file}: tensor {name:?}: storage {:?} was not read",
+                t.storage
+            );
         };
         let count = t
             .size

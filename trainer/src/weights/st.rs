@@ -240,7 +240,11 @@ pub fn read(bytes: &[u8], file: &str) -> Result<Vec<RawTensor>> {
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(header.entries.len());
     for e in header.entries {
-        ensure!(names.insert(e.name.clone()), "{file}: tensor {:?} twice", e.name);
+        ensure!(
+            names.insert(e.name.clone()),
+            "{file}: tensor {:?} twice",
+            e.name
+        );
         let dtype = RawDtype::from_safetensors(&e.dtype).with_context(|| {
             format!(
                 "{file}: tensor {:?} has dtype {}, which is not read",

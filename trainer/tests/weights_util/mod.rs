@@ -51,7 +51,8 @@ impl Pickle {
     /// `GLOBAL module name`.
     pub fn global(&mut self, module: &str, name: &str) -> &mut Self {
         self.0.push(b'c');
-        self.0.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+        self.0
+            .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
         self
     }
     /// A tuple of ints (`MARK ... TUPLE`).
@@ -159,8 +160,8 @@ pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// `prefix/version`, stored (uncompressed) as torch writes them.
 pub fn zip_checkpoint(prefix: &str, pkl: &[u8], storages: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     let mut add = |name: String, data: &[u8]| {
         z.start_file(name, opts).unwrap();
         z.write_all(data).unwrap();
