@@ -62,9 +62,9 @@ pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     Ok(read_weights(path)?.tensors)
 }
 
-/// Reads a weights file: `.safetensors`, or a PyTorch checkpoint (zip archive of torch
-/// >= 1.6 or the legacy pickle stream of older versions; a bare state dict or
-/// `{'model': ...}` / `{'state_dict': ...}`). The format is told by the file's first
+/// Reads a weights file: `.safetensors`, or a PyTorch checkpoint (the zip archive of
+/// torch 1.6 and later, or the legacy pickle stream of older versions; a bare state dict
+/// or `{'model': ...}` / `{'state_dict': ...}`). The format is told by the file's first
 /// bytes (a `.safetensors` name is always read as safetensors). Nothing in a pickle is
 /// executed; tensors with NaN or infinite values are refused, naming the tensor.
 pub fn read_weights(path: &Path) -> Result<WeightsFile> {

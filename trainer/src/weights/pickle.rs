@@ -74,7 +74,7 @@ pub enum Obj {
         args: Value,
     },
     /// `cls.__new__(cls, *args, **kwargs)` as `NEWOBJ`/`NEWOBJ_EX` describe it.
-    NewObj {
+    Instance {
         /// The class (the arguments are not kept: nothing is ever created).
         cls: Value,
     },
@@ -95,7 +95,7 @@ impl Obj {
             Obj::Set(_) => "set",
             Obj::Global { .. } => "global",
             Obj::Call { .. } => "call",
-            Obj::NewObj { .. } => "object",
+            Obj::Instance { .. } => "object",
             Obj::PersistentId(_) => "persistent id",
         }
     }
@@ -184,7 +184,7 @@ impl Pickle {
                     Some((m, n)) => format!("call of {m}.{n}"),
                     None => "call".into(),
                 },
-                Some(Obj::NewObj { cls, .. }) => match self.global(*cls) {
+                Some(Obj::Instance { cls, .. }) => match self.global(*cls) {
                     Some((m, n)) => format!("instance of {m}.{n}"),
                     None => "object".into(),
                 },
@@ -626,14 +626,14 @@ impl Machine<'_> {
                 if self.is_empty_dict_call(cls, args) {
                     self.push_obj(Obj::Dict(Vec::new()))?
                 } else {
-                    self.push_obj(Obj::NewObj { cls })?
+                    self.push_obj(Obj::Instance { cls })?
                 }
             }
             0x92 => {
                 let _kwargs = self.pop()?;
                 let _args = self.pop()?;
                 let cls = self.pop()?;
-                self.push_obj(Obj::NewObj { cls })?
+                self.push_obj(Obj::Instance { cls })?
             }
             b'b' => {
                 // BUILD: `obj.__setstate__(state)`. Nothing we read needs the state

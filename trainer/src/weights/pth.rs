@@ -460,7 +460,7 @@ fn entry(p: &Pickle, v: Value, name: &str, depth: usize, file: &str) -> Result<E
     );
     let (func, args) = match p.obj(v) {
         Some(Obj::Call { func, args }) => (*func, *args),
-        Some(Obj::NewObj { cls, .. }) => {
+        Some(Obj::Instance { cls, .. }) => {
             return Ok(Entry::Ignored(match p.global(*cls) {
                 Some((m, n)) => format!("an instance of {m}.{n}, never created"),
                 None => "an object, not a tensor".into(),
