@@ -16,6 +16,8 @@ use crate::tensor_file;
 pub const DEIT_EMA_DECAY: f64 = 0.99996;
 
 const META_FORMAT: &str = "deit-pipe model ema v1";
+/// The metadata key of [`META_FORMAT`] (`format` itself says `pt`).
+const META_KEY: &str = "deit_pipe_format";
 
 /// A moving average of named tensors (held as copies, never aliasing the model).
 #[derive(Debug, Clone)]
@@ -105,7 +107,13 @@ impl ModelEma {
     /// Saves the averaged tensors (timm key names) and the decay, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut meta = HashMap::new();
-        meta.insert("format".to_string(), META_FORMAT.to_string());
+        // "format" is "pt" (what Hugging Face loaders require of weights); ours goes
+        // under its own key.
+        meta.insert(
+            crate::tensor_file::HF_FORMAT.0.to_string(),
+            crate::tensor_file::HF_FORMAT.1.to_string(),
+        );
+        meta.insert(META_KEY.to_string(), META_FORMAT.to_string());
         meta.insert("decay".to_string(), self.decay.to_string());
         tensor_file::write_atomic(path, &self.shadow, meta)
             .with_context(|| format!("saving the EMA to {}", path.display()))
@@ -114,7 +122,8 @@ impl ModelEma {
     /// Loads an EMA saved by [`save`](Self::save) onto `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let (tensors, meta) = tensor_file::read(path, device)?;
-        match meta.get("format") {
+        // files before the "pt" format tag held our tag under "format"
+        match meta.get(META_KEY).or_else(|| meta.get("format")) {
             Some(f) if f == META_FORMAT => {}
             other => bail!(
                 "{} is not a deit-pipe EMA file (format {other:?})",

@@ -88,6 +88,8 @@ pub struct AdamW {
 }
 
 const META_FORMAT: &str = "deit-pipe adamw state v1";
+/// The metadata key of [`META_FORMAT`] (`format` itself says `pt`).
+const META_KEY: &str = "deit_pipe_format";
 
 impl AdamW {
     /// AdamW over `params` with DeiT's groups: [`no_weight_decay`] parameters get weight
@@ -260,7 +262,13 @@ impl AdamW {
             tensors.insert(format!("{name}.step"), Tensor::new(step, &Device::Cpu)?);
         }
         let mut meta = HashMap::new();
-        meta.insert("format".to_string(), META_FORMAT.to_string());
+        // "format" is "pt", as on every safetensors file we write (Hugging Face's
+        // convention); ours goes under its own key.
+        meta.insert(
+            tensor_file::HF_FORMAT.0.to_string(),
+            tensor_file::HF_FORMAT.1.to_string(),
+        );
+        meta.insert(META_KEY.to_string(), META_FORMAT.to_string());
         meta.insert("config".to_string(), serde_json::to_string(&self.config)?);
         Ok((tensors, meta))
     }
@@ -295,7 +303,8 @@ impl AdamW {
         tensors: &HashMap<String, Tensor>,
         meta: &HashMap<String, String>,
     ) -> Result<()> {
-        match meta.get("format") {
+        // files before the "pt" tag held our tag under "format"
+        match meta.get(META_KEY).or_else(|| meta.get("format")) {
             Some(f) if f == META_FORMAT => {}
             other => bail!("not a deit-pipe AdamW state (format {other:?})"),
         }

@@ -7,15 +7,22 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use safetensors::SafeTensors;
+
+/// The metadata key and value Hugging Face loaders require of a safetensors file
+/// (`transformers` refuses a file without `"format": "pt"`).
+pub const HF_FORMAT: (&str, &str) = ("format", "pt");
 
 /// Writes `tensors` and `metadata` to `path` atomically: a crash leaves either the old
-/// file or the new one, never a torn file.
+/// file or the new one, never a torn file. `metadata` gets `"format": "pt"` (see
+/// [`HF_FORMAT`]) unless it sets `format` itself.
 pub fn write_atomic(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
-    metadata: HashMap<String, String>,
+    mut metadata: HashMap<String, String>,
 ) -> Result<()> {
+    metadata
+        .entry(HF_FORMAT.0.to_string())
+        .or_insert_with(|| HF_FORMAT.1.to_string());
     let mut host = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t
@@ -53,9 +60,11 @@ pub fn read(
     device: &Device,
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-    let metadata = header.metadata().clone().unwrap_or_default();
+    // our own check first: duplicate JSON keys and bad byte ranges refused, by name
+    let metadata: HashMap<String, String> =
+        crate::weights::check_safetensors_header(&bytes, &path.display().to_string())?
+            .into_iter()
+            .collect();
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .with_context(|| format!("loading the tensors of {}", path.display()))?;
     Ok((tensors, metadata))

@@ -30,64 +30,128 @@ pub struct LoadReport {
     pub ignored: Vec<String>,
     /// Tensors resampled to the model's size (`pos_embed`).
     pub resampled: Vec<String>,
+    /// Entries of the file that are not tensors and were not read (see
+    /// [`WeightsFile::ignored`]), e.g. a planted `posix.system` call: never executed.
+    pub ignored_entries: Vec<String>,
 }
+
+mod pickle;
+mod pth;
+mod raw;
+mod st;
+
+/// What a weights file held: its tensors, and what was ignored in it.
+#[derive(Debug, Clone, Default)]
+pub struct WeightsFile {
+    /// Every tensor as f32 on the CPU, keyed by timm names.
+    pub tensors: BTreeMap<String, Tensor>,
+    /// Entries that were not read, one line each with the reason: non-tensor entries of
+    /// the state dict, and any global the pickle names that is not one of torch's
+    /// tensor-rebuild functions (never imported, never called). Each was also logged as
+    /// a warning.
+    pub ignored: Vec<String>,
+}
+
+/// The first bytes of a zip archive (the format of `torch.save` since torch 1.6).
+const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 
 /// Reads every tensor of a checkpoint as f32 on the CPU, keyed by timm names
 /// (`module.` prefixes of DataParallel checkpoints are stripped,
-/// `num_batches_tracked` counters dropped).
+/// `num_batches_tracked` counters dropped). See [`read_weights`].
 pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    Ok(read_weights(path)?.tensors)
+}
+
+/// Reads a weights file: `.safetensors`, or a PyTorch checkpoint (the zip archive of
+/// torch 1.6 and later, or the legacy pickle stream of older versions; a bare state dict
+/// or `{'model': ...}` / `{'state_dict': ...}`). The format is told by the file's first
+/// bytes (a `.safetensors` name is always read as safetensors). Nothing in a pickle is
+/// executed; tensors with NaN or infinite values are refused, naming the tensor.
+pub fn read_weights(path: &Path) -> Result<WeightsFile> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("weights file {} cannot be read", path.display()))?;
+    if !meta.is_file() {
+        bail!("weights file {} is not a regular file", path.display());
+    }
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading weights file {}", path.display()))?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let raw: Vec<(String, Tensor)> = if ext == "safetensors" {
-        candle_core::safetensors::load(path, &Device::Cpu)
-            .with_context(|| format!("reading safetensors file {}", path.display()))?
-            .into_iter()
-            .collect()
-    } else {
-        read_pth(path)?
-    };
-    let mut out = BTreeMap::new();
-    for (name, t) in raw {
-        let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
+    let w = read_weights_bytes(&bytes, &path.display().to_string(), ext == "safetensors")?;
+    for line in &w.ignored {
+        tracing::warn!("{line}");
+    }
+    Ok(w)
+}
+
+/// [`read_weights`] on bytes in memory; `file` names them in errors. `safetensors`
+/// forces that format; otherwise it is told by the first bytes. Never panics, whatever
+/// the bytes (fuzzed in `tests/weights_fuzz.rs`).
+pub fn read_weights_bytes(bytes: &[u8], file: &str, safetensors: bool) -> Result<WeightsFile> {
+    let (raw, ignored) =
+        if safetensors || (!bytes.starts_with(ZIP_MAGIC) && looks_safetensors(bytes)) {
+            (st::read(bytes, file)?, Vec::new())
+        } else if bytes.starts_with(ZIP_MAGIC) {
+            let e = pth::read_zip(bytes, file)?;
+            (e.tensors, e.ignored)
+        } else if bytes.first() == Some(&0x80) {
+            let e = pth::read_legacy(bytes, file)?;
+            (e.tensors, e.ignored)
+        } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
+            bail!("{file}: a tar-format checkpoint of torch < 0.1.10, which is not read");
+        } else {
+            bail!(
+                "{file} is neither a safetensors file nor a PyTorch checkpoint (a zip archive or \
+             a legacy pickle stream)"
+            );
+        };
+    let mut tensors = BTreeMap::new();
+    for t in raw {
+        let name = t
+            .name
+            .strip_prefix("module.")
+            .unwrap_or(&t.name)
+            .to_string();
         if name.ends_with("num_batches_tracked") {
             continue;
         }
-        let t = t
-            .to_dtype(DType::F32)
-            .with_context(|| format!("tensor {name} in {}: not a float tensor", path.display()))?;
-        out.insert(name, t);
-    }
-    if out.is_empty() {
-        bail!("{}: no tensors found", path.display());
-    }
-    Ok(out)
-}
-
-fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    if !path.exists() {
-        bail!("checkpoint {} does not exist", path.display());
-    }
-    let mut last_err = None;
-    for key in [Some("model"), Some("state_dict"), None] {
-        match candle_core::pickle::read_all_with_key(path, key) {
-            Ok(v) if !v.is_empty() => return Ok(v),
-            Ok(_) => {}
-            Err(e) => last_err = Some(e),
+        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{file}: tensor {name} holds a non-finite value ({} at element {i}): refused",
+                t.data[i]
+            );
+        }
+        let tensor = Tensor::from_vec(t.data, t.shape.as_slice(), &Device::Cpu)
+            .with_context(|| format!("{file}: tensor {name}"))?;
+        if tensors.insert(name.clone(), tensor).is_some() {
+            bail!("{file}: tensor {name} appears twice (with and without a `module.` prefix)");
         }
     }
-    match last_err {
-        Some(e) => Err(anyhow::Error::new(e)).with_context(|| {
-            format!(
-                "reading PyTorch checkpoint {} (expected a zip .pth with a state dict, \
-                 or {{'model': state_dict}})",
-                path.display()
-            )
-        }),
-        None => bail!("{}: no tensors found in the checkpoint", path.display()),
+    if tensors.is_empty() {
+        bail!("{file}: no tensors found");
     }
+    Ok(WeightsFile { tensors, ignored })
+}
+
+/// Whether `bytes` start like a safetensors file (a plausible header length, then `{`).
+fn looks_safetensors(bytes: &[u8]) -> bool {
+    if bytes.len() < 9 {
+        return false;
+    }
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(n) <= (bytes.len() - 8) as u64 && bytes[8] == b'{'
+}
+
+/// Checks the header of a safetensors file held in `bytes` (length against the file,
+/// JSON without duplicate keys, every tensor's byte range) and returns its
+/// `__metadata__`; `file` names it in errors. For readers that hand the bytes to
+/// candle afterwards.
+pub fn check_safetensors_header(bytes: &[u8], file: &str) -> Result<BTreeMap<String, String>> {
+    Ok(st::check_header(bytes, file)?.metadata)
 }
 
 /// Copies `tensors` into the variables of `varmap` (built for `spec`).
@@ -183,8 +247,16 @@ pub fn load_into(
     path: &Path,
     opts: &LoadOptions,
 ) -> Result<LoadReport> {
-    let tensors = read_state_dict(path)?;
-    load_state_dict_into(varmap, spec, &tensors, opts, &path.display().to_string())
+    let file = read_weights(path)?;
+    let mut report = load_state_dict_into(
+        varmap,
+        spec,
+        &file.tensors,
+        opts,
+        &path.display().to_string(),
+    )?;
+    report.ignored_entries = file.ignored;
+    Ok(report)
 }
 
 /// Builds `spec` on `device` with variables in a fresh `VarMap`, initialized with
@@ -209,13 +281,13 @@ pub fn build_model(
 
 /// Saves every variable of `varmap` to a safetensors file that timm's
 /// `load_state_dict(strict=True)` accepts (BatchNorm `num_batches_tracked` counters
-/// are written as int64 zeros).
+/// are written as int64 zeros), with the metadata `{"format": "pt"}` that Hugging Face
+/// loaders (`transformers`, `timm`'s hub loader) require. Written atomically.
 pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-    let mut out: HashMap<String, Tensor> = HashMap::new();
+    let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
     for (name, var) in data.iter() {
-        let t = var.as_tensor().to_device(&Device::Cpu)?.contiguous()?;
-        out.insert(name.clone(), t);
+        out.insert(name.clone(), var.as_tensor().clone());
         if let Some(prefix) = name.strip_suffix(".running_mean") {
             out.insert(
                 format!("{prefix}.num_batches_tracked"),
@@ -223,18 +295,14 @@ pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
             );
         }
     }
+    drop(data);
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating directory {}", dir.display()))?;
         }
     }
-    // write to a temporary name first so a crash never leaves a truncated file
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&out, &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    crate::tensor_file::write_atomic(path, &out, HashMap::new())
 }
 
 /// timm's `resample_abs_pos_embed(posemb, new_size, num_prefix_tokens=prefix,

@@ -9,6 +9,9 @@
 //!     state.json                       position in the epoch plan, best metric, config hash
 //! RUN_DIR/last.json, RUN_DIR/best.json pointers to checkpoint directories
 //! ```
+//! Every safetensors file carries the metadata `format: pt` (Hugging Face loaders
+//! require it); the optimizer and EMA files name their own layout under
+//! `deit_pipe_format` (files from before that tag held it under `format`: still read).
 //! A checkpoint is first written to `checkpoints/.tmp-NAME`, every file synced, then the
 //! directory is renamed to its final name and only then the pointer is replaced (write to
 //! a temporary file, sync, rename). A kill at any moment leaves the previous pointer and
