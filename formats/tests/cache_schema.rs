@@ -59,6 +59,7 @@ fn header(b: &CacheBinding, epoch: u32, part: PartSpec, slots: u32) -> FileHeade
         epoch,
         part,
         epoch_slots: slots,
+        dataset_len: 1000,
     }
 }
 
@@ -271,8 +272,9 @@ fn files_with_different_bindings_are_refused_for_inspection() {
         msg.contains("epoch-00001.parquet") && msg.contains("`run_seed`"),
         "{msg}"
     );
+    // Both files and both values, each with its own file.
     assert!(
-        msg.contains("cache has 7") && msg.contains("expected 42"),
+        msg.contains("is 7 in this file but 42 in") && msg.contains("epoch-00000.parquet"),
         "{msg}"
     );
 }
