@@ -86,17 +86,21 @@ fn train_read(dir: &Path) -> Result<Vec<CachedTarget>, CacheError> {
     cache.epoch_reader(0)?.collect()
 }
 
-/// One mutation: (kind, position, byte).
+/// One mutation: (kind, position, byte); see [`mutate`].
 type Mutation = (u8, prop::sample::Index, u8);
 
-fn mutate(base: &[u8], muts: &[Mutation]) -> Vec<u8> {
+/// Kinds 0-3 (flip, overwrite, truncate, insert) hit anywhere; 4-7 the same inside the
+/// data pages (the first `data_len` bytes), so that half the mutations reach the decoder
+/// rather than the (larger) footer.
+fn mutate(base: &[u8], data_len: usize, muts: &[Mutation]) -> Vec<u8> {
     let mut v = base.to_vec();
     for (kind, at, byte) in muts {
         if v.is_empty() {
             break;
         }
-        let i = at.index(v.len());
-        match kind {
+        let span = if *kind >= 4 { data_len.min(v.len()) } else { v.len() };
+        let i = at.index(span.max(1));
+        match kind % 4 {
             0 => v[i] ^= byte.max(&1),
             1 => v[i] = *byte,
             2 => v.truncate(i),
@@ -120,10 +124,12 @@ struct Tally {
 fn mutated_cache_files_never_panic_and_raw_mutations_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = valid_file(dir.path());
+    let footer_len = u32::from_le_bytes(base[base.len() - 8..base.len() - 4].try_into().expect("4"));
+    let data_len = base.len() - 8 - footer_len as usize;
     let path = dir.path().join("epoch-00000.parquet");
     let tally = std::cell::RefCell::new(Tally::default());
     let strategy = (
-        prop::collection::vec((0u8..4, any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        prop::collection::vec((0u8..8, any::<prop::sample::Index>(), any::<u8>()), 1..6),
         any::<bool>(),
     );
     let mut runner = TestRunner::new(Config {
@@ -132,7 +138,7 @@ fn mutated_cache_files_never_panic_and_raw_mutations_are_refused() {
         ..Config::default()
     });
     let outcome = runner.run(&strategy, |(muts, reseal)| {
-        let bytes = mutate(&base, &muts);
+        let bytes = mutate(&base, data_len, &muts);
         std::fs::write(&path, &bytes).expect("write");
         let mut t = tally.borrow_mut();
         if !reseal {

@@ -274,7 +274,7 @@ fn files_with_different_bindings_are_refused_for_inspection() {
     );
     // Both files and both values, each with its own file.
     assert!(
-        msg.contains("is 7 in this file but 42 in") && msg.contains("epoch-00000.parquet"),
+        msg.contains("epoch-00000.parquet has 42, ") && msg.contains("epoch-00001.parquet has 7 "),
         "{msg}"
     );
 }

@@ -14,6 +14,10 @@ use super::error::{CacheError, Result};
 /// message to re-run `teacher-cache`.
 pub const CACHE_FORMAT_VERSION: u32 = 2;
 
+/// Most slots an epoch may have (2^28, a 1 GiB coverage map when opening): a header
+/// claiming more is refused before anything is allocated for it.
+pub const MAX_EPOCH_SLOTS: u32 = 1 << 28;
+
 /// Key of the footer key-value entry that holds the [`FileHeader`] JSON.
 pub const HEADER_KEY: &str = "deit_pipe.teacher_cache";
 

@@ -73,6 +73,23 @@ pub enum CacheError {
         /// The value the caller expects.
         expected: String,
     },
+    /// Two files of one cache carry different bindings (no reference says which is right).
+    #[error(
+        "binding field `{field}` differs between files: {first} has {first_value}, {path} has \
+         {value} (all files of one cache share one binding)"
+    )]
+    MixedBindings {
+        /// The first file (by name).
+        first: PathBuf,
+        /// Its value.
+        first_value: String,
+        /// The file that differs from it.
+        path: PathBuf,
+        /// Its value.
+        value: String,
+        /// The field name.
+        field: &'static str,
+    },
     /// An error about one file (wraps the detail).
     #[error("{path}: {source}")]
     InFile {
@@ -150,6 +167,7 @@ impl CacheError {
             | CacheError::Corrupt { .. }
             | CacheError::OldFormat { .. }
             | CacheError::BadData { .. }
+            | CacheError::MixedBindings { .. }
             | CacheError::InFile { .. }
             | CacheError::Metadata { .. }
             | CacheError::BadFileName { .. }) => e,

@@ -252,6 +252,27 @@ pub(crate) fn check_slots(
     ranges: &[(u64, u64)],
     footer: &VerifiedFooter,
 ) -> Result<()> {
+    check_slot_ranges(path, ranges, footer)?;
+    let actual = ranges_digest(path, file, ranges)?;
+    compare_slots(path, actual, footer)
+}
+
+/// [`check_slots`] on a whole file held in memory.
+pub(crate) fn check_slots_in(
+    path: &Path,
+    bytes: &[u8],
+    ranges: &[(u64, u64)],
+    footer: &VerifiedFooter,
+) -> Result<()> {
+    check_slot_ranges(path, ranges, footer)?;
+    let mut h = blake3::Hasher::new();
+    for &(start, len) in ranges {
+        h.update(&bytes[start as usize..(start + len) as usize]);
+    }
+    compare_slots(path, hex(h.finalize()), footer)
+}
+
+fn check_slot_ranges(path: &Path, ranges: &[(u64, u64)], footer: &VerifiedFooter) -> Result<()> {
     if let Some(&(s, l)) = ranges
         .iter()
         .find(|&&(s, l)| s.checked_add(l).is_none_or(|e| e > footer.data_len))
@@ -261,7 +282,10 @@ pub(crate) fn check_slots(
             format!("slot column chunk {s}+{l} runs past the data"),
         ));
     }
-    let actual = ranges_digest(path, file, ranges)?;
+    Ok(())
+}
+
+fn compare_slots(path: &Path, actual: String, footer: &VerifiedFooter) -> Result<()> {
     if actual != footer.digests.slots {
         return Err(corrupt(
             path,

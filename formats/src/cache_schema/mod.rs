@@ -32,7 +32,7 @@ mod writer;
 
 pub use binding::{
     file_name, parse_file_name, CacheBinding, FileHeader, PartSpec, CACHE_FORMAT_VERSION,
-    HEADER_KEY,
+    HEADER_KEY, MAX_EPOCH_SLOTS,
 };
 pub use docs::{
     column_description, CLASS_NAMES_KEY, DESCRIPTION_KEY, DOC_KEY, HASHES_KEY,

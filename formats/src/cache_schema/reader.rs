@@ -14,10 +14,13 @@ use parquet::arrow::ProjectionMask;
 
 use super::binding::{
     parse_file_name, CacheBinding, FileHeader, PartSpec, CACHE_FORMAT_VERSION, HEADER_KEY,
+    MAX_EPOCH_SLOTS,
 };
 use super::error::{CacheError, Result};
 use super::guard::guarded;
-use super::integrity::{check_footer, check_slots, check_whole, FooterCheck, VerifiedFooter};
+use super::integrity::{
+    check_footer, check_slots, check_slots_in, check_whole, FooterCheck, VerifiedFooter,
+};
 use super::schema::{arrow_schema, batch_to_targets, col};
 use super::target::CachedTarget;
 use super::writer::PARTIAL_SUFFIX;
@@ -115,6 +118,17 @@ fn header_of<R: parquet::file::reader::ChunkReader>(
         .map_err(|e| meta_err(path, format!("footer key `{HEADER_KEY}`: {e}")))
 }
 
+/// The byte ranges of the slot column chunks, in row-group order (panics on negative
+/// offsets in the metadata: call inside [`guarded`]).
+pub(crate) fn slot_ranges(meta: &parquet::file::metadata::ParquetMetaData) -> Vec<(u64, u64)> {
+    meta.row_groups()
+        .iter()
+        .flat_map(|rg| rg.columns().iter())
+        .filter(|c| c.column_path().parts().first().map(String::as_str) == Some(col::SLOT))
+        .map(|c| c.byte_range())
+        .collect()
+}
+
 /// Refuses a header of another format version.
 fn check_version(path: &Path, header: &FileHeader) -> Result<()> {
     if header.binding.format_version != CACHE_FORMAT_VERSION {
@@ -185,16 +199,18 @@ pub fn read_file_header(path: &Path) -> Result<FileHeader> {
 /// the verified bytes and header.
 fn read_verified(path: &Path) -> Result<(bytes::Bytes, FileHeader)> {
     let data = std::fs::read(path).map_err(io_err(path))?;
-    match check_whole(path, &data)? {
-        FooterCheck::Ok(_) => {}
+    let footer = match check_whole(path, &data)? {
+        FooterCheck::Ok(f) => f,
         FooterCheck::NoChecksum => return Err(no_checksum(path, bytes::Bytes::from(data))),
-    }
+    };
     let data = bytes::Bytes::from(data);
-    let header = guarded(path, "the footer", || {
+    let (header, slot_ranges) = guarded(path, "the footer", || {
         let b = ParquetRecordBatchReaderBuilder::try_new(data.clone()).map_err(pq_err(path))?;
-        header_of(path, &b)
+        Ok((header_of(path, &b)?, slot_ranges(b.metadata())))
     })?;
     check_version(path, &header)?;
+    // The slot digest too, so that every stored digest is checked.
+    check_slots_in(path, &data, &slot_ranges, &footer)?;
     Ok((data, header))
 }
 
@@ -272,14 +288,7 @@ fn mark_slots(
 ) -> Result<()> {
     let f = &files[index];
     let (builder, _, footer) = open_file(&f.path)?;
-    let slot_ranges: Vec<(u64, u64)> = builder
-        .metadata()
-        .row_groups()
-        .iter()
-        .flat_map(|rg| rg.columns().iter())
-        .filter(|c| c.column_path().parts()[0] == col::SLOT)
-        .map(|c| c.byte_range())
-        .collect();
+    let slot_ranges = guarded(&f.path, "the footer", || Ok(slot_ranges(builder.metadata())))?;
     let mut file = File::open(&f.path).map_err(io_err(&f.path))?;
     check_slots(&f.path, &mut file, &slot_ranges, &footer)?;
     let slot_idx = builder
@@ -392,6 +401,13 @@ fn check_epoch(files: &[CacheFile]) -> Result<Option<String>> {
             ));
         }
     }
+    if first.header.epoch_slots > MAX_EPOCH_SLOTS {
+        problems.push(format!(
+            "{} says the epoch has {} slots, more than the {MAX_EPOCH_SLOTS} a cache may have",
+            file_display(&first.path),
+            first.header.epoch_slots
+        ));
+    }
     if !problems.is_empty() {
         return Ok(Some(problems.join("; ")));
     }
@@ -451,14 +467,13 @@ fn mixed(path: &Path, first: &Path, e: CacheError) -> CacheError {
             field,
             cached,
             expected,
-        } => meta_err(
-            path,
-            format!(
-                "binding field `{field}` is {cached} in this file but {expected} in {} (all files \
-                 of a cache must share one binding)",
-                first.display()
-            ),
-        ),
+        } => CacheError::MixedBindings {
+            first: first.to_path_buf(),
+            first_value: expected,
+            path: path.to_path_buf(),
+            value: cached,
+            field,
+        },
         other => other.in_file(path),
     }
 }

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use super::binding::FileHeader;
 use super::error::{CacheError, Result};
 use super::guard::guarded;
-use super::schema::col;
 use super::target::CacheRow;
 use super::writer::{CacheWriter, WriterOptions};
 
@@ -31,13 +30,7 @@ pub fn reseal(path: &Path) -> Result<()> {
                 source,
             })
     })?;
-    let slot_ranges: Vec<(u64, u64)> = meta
-        .row_groups()
-        .iter()
-        .flat_map(|rg| rg.columns().iter())
-        .filter(|c| c.column_path().parts().first().map(String::as_str) == Some(col::SLOT))
-        .map(|c| c.byte_range())
-        .collect();
+    let slot_ranges = guarded(path, "the footer", || Ok(super::reader::slot_ranges(&meta)))?;
     super::integrity::reset_placeholder(path, bytes)?;
     super::integrity::seal(path, &slot_ranges).map(drop)
 }

@@ -9,11 +9,11 @@ use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::KeyValue;
 
-use super::binding::{file_name, FileHeader, CACHE_FORMAT_VERSION, HEADER_KEY};
+use super::binding::{file_name, FileHeader, CACHE_FORMAT_VERSION, HEADER_KEY, MAX_EPOCH_SLOTS};
 use super::docs::{doc_text, hashes_json, CLASS_NAMES_KEY, DOC_KEY, HASHES_KEY};
 use super::error::{CacheError, Result};
 use super::integrity::{placeholder, seal, INTEGRITY_KEY};
-use super::schema::{arrow_schema, col, rows_to_batch, writer_properties};
+use super::schema::{arrow_schema, rows_to_batch, writer_properties};
 use super::target::CacheRow;
 
 /// Suffix of a file being written; the reader never opens such files.
@@ -80,10 +80,10 @@ impl CacheWriter {
                 header.binding.format_version
             )));
         }
-        if header.epoch_slots == 0 {
-            return Err(CacheError::InvalidParameter(
-                "epoch_slots must be > 0".into(),
-            ));
+        if header.epoch_slots == 0 || header.epoch_slots > MAX_EPOCH_SLOTS {
+            return Err(CacheError::InvalidParameter(format!(
+                "epoch_slots must be in 1..={MAX_EPOCH_SLOTS}"
+            )));
         }
         if header.dataset_len == 0 {
             return Err(CacheError::InvalidParameter(
@@ -258,13 +258,7 @@ impl CacheWriter {
             .parse_and_finish(&file)
             .map_err(pq)?;
         drop(file);
-        let slot_ranges: Vec<(u64, u64)> = meta
-            .row_groups()
-            .iter()
-            .flat_map(|rg| rg.columns().iter())
-            .filter(|c| c.column_path().parts()[0] == col::SLOT)
-            .map(|c| c.byte_range())
-            .collect();
+        let slot_ranges = super::reader::slot_ranges(&meta);
         let file = seal(&temp, &slot_ranges)?;
         file.sync_all().map_err(io(&temp))?;
         drop(file);
