@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use formats::cache_schema::{
-    testing, CacheBinding, CacheRow, CacheWriter, FileHeader, PartSpec, TeacherCache, ViewKey,
-    WriterOptions, CACHE_FORMAT_VERSION,
+    testing, CacheBinding, CacheRow, CacheWriter, FileHeader, PartSpec, ViewKey, WriterOptions,
+    CACHE_FORMAT_VERSION,
 };
 
 fn inspect(dir: &Path) -> Output {
@@ -119,34 +119,36 @@ fn inspect_refuses_a_flipped_byte_naming_the_file() {
     }
 }
 
+/// A flip in the committed fixture's data pages that, with the checksums recomputed, makes
+/// the Parquet crate panic while decoding ("Decoder for dict should have been set", found by
+/// searching single-byte flips; if the
+/// writer's output changes, `committed_fixture_is_what_the_writer_writes` fails first).
+const PANIC_FLIP: (usize, u8) = (105, 0x04);
+
 #[test]
 fn a_decoder_panic_is_a_clean_error() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("formats/tests/fixtures/cache_small/epoch-00000.parquet");
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write(dir.path(), 0, 40, 0..40);
-    let good = std::fs::read(&path).expect("read");
-    // Find a flip that, with the checksums recomputed, makes the Parquet crate panic while
-    // `inspect` decodes the slot column.
-    let mut found = None;
-    for pos in 4..good.len() - 8 {
-        let mut bad = good.clone();
-        bad[pos] ^= 0xFF;
-        std::fs::write(&path, &bad).expect("write");
-        if testing::reseal(&path).is_err() {
-            continue;
-        }
-        if let Err(e) = TeacherCache::open_for_inspect(dir.path()) {
-            if e.to_string().contains("the Parquet decoder failed") {
-                found = Some(pos);
-                break;
-            }
-        }
-    }
-    let pos = found.expect("no flip made the decoder panic");
+    let path = dir.path().join("epoch-00000.parquet");
+    let mut bytes = std::fs::read(fixture).expect("fixture");
+    std::fs::write(&path, &bytes).expect("copy");
+    assert!(
+        inspect(dir.path()).status.success(),
+        "the intact fixture inspects"
+    );
+    let (pos, pattern) = PANIC_FLIP;
+    bytes[pos] ^= pattern;
+    std::fs::write(&path, &bytes).expect("write");
+    // Unsealed, the checksums refuse it before the decoder runs.
     let out = inspect(dir.path());
     assert_clean_refusal(&out, "epoch-00000.parquet");
-    assert!(
-        text(&out.stderr).contains("the Parquet decoder failed"),
-        "byte {pos}: {}",
-        text(&out.stderr)
-    );
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(all.contains("checksum mismatch"), "{all}");
+    // With forged checksums, the decoder panics: caught, reported, nothing printed.
+    testing::reseal(&path).expect("reseal");
+    let out = inspect(dir.path());
+    assert_clean_refusal(&out, "epoch-00000.parquet");
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(all.contains("the Parquet decoder failed"), "{all}");
 }

@@ -100,7 +100,10 @@ impl std::fmt::Display for InspectReport {
         }
         if self.corrupt.is_empty() {
             let files: usize = self.summary.epochs.iter().map(|e| e.files as usize).sum();
-            let _ = writeln!(s, "  checksums: all {files} files intact (BLAKE3 of every byte)");
+            let _ = writeln!(
+                s,
+                "  checksums: all {files} files intact (BLAKE3 of every byte)"
+            );
         }
         for (epoch, a) in &self.agreement {
             let _ = writeln!(

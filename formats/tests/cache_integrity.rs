@@ -69,7 +69,11 @@ fn rows(b: &CacheBinding, epoch: u32, n: u32) -> Vec<CacheRow> {
                 slot,
                 sample: slot * 7 % DATASET_LEN,
                 partner: (slot ^ 1) * 7 % DATASET_LEN,
-                lam: if slot % 4 < 2 { 1.0 } else { 0.3 + 0.01 * slot as f32 },
+                lam: if slot % 4 < 2 {
+                    1.0
+                } else {
+                    0.3 + 0.01 * slot as f32
+                },
                 view_hash: rng.next_u64(),
             };
             CacheRow::from_logits(key, &l, b.top_k as usize).expect("valid logits")
@@ -84,8 +88,12 @@ fn write(dir: &Path, b: &CacheBinding, epoch: u32, n: u32) -> PathBuf {
         ..WriterOptions::default()
     };
     let mut w = CacheWriter::create_with(dir, header(b, epoch, n), opts).expect("create");
-    w.set_class_names(&(0..b.num_classes).map(|i| format!("class {i}")).collect::<Vec<_>>())
-        .expect("names");
+    w.set_class_names(
+        &(0..b.num_classes)
+            .map(|i| format!("class {i}"))
+            .collect::<Vec<_>>(),
+    )
+    .expect("names");
     w.write_rows(&rows(b, epoch, n)).expect("write");
     w.finish().expect("finish")
 }
@@ -165,7 +173,8 @@ fn resealed_flips_reach_the_decoder_without_panicking() {
     let (mut ok, mut refused, mut caught_panics, mut unsealable) = (0, 0, 0, 0);
     // The data pages (before the footer) are where the decoder panics; the footer's
     // flips are sampled.
-    let footer_len = u32::from_le_bytes(good[good.len() - 8..good.len() - 4].try_into().expect("4"));
+    let footer_len =
+        u32::from_le_bytes(good[good.len() - 8..good.len() - 4].try_into().expect("4"));
     let data_end = good.len() - 8 - footer_len as usize;
     let positions: Vec<usize> = (0..data_end)
         .step_by(stride(2))
@@ -429,7 +438,16 @@ fn committed_fixture_is_what_the_writer_writes() {
     )
     .expect("create");
     let names: Vec<String> = [
-        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -487,7 +505,9 @@ fn pyarrow_reconstruction_matches_our_reader() {
         let soft = formats::cache_schema::soft_distribution(t, 10, 1.0).expect("soft");
         for (i, (&id, &p)) in t.topk_ids.iter().zip(&probs).enumerate() {
             let ours = f64::from((t.topk_logits[i] - t.lse).exp());
-            worst = worst.max((ours - p).abs()).max((f64::from(soft[id as usize]) - p).abs());
+            worst = worst
+                .max((ours - p).abs())
+                .max((f64::from(soft[id as usize]) - p).abs());
         }
         // The tail mass is real (K < C), so the uniform tail does not rescale the top-K.
         let top: f64 = probs.iter().sum();

@@ -229,7 +229,11 @@ macro_rules! binding_refusal {
     };
 }
 
-binding_refusal!(refuses_format_version, format_version, CACHE_FORMAT_VERSION + 1);
+binding_refusal!(
+    refuses_format_version,
+    format_version,
+    CACHE_FORMAT_VERSION + 1
+);
 binding_refusal!(
     refuses_dataset_fingerprint,
     dataset_fingerprint,

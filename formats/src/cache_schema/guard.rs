@@ -83,8 +83,10 @@ mod tests {
         assert!(msg.contains("index out of bounds"), "{msg}");
         // Nesting and ordinary results pass through.
         assert_eq!(
-            guarded(Path::new("a"), "b", || guarded(Path::new("a"), "c", || Ok(3)))
-                .expect("ok"),
+            guarded(Path::new("a"), "b", || guarded(Path::new("a"), "c", || Ok(
+                3
+            )))
+            .expect("ok"),
             3
         );
     }

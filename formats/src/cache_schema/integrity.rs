@@ -34,7 +34,11 @@ const MAGIC: &[u8; 4] = b"PAR1";
 
 /// The placeholder the writer stores before the digests are known.
 pub(crate) fn placeholder() -> String {
-    format_value(&["0".repeat(DIGEST_HEX), "0".repeat(DIGEST_HEX), "0".repeat(DIGEST_HEX)])
+    format_value(&[
+        "0".repeat(DIGEST_HEX),
+        "0".repeat(DIGEST_HEX),
+        "0".repeat(DIGEST_HEX),
+    ])
 }
 
 fn format_value(hex: &[String; 3]) -> String {
@@ -65,8 +69,13 @@ fn parse_value(v: &[u8]) -> std::result::Result<Digests, String> {
         let r = rest
             .strip_prefix(name)
             .ok_or_else(|| format!("checksum value lacks `{}`", name.trim()))?;
-        let (hex, tail) = r.split_at_checked(DIGEST_HEX).ok_or("checksum value too short")?;
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        let (hex, tail) = r
+            .split_at_checked(DIGEST_HEX)
+            .ok_or("checksum value too short")?;
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(format!("checksum `{}` is not lowercase hex", name.trim()));
         }
         out.push(hex.to_string());
@@ -160,7 +169,10 @@ pub(crate) enum FooterCheck {
 /// Reads and checks the footer of `file` (`len` bytes long) without the Parquet decoder.
 pub(crate) fn check_footer(path: &Path, file: &mut File, len: u64) -> Result<FooterCheck> {
     if len < 12 {
-        return Err(corrupt(path, format!("{len} bytes is too short for Parquet")));
+        return Err(corrupt(
+            path,
+            format!("{len} bytes is too short for Parquet"),
+        ));
     }
     let mut tail = [0u8; 8];
     file.seek(SeekFrom::Start(len - 8)).map_err(io(path))?;
@@ -176,7 +188,10 @@ pub(crate) fn check_footer(path: &Path, file: &mut File, len: u64) -> Result<Foo
 pub(crate) fn check_whole(path: &Path, bytes: &[u8]) -> Result<FooterCheck> {
     let len = bytes.len() as u64;
     if len < 12 {
-        return Err(corrupt(path, format!("{len} bytes is too short for Parquet")));
+        return Err(corrupt(
+            path,
+            format!("{len} bytes is too short for Parquet"),
+        ));
     }
     let mut tail = [0u8; 8];
     tail.copy_from_slice(&bytes[bytes.len() - 8..]);
@@ -319,7 +334,9 @@ pub(crate) fn seal(path: &Path, slot_ranges: &[(u64, u64)]) -> Result<File> {
         .map_err(bad)?
         .ok_or_else(|| bad("the checksum placeholder is not in the footer".into()))?;
     if &footer[at..at + VALUE_LEN] != placeholder().as_bytes() {
-        return Err(bad("the checksum placeholder was not written as expected".into()));
+        return Err(bad(
+            "the checksum placeholder was not written as expected".into()
+        ));
     }
     let data = hex(blake3::hash(&bytes[..start as usize]));
     let slots = ranges_digest(path, &mut file, slot_ranges)?;

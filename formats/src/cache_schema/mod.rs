@@ -34,14 +34,10 @@ pub use binding::{
     file_name, parse_file_name, CacheBinding, FileHeader, PartSpec, CACHE_FORMAT_VERSION,
     HEADER_KEY, MAX_EPOCH_SLOTS,
 };
-pub use docs::{
-    column_description, CLASS_NAMES_KEY, DESCRIPTION_KEY, DOC_KEY, HASHES_KEY,
-};
+pub use docs::{column_description, CLASS_NAMES_KEY, DESCRIPTION_KEY, DOC_KEY, HASHES_KEY};
 pub use error::{CacheError, Result};
 pub use integrity::INTEGRITY_KEY;
-pub use reader::{
-    read_file_header, verify_file, CacheEpoch, CacheFile, EpochReader, TeacherCache,
-};
+pub use reader::{read_file_header, verify_file, CacheEpoch, CacheFile, EpochReader, TeacherCache};
 pub use schema::{arrow_schema, col, IdWidth};
 pub use summary::{CacheSummary, EpochSummary, LabelAgreement};
 pub use target::{soft_distribution, CacheRow, CachedTarget, ViewKey};

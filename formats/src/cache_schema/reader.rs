@@ -215,10 +215,26 @@ fn read_verified(path: &Path) -> Result<(bytes::Bytes, FileHeader)> {
 }
 
 /// Checks every byte of one cache file against the BLAKE3 digests in its footer (and its
-/// format version); returns its header. `deit-pipe cache inspect` runs it on every file,
-/// the trainer on each file when it starts reading its epoch.
+/// format version), then decodes every row and checks it against the schema's rules
+/// (ids < C, lam in [0, 1], sample/partner < `dataset_len`, finite logits, ...); returns its
+/// header. `deit-pipe cache inspect` runs it on every file, a resumed `teacher-cache` on
+/// every finished file it keeps. (The trainer checks the same as it streams an epoch.)
 pub fn verify_file(path: &Path) -> Result<FileHeader> {
-    read_verified(path).map(|(_, h)| h)
+    let (data, header) = read_verified(path)?;
+    let reader = guarded(path, "the footer", || {
+        ParquetRecordBatchReaderBuilder::try_new(data)
+            .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
+            .map_err(pq_err(path))
+    })?;
+    let mut part = PartStream {
+        path: path.to_path_buf(),
+        reader,
+        buf: Vec::new().into_iter(),
+        row: 0,
+        dataset_len: header.dataset_len,
+    };
+    while part.next_row(&header.binding)?.is_some() {}
+    Ok(header)
 }
 
 /// Opens a file, checks its footer checksum, name, header and schema (not its binding).
@@ -288,7 +304,9 @@ fn mark_slots(
 ) -> Result<()> {
     let f = &files[index];
     let (builder, _, footer) = open_file(&f.path)?;
-    let slot_ranges = guarded(&f.path, "the footer", || Ok(slot_ranges(builder.metadata())))?;
+    let slot_ranges = guarded(&f.path, "the footer", || {
+        Ok(slot_ranges(builder.metadata()))
+    })?;
     let mut file = File::open(&f.path).map_err(io_err(&f.path))?;
     check_slots(&f.path, &mut file, &slot_ranges, &footer)?;
     let slot_idx = builder
@@ -524,12 +542,17 @@ impl Expect<'_> {
             Expect::Nothing => b
                 .check_against(reference)
                 .map_err(|e| mixed(path, first, e)),
-            Expect::Data { data, .. } => match b.check_against(&Self::data_with_teacher(data, reference)) {
-                Err(CacheError::BindingMismatch { field, .. }) if TEACHER_FIELDS.contains(&field) => {
-                    b.check_against(reference).map_err(|e| mixed(path, first, e))
+            Expect::Data { data, .. } => {
+                match b.check_against(&Self::data_with_teacher(data, reference)) {
+                    Err(CacheError::BindingMismatch { field, .. })
+                        if TEACHER_FIELDS.contains(&field) =>
+                    {
+                        b.check_against(reference)
+                            .map_err(|e| mixed(path, first, e))
+                    }
+                    r => r.map_err(|e| e.in_file(path)),
                 }
-                r => r.map_err(|e| e.in_file(path)),
-            },
+            }
         }
     }
 }

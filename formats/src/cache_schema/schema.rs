@@ -102,11 +102,17 @@ pub fn arrow_schema(binding: &CacheBinding) -> SchemaRef {
         described(col::PARTNER, DataType::UInt32),
         described(col::LAM, DataType::Float32),
         described(col::VIEW_HASH, DataType::UInt64),
-        described(col::TOPK_IDS, list_of(IdWidth::for_classes(binding.num_classes).data_type(), k)),
+        described(
+            col::TOPK_IDS,
+            list_of(IdWidth::for_classes(binding.num_classes).data_type(), k),
+        ),
         described(col::TOP1_LOGIT, DataType::Float16),
     ];
     if k > 1 {
-        fields.push(described(col::LOGIT_GAPS, list_of(DataType::Float16, k - 1)));
+        fields.push(described(
+            col::LOGIT_GAPS,
+            list_of(DataType::Float16, k - 1),
+        ));
     }
     fields.push(described(col::LSE_GAP, DataType::Float16));
     Arc::new(Schema::new(fields))
@@ -320,7 +326,10 @@ pub fn batch_to_targets(
                 row.key.slot
             )
         };
-        for (name, v) in [(col::SAMPLE, row.key.sample), (col::PARTNER, row.key.partner)] {
+        for (name, v) in [
+            (col::SAMPLE, row.key.sample),
+            (col::PARTNER, row.key.partner),
+        ] {
             if v >= dataset_len {
                 return Err(format!(
                     "{}: column `{name}`: {v} is outside the data set of {dataset_len} samples",
