@@ -2,7 +2,7 @@
 //! teacher's hard label equals the ground truth.
 
 use anyhow::{Context, Result};
-use formats::cache_schema::{CacheSummary, LabelAgreement, TeacherCache};
+use formats::cache_schema::{verify_file, CacheSummary, LabelAgreement, TeacherCache};
 use pipeline::source::RecordSource;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -16,6 +16,21 @@ pub struct InspectReport {
     pub summary: CacheSummary,
     /// Per complete epoch, hard label against ground truth (only with a data set).
     pub agreement: Vec<(u32, LabelAgreement)>,
+    /// Files whose bytes fail their checksums (or decoding), with the error.
+    pub corrupt: Vec<String>,
+}
+
+impl InspectReport {
+    /// Problems found: incomplete epochs and corrupt files (each printed as a `PROBLEM:`
+    /// line); `deit-pipe cache inspect` exits 1 when there is any.
+    pub fn problems(&self) -> usize {
+        self.summary
+            .epochs
+            .iter()
+            .filter(|e| e.problem.is_some())
+            .count()
+            + self.corrupt.len()
+    }
 }
 
 /// Inspects the cache in `dir`; with `data`, also compares hard labels with the labels
@@ -24,6 +39,17 @@ pub fn inspect(dir: &Path, data: Option<&Path>) -> Result<InspectReport> {
     let cache = TeacherCache::open_for_inspect(dir)
         .with_context(|| format!("opening the teacher cache {}", dir.display()))?;
     let summary = cache.summary();
+    // Every byte of every file against its checksums.
+    let mut corrupt = Vec::new();
+    let mut bad_epochs = Vec::new();
+    for e in cache.epochs() {
+        for f in &e.files {
+            if let Err(err) = verify_file(&f.path) {
+                corrupt.push(err.to_string());
+                bad_epochs.push(e.epoch);
+            }
+        }
+    }
     let mut agreement = Vec::new();
     if let Some(data) = data {
         let src = open_data(data)?;
@@ -39,14 +65,22 @@ pub fn inspect(dir: &Path, data: Option<&Path>) -> Result<InspectReport> {
             .map(|i| src.info(i).map(|r| r.label))
             .collect::<Result<Vec<u32>, _>>()
             .context("reading labels")?;
-        for epoch in summary.complete_epochs() {
+        for epoch in summary
+            .complete_epochs()
+            .into_iter()
+            .filter(|e| !bad_epochs.contains(e))
+        {
             let a = cache
                 .label_agreement(epoch, &labels)
                 .with_context(|| format!("reading epoch {epoch}"))?;
             agreement.push((epoch, a));
         }
     }
-    Ok(InspectReport { summary, agreement })
+    Ok(InspectReport {
+        summary,
+        agreement,
+        corrupt,
+    })
 }
 
 fn pct(num: u64, den: u64) -> f64 {
@@ -61,6 +95,16 @@ impl std::fmt::Display for InspectReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.summary)?;
         let mut s = String::new();
+        for c in &self.corrupt {
+            let _ = writeln!(s, "  PROBLEM: {c}");
+        }
+        if self.corrupt.is_empty() {
+            let files: usize = self.summary.epochs.iter().map(|e| e.files as usize).sum();
+            let _ = writeln!(
+                s,
+                "  checksums: all {files} files intact (BLAKE3 of every byte)"
+            );
+        }
         for (epoch, a) in &self.agreement {
             let _ = writeln!(
                 s,

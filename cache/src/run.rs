@@ -4,14 +4,14 @@
 //!
 //! Parts: an epoch's pairs `[0, num_pairs)` are split into `N` contiguous chunks (every
 //! pair is covered, unlike the loader's rank split, which drops the remainder); part `i`
-//! writes the slots of chunk `i`. Resume: a finished file whose header matches is skipped,
-//! an unfinished `.partial` file is redone.
+//! writes the slots of chunk `i`. Resume: a finished file whose header matches and whose
+//! bytes pass their checksums is skipped, an unfinished `.partial` file is redone.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use formats::cache_schema::{
-    file_name, parse_file_name, read_file_header, CacheBinding, CacheRow, CacheWriter, FileHeader,
-    PartSpec, ViewKey,
+    file_name, parse_file_name, read_file_header, verify_file, CacheBinding, CacheRow, CacheWriter,
+    FileHeader, PartSpec, ViewKey,
 };
 use pipeline::plan::EpochPlan;
 use pipeline::source::{RecordSource, ShardSource};
@@ -200,8 +200,9 @@ pub fn run(job: &CacheJob, progress: &mut dyn JobProgress) -> Result<JobReport> 
             .with_context(|| format!("plan of epoch {epoch}"))?;
         let path = job.out.join(file_name(epoch, job.part));
         if path.exists() {
-            let h = read_file_header(&path)
-                .with_context(|| format!("reading the header of {}", path.display()))?;
+            // A finished file is kept only if every byte passes its checksums.
+            let h = verify_file(&path)
+                .with_context(|| format!("checking the finished file {}", path.display()))?;
             if h.epoch != epoch || h.part != job.part || h.epoch_slots as usize != plan.len() {
                 bail!(
                     "{}: header says epoch {} part {} of {} slots, this job makes epoch {epoch} \
@@ -249,8 +250,10 @@ pub fn run(job: &CacheJob, progress: &mut dyn JobProgress) -> Result<JobReport> 
             epoch,
             part: job.part,
             epoch_slots: plan.len() as u32,
+            dataset_len: u32::try_from(src.len()).context("data set of more than 2^32 samples")?,
         };
         let mut writer = CacheWriter::create(&job.out, header)?;
+        writer.set_class_names(&src.shards().manifest().classes)?;
         let pairs: Vec<usize> = (slots.start / 2..slots.end / 2).collect();
         for chunk in pairs.chunks(pairs_per_batch) {
             let rows = cache_batch(

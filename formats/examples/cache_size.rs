@@ -136,6 +136,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             epoch: 0,
             part,
             epoch_slots: slots,
+            dataset_len: n,
         };
         let opts = WriterOptions {
             zstd_level,

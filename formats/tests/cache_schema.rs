@@ -59,6 +59,7 @@ fn header(b: &CacheBinding, epoch: u32, part: PartSpec, slots: u32) -> FileHeade
         epoch,
         part,
         epoch_slots: slots,
+        dataset_len: 1000,
     }
 }
 
@@ -228,7 +229,11 @@ macro_rules! binding_refusal {
     };
 }
 
-binding_refusal!(refuses_format_version, format_version, 2);
+binding_refusal!(
+    refuses_format_version,
+    format_version,
+    CACHE_FORMAT_VERSION + 1
+);
 binding_refusal!(
     refuses_dataset_fingerprint,
     dataset_fingerprint,
@@ -271,8 +276,9 @@ fn files_with_different_bindings_are_refused_for_inspection() {
         msg.contains("epoch-00001.parquet") && msg.contains("`run_seed`"),
         "{msg}"
     );
+    // Both files and both values, each with its own file.
     assert!(
-        msg.contains("cache has 7") && msg.contains("expected 42"),
+        msg.contains("epoch-00000.parquet has 42, ") && msg.contains("epoch-00001.parquet has 7 "),
         "{msg}"
     );
 }

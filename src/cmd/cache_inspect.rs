@@ -1,5 +1,6 @@
 //! `deit-pipe cache inspect`: epochs and rows of a teacher cache, bytes per view, gaps and
-//! duplicates, and (with `--data`) teacher top-1 against the ground-truth labels.
+//! duplicates, the checksums of every file, and (with `--data`) teacher top-1 against the
+//! ground-truth labels. Exits 1 when it finds a problem.
 
 use anyhow::Result;
 use clap::Args as ClapArgs;
@@ -16,7 +17,8 @@ pub struct CacheArgs {
 /// The commands of the `cache` group.
 #[derive(clap::Subcommand, Debug)]
 pub enum Which {
-    /// Summarize a teacher cache: coverage, sizes, label agreement.
+    /// Summarize a teacher cache: coverage, sizes, checksums, label agreement; exits 1 on a
+    /// problem (missing parts or slots, a corrupt file).
     Inspect(Args),
 }
 
@@ -36,6 +38,13 @@ pub fn run(args: CacheArgs) -> Result<()> {
         Which::Inspect(a) => {
             let report = cache::inspect(&a.cache, a.data.as_deref())?;
             print!("{report}");
+            let n = report.problems();
+            if n > 0 {
+                anyhow::bail!(
+                    "{}: {n} problem(s) found (the PROBLEM lines above)",
+                    a.cache.display()
+                );
+            }
             Ok(())
         }
     }

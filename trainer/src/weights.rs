@@ -223,7 +223,10 @@ pub fn load_state_dict_into(
         if total > 60 {
             msg.push_str(&format!("\n  ... {total} problems in all"));
         }
-        msg.push_str("\n(use --partial to load what fits, e.g. to fine-tune with a new head)");
+        msg.push_str(
+            "\n(to load what fits, e.g. to fine-tune with a new head: train --finetune PATH, \
+             or set model.init_partial = true in the recipe)",
+        );
         bail!(msg);
     }
     for (name, t) in updates {

@@ -8,8 +8,15 @@ use serde::{Deserialize, Serialize};
 use super::error::{CacheError, Result};
 
 /// Version of the on-disk layout described in `docs/ARCHITECTURE.md` ("Teacher cache").
-/// Bump it on any change of columns, encodings or metadata meaning.
-pub const CACHE_FORMAT_VERSION: u32 = 1;
+/// Bump it on any change of columns, encodings or metadata meaning. Version 2 added the
+/// BLAKE3 checksums of every byte (footer key `deit_pipe.integrity`), `dataset_len` in the
+/// file header and the footer's own documentation; version 1 files are refused with a
+/// message to re-run `teacher-cache`.
+pub const CACHE_FORMAT_VERSION: u32 = 2;
+
+/// Most slots an epoch may have (2^28, a 1 GiB coverage map when opening): a header
+/// claiming more is refused before anything is allocated for it.
+pub const MAX_EPOCH_SLOTS: u32 = 1 << 28;
 
 /// Key of the footer key-value entry that holds the [`FileHeader`] JSON.
 pub const HEADER_KEY: &str = "deit_pipe.teacher_cache";
@@ -155,6 +162,10 @@ pub struct FileHeader {
     pub part: PartSpec,
     /// Number of slots of the whole epoch (all parts together).
     pub epoch_slots: u32,
+    /// Number of samples of the data set: every `sample` and `partner` is below it.
+    /// (Absent from version 1 files, which are refused anyway.)
+    #[serde(default)]
+    pub dataset_len: u32,
 }
 
 impl FileHeader {

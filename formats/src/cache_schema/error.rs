@@ -21,6 +21,40 @@ pub enum CacheError {
         /// The underlying error.
         source: parquet::errors::ParquetError,
     },
+    /// The file fails its checksums, or the decoder failed on it: it was damaged (or
+    /// edited) after it was written.
+    #[error(
+        "{path}: truncated or corrupt Parquet file: {reason} (delete it and re-run \
+         `deit-pipe teacher-cache` for its epoch)"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The file was written in another cache format version.
+    #[error(
+        "{path}: teacher-cache format version {found}, this deit-pipe reads version {expected}; \
+         re-run `deit-pipe teacher-cache` to rebuild the cache"
+    )]
+    OldFormat {
+        /// The file.
+        path: PathBuf,
+        /// The version in its footer.
+        found: u32,
+        /// The version this build reads ([`super::CACHE_FORMAT_VERSION`]).
+        expected: u32,
+    },
+    /// A row of the file holds a value outside its column's rules (ids >= classes, lam
+    /// outside [0, 1], NaN logits, sample/partner outside the data set, ...).
+    #[error("{path}: bad teacher-cache data: {reason}")]
+    BadData {
+        /// The file.
+        path: PathBuf,
+        /// The row (0-based, in the file), its epoch and slot, the column and the value.
+        reason: String,
+    },
     /// Arrow refused a batch (a schema or type problem inside a file).
     #[error("{path}: bad Arrow data: {source}")]
     Arrow {
@@ -38,6 +72,23 @@ pub enum CacheError {
         cached: String,
         /// The value the caller expects.
         expected: String,
+    },
+    /// Two files of one cache carry different bindings (no reference says which is right).
+    #[error(
+        "binding field `{field}` differs between files: {first} has {first_value}, {path} has \
+         {value} (all files of one cache share one binding)"
+    )]
+    MixedBindings {
+        /// The first file (by name).
+        first: PathBuf,
+        /// Its value.
+        first_value: String,
+        /// The file that differs from it.
+        path: PathBuf,
+        /// Its value.
+        value: String,
+        /// The field name.
+        field: &'static str,
     },
     /// An error about one file (wraps the detail).
     #[error("{path}: {source}")]
@@ -113,6 +164,10 @@ impl CacheError {
             e @ (CacheError::Io { .. }
             | CacheError::Parquet { .. }
             | CacheError::Arrow { .. }
+            | CacheError::Corrupt { .. }
+            | CacheError::OldFormat { .. }
+            | CacheError::BadData { .. }
+            | CacheError::MixedBindings { .. }
             | CacheError::InFile { .. }
             | CacheError::Metadata { .. }
             | CacheError::BadFileName { .. }) => e,

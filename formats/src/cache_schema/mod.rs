@@ -9,22 +9,35 @@
 //! - [`TeacherCache`]: opens a directory, checks bindings and coverage, streams an epoch
 //!   ([`EpochReader`]) and summarizes it ([`CacheSummary`]).
 //!
+//! - Every byte of a file is covered by BLAKE3 digests in its footer (`integrity`), checked
+//!   before the Parquet decoder sees the bytes; a panic inside the decoder is caught at the
+//!   file boundary (`guard`) and reported as a corrupt file.
+//! - The footer documents itself (`docs`): column descriptions, the probability formula,
+//!   what each hash is, the class names.
+//!
 //! Layout and encodings: `docs/ARCHITECTURE.md`, "Teacher cache".
 
 mod binding;
+mod docs;
 mod error;
+mod guard;
+mod integrity;
 mod reader;
 mod schema;
 mod summary;
 mod target;
+#[doc(hidden)]
+pub mod testing;
 mod writer;
 
 pub use binding::{
     file_name, parse_file_name, CacheBinding, FileHeader, PartSpec, CACHE_FORMAT_VERSION,
-    HEADER_KEY,
+    HEADER_KEY, MAX_EPOCH_SLOTS,
 };
+pub use docs::{column_description, CLASS_NAMES_KEY, DESCRIPTION_KEY, DOC_KEY, HASHES_KEY};
 pub use error::{CacheError, Result};
-pub use reader::{read_file_header, CacheEpoch, CacheFile, EpochReader, TeacherCache};
+pub use integrity::INTEGRITY_KEY;
+pub use reader::{read_file_header, verify_file, CacheEpoch, CacheFile, EpochReader, TeacherCache};
 pub use schema::{arrow_schema, col, IdWidth};
 pub use summary::{CacheSummary, EpochSummary, LabelAgreement};
 pub use target::{soft_distribution, CacheRow, CachedTarget, ViewKey};

@@ -12,8 +12,15 @@ use arrow::datatypes::UInt32Type;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
-use super::binding::{parse_file_name, CacheBinding, FileHeader, PartSpec, HEADER_KEY};
+use super::binding::{
+    parse_file_name, CacheBinding, FileHeader, PartSpec, CACHE_FORMAT_VERSION, HEADER_KEY,
+    MAX_EPOCH_SLOTS,
+};
 use super::error::{CacheError, Result};
+use super::guard::guarded;
+use super::integrity::{
+    check_footer, check_slots, check_slots_in, check_whole, FooterCheck, VerifiedFooter,
+};
 use super::schema::{arrow_schema, batch_to_targets, col};
 use super::target::CachedTarget;
 use super::writer::PARTIAL_SUFFIX;
@@ -95,10 +102,11 @@ fn file_display(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// Opens one cache file's Parquet reader builder and reads its [`FileHeader`].
-fn open_file(path: &Path) -> Result<(ParquetRecordBatchReaderBuilder<File>, FileHeader)> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err(path))?;
+/// The [`FileHeader`] stored in a builder's footer.
+fn header_of<R: parquet::file::reader::ChunkReader>(
+    path: &Path,
+    builder: &ParquetRecordBatchReaderBuilder<R>,
+) -> Result<FileHeader> {
     let json = builder
         .metadata()
         .file_metadata()
@@ -106,25 +114,132 @@ fn open_file(path: &Path) -> Result<(ParquetRecordBatchReaderBuilder<File>, File
         .and_then(|kv| kv.iter().find(|e| e.key == HEADER_KEY))
         .and_then(|e| e.value.clone())
         .ok_or_else(|| meta_err(path, format!("footer key `{HEADER_KEY}` missing")))?;
-    let header = FileHeader::from_json(&json)
-        .map_err(|e| meta_err(path, format!("footer key `{HEADER_KEY}`: {e}")))?;
-    Ok((builder, header))
+    FileHeader::from_json(&json)
+        .map_err(|e| meta_err(path, format!("footer key `{HEADER_KEY}`: {e}")))
+}
+
+/// The byte ranges of the slot column chunks, in row-group order (panics on negative
+/// offsets in the metadata: call inside [`guarded`]).
+pub(crate) fn slot_ranges(meta: &parquet::file::metadata::ParquetMetaData) -> Vec<(u64, u64)> {
+    meta.row_groups()
+        .iter()
+        .flat_map(|rg| rg.columns().iter())
+        .filter(|c| c.column_path().parts().first().map(String::as_str) == Some(col::SLOT))
+        .map(|c| c.byte_range())
+        .collect()
+}
+
+/// Refuses a header of another format version.
+fn check_version(path: &Path, header: &FileHeader) -> Result<()> {
+    if header.binding.format_version != CACHE_FORMAT_VERSION {
+        return Err(CacheError::OldFormat {
+            path: path.to_path_buf(),
+            found: header.binding.format_version,
+            expected: CACHE_FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// A file without checksums: an older format (said so, by version) or not a cache file.
+fn no_checksum<R: parquet::file::reader::ChunkReader + 'static>(
+    path: &Path,
+    reader: R,
+) -> CacheError {
+    let header = guarded(path, "the footer", || {
+        let b = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(pq_err(path))?;
+        header_of(path, &b)
+    });
+    match header {
+        Ok(h) if h.binding.format_version != CACHE_FORMAT_VERSION => CacheError::OldFormat {
+            path: path.to_path_buf(),
+            found: h.binding.format_version,
+            expected: CACHE_FORMAT_VERSION,
+        },
+        Ok(_) => CacheError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("footer key `{}` missing", super::integrity::INTEGRITY_KEY),
+        },
+        Err(e) => e,
+    }
+}
+
+/// Opens one cache file: checks its footer checksum (before the decoder sees it), then
+/// builds its Parquet reader and reads its [`FileHeader`].
+fn open_file(
+    path: &Path,
+) -> Result<(
+    ParquetRecordBatchReaderBuilder<File>,
+    FileHeader,
+    VerifiedFooter,
+)> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let footer = match check_footer(path, &mut file, len)? {
+        FooterCheck::Ok(f) => f,
+        FooterCheck::NoChecksum => return Err(no_checksum(path, file)),
+    };
+    let (builder, header) = guarded(path, "the footer", || {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err(path))?;
+        let header = header_of(path, &builder)?;
+        Ok((builder, header))
+    })?;
+    check_version(path, &header)?;
+    Ok((builder, header, footer))
 }
 
 /// Reads the metadata of one cache file (e.g. to decide whether a finished file of a
-/// resumed run can be kept).
+/// resumed run can be kept). Checks the footer's checksum, not the data's
+/// ([`verify_file`] checks every byte).
 pub fn read_file_header(path: &Path) -> Result<FileHeader> {
-    open_file(path).map(|(_, h)| h)
+    open_file(path).map(|(_, h, _)| h)
 }
 
-/// Opens a file, checks name, header and schema; `reference` is the binding it must have.
-fn scan_file(
-    path: &Path,
-    name_epoch: u32,
-    name_part: PartSpec,
-    reference: Option<&CacheBinding>,
-) -> Result<CacheFile> {
-    let (builder, header) = open_file(path)?;
+/// Reads a whole file into memory and checks every byte against its checksums; returns
+/// the verified bytes and header.
+fn read_verified(path: &Path) -> Result<(bytes::Bytes, FileHeader)> {
+    let data = std::fs::read(path).map_err(io_err(path))?;
+    let footer = match check_whole(path, &data)? {
+        FooterCheck::Ok(f) => f,
+        FooterCheck::NoChecksum => return Err(no_checksum(path, bytes::Bytes::from(data))),
+    };
+    let data = bytes::Bytes::from(data);
+    let (header, slot_ranges) = guarded(path, "the footer", || {
+        let b = ParquetRecordBatchReaderBuilder::try_new(data.clone()).map_err(pq_err(path))?;
+        Ok((header_of(path, &b)?, slot_ranges(b.metadata())))
+    })?;
+    check_version(path, &header)?;
+    // The slot digest too, so that every stored digest is checked.
+    check_slots_in(path, &data, &slot_ranges, &footer)?;
+    Ok((data, header))
+}
+
+/// Checks every byte of one cache file against the BLAKE3 digests in its footer (and its
+/// format version), then decodes every row and checks it against the schema's rules
+/// (ids < C, lam in [0, 1], sample/partner < `dataset_len`, finite logits, ...); returns its
+/// header. `deit-pipe cache inspect` runs it on every file, a resumed `teacher-cache` on
+/// every finished file it keeps. (The trainer checks the same as it streams an epoch.)
+pub fn verify_file(path: &Path) -> Result<FileHeader> {
+    let (data, header) = read_verified(path)?;
+    let reader = guarded(path, "the footer", || {
+        ParquetRecordBatchReaderBuilder::try_new(data)
+            .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
+            .map_err(pq_err(path))
+    })?;
+    let mut part = PartStream {
+        path: path.to_path_buf(),
+        reader,
+        buf: Vec::new().into_iter(),
+        row: 0,
+        dataset_len: header.dataset_len,
+    };
+    while part.next_row(&header.binding)?.is_some() {}
+    Ok(header)
+}
+
+/// Opens a file, checks its footer checksum, name, header and schema (not its binding).
+fn scan_file(path: &Path, name_epoch: u32, name_part: PartSpec) -> Result<CacheFile> {
+    let (builder, header, _) = open_file(path)?;
     if (header.epoch, header.part) != (name_epoch, name_part) {
         return Err(meta_err(
             path,
@@ -133,12 +248,6 @@ fn scan_file(
                 header.epoch, header.part
             ),
         ));
-    }
-    if let Some(r) = reference {
-        header
-            .binding
-            .check_against(r)
-            .map_err(|e| e.in_file(path))?;
     }
     header
         .binding
@@ -194,55 +303,65 @@ fn mark_slots(
     duplicates: &mut u64,
 ) -> Result<()> {
     let f = &files[index];
-    let (builder, _) = open_file(&f.path)?;
+    let (builder, _, footer) = open_file(&f.path)?;
+    let slot_ranges = guarded(&f.path, "the footer", || {
+        Ok(slot_ranges(builder.metadata()))
+    })?;
+    let mut file = File::open(&f.path).map_err(io_err(&f.path))?;
+    check_slots(&f.path, &mut file, &slot_ranges, &footer)?;
     let slot_idx = builder
         .schema()
         .index_of(col::SLOT)
         .map_err(|e| meta_err(&f.path, e.to_string()))?;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), [slot_idx]);
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(65_536)
-        .build()
-        .map_err(pq_err(&f.path))?;
+    let all: Vec<u32> = guarded(&f.path, "the slot column", || {
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [slot_idx]);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(65_536)
+            .build()
+            .map_err(pq_err(&f.path))?;
+        let mut all = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|source| CacheError::Arrow {
+                path: f.path.clone(),
+                source,
+            })?;
+            let slots = batch
+                .column(0)
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| meta_err(&f.path, "slot column is not UInt32"))?;
+            all.extend_from_slice(slots.values());
+        }
+        Ok(all)
+    })?;
     let mut prev: Option<u32> = None;
     let name = file_display(&f.path);
-    for batch in reader {
-        let batch = batch.map_err(|source| CacheError::Arrow {
-            path: f.path.clone(),
-            source,
-        })?;
-        let slots = batch
-            .column(0)
-            .as_primitive_opt::<UInt32Type>()
-            .ok_or_else(|| meta_err(&f.path, "slot column is not UInt32"))?;
-        for &s in slots.values() {
-            if prev.is_some_and(|p| s <= p) {
+    for &s in &all {
+        if prev.is_some_and(|p| s <= p) {
+            problems.push(format!(
+                "{name}: slot {s} follows slot {} (slots must strictly increase)",
+                prev.unwrap_or(0)
+            ));
+            return Ok(());
+        }
+        prev = Some(s);
+        let Some(o) = owner.get_mut(s as usize) else {
+            problems.push(format!(
+                "{name}: slot {s} >= the epoch's slot count {}",
+                owner.len()
+            ));
+            return Ok(());
+        };
+        if *o != u32::MAX {
+            *duplicates += 1;
+            if *duplicates <= 5 {
                 problems.push(format!(
-                    "{name}: slot {s} follows slot {} (slots must strictly increase)",
-                    prev.unwrap_or(0)
+                    "slot {s} is in both {} and {name}",
+                    file_display(&files[*o as usize].path)
                 ));
-                return Ok(());
             }
-            prev = Some(s);
-            let Some(o) = owner.get_mut(s as usize) else {
-                problems.push(format!(
-                    "{name}: slot {s} >= the epoch's slot count {}",
-                    owner.len()
-                ));
-                return Ok(());
-            };
-            if *o != u32::MAX {
-                *duplicates += 1;
-                if *duplicates <= 5 {
-                    problems.push(format!(
-                        "slot {s} is in both {} and {name}",
-                        file_display(&files[*o as usize].path)
-                    ));
-                }
-            } else {
-                *o = index as u32;
-            }
+        } else {
+            *o = index as u32;
         }
     }
     Ok(())
@@ -300,6 +419,13 @@ fn check_epoch(files: &[CacheFile]) -> Result<Option<String>> {
             ));
         }
     }
+    if first.header.epoch_slots > MAX_EPOCH_SLOTS {
+        problems.push(format!(
+            "{} says the epoch has {} slots, more than the {MAX_EPOCH_SLOTS} a cache may have",
+            file_display(&first.path),
+            first.header.epoch_slots
+        ));
+    }
     if !problems.is_empty() {
         return Ok(Some(problems.join("; ")));
     }
@@ -334,6 +460,103 @@ fn check_epoch(files: &[CacheFile]) -> Result<Option<String>> {
     Ok((!problems.is_empty()).then(|| problems.join("; ")))
 }
 
+/// What the bindings of a cache's files are checked against.
+#[derive(Clone, Copy)]
+enum Expect<'a> {
+    /// Every field of every file equals this binding.
+    All(&'a CacheBinding),
+    /// Every file's binding equals the first file's.
+    Nothing,
+    /// Data fields equal `data`'s; teacher fields equal the first file's (and
+    /// `teacher_arch`, when given).
+    Data {
+        data: &'a CacheBinding,
+        teacher_arch: Option<&'a str>,
+    },
+}
+
+/// The binding fields a cache takes from its teacher, not from the run's data/config.
+const TEACHER_FIELDS: [&str; 3] = ["teacher_arch", "teacher_weights_hash", "top_k"];
+
+/// A file whose binding differs from the first file's: names both files and values.
+fn mixed(path: &Path, first: &Path, e: CacheError) -> CacheError {
+    match e {
+        CacheError::BindingMismatch {
+            field,
+            cached,
+            expected,
+        } => CacheError::MixedBindings {
+            first: first.to_path_buf(),
+            first_value: expected,
+            path: path.to_path_buf(),
+            value: cached,
+            field,
+        },
+        other => other.in_file(path),
+    }
+}
+
+impl Expect<'_> {
+    /// `b` with the teacher fields of `teacher` (the first file's binding).
+    fn data_with_teacher(data: &CacheBinding, teacher: &CacheBinding) -> CacheBinding {
+        let mut e = data.clone();
+        e.teacher_arch = teacher.teacher_arch.clone();
+        e.teacher_weights_hash = teacher.teacher_weights_hash.clone();
+        e.top_k = teacher.top_k;
+        e
+    }
+
+    /// Checks the first file's binding `b`.
+    fn check_first(&self, path: &Path, b: &CacheBinding) -> Result<()> {
+        match *self {
+            Expect::All(e) => b.check_against(e).map_err(|e| e.in_file(path)),
+            Expect::Nothing => Ok(()),
+            Expect::Data { data, teacher_arch } => {
+                if let Some(arch) = teacher_arch {
+                    if arch != b.teacher_arch {
+                        return Err(CacheError::BindingMismatch {
+                            field: "teacher_arch",
+                            cached: format!("{:?}", b.teacher_arch),
+                            expected: format!("{arch:?} (--teacher-arch)"),
+                        }
+                        .in_file(path));
+                    }
+                }
+                b.check_against(&Self::data_with_teacher(data, b))
+                    .map_err(|e| e.in_file(path))
+            }
+        }
+    }
+
+    /// Checks a later file's binding `b`; `reference` is the first file's (for `All`, the
+    /// expected binding), `first` its path.
+    fn check(
+        &self,
+        path: &Path,
+        b: &CacheBinding,
+        first: &Path,
+        reference: &CacheBinding,
+    ) -> Result<()> {
+        match *self {
+            Expect::All(e) => b.check_against(e).map_err(|e| e.in_file(path)),
+            Expect::Nothing => b
+                .check_against(reference)
+                .map_err(|e| mixed(path, first, e)),
+            Expect::Data { data, .. } => {
+                match b.check_against(&Self::data_with_teacher(data, reference)) {
+                    Err(CacheError::BindingMismatch { field, .. })
+                        if TEACHER_FIELDS.contains(&field) =>
+                    {
+                        b.check_against(reference)
+                            .map_err(|e| mixed(path, first, e))
+                    }
+                    r => r.map_err(|e| e.in_file(path)),
+                }
+            }
+        }
+    }
+}
+
 impl TeacherCache {
     /// Opens `dir`, checking every file's binding against `expected` (the first
     /// difference is an error naming the file, the field and both values), every file's
@@ -341,15 +564,30 @@ impl TeacherCache {
     /// file. Epochs with missing parts or missing/duplicated slots open, but are refused by
     /// [`TeacherCache::require_epochs`] and [`TeacherCache::epoch_reader`].
     pub fn open(dir: &Path, expected: &CacheBinding) -> Result<TeacherCache> {
-        TeacherCache::open_inner(dir, Some(expected))
+        TeacherCache::open_inner(dir, Expect::All(expected))
     }
 
-    /// Opens `dir` for inspection: all files must share one binding (the first file's).
+    /// Opens `dir` for inspection: all files must share one binding. A file that differs
+    /// from the first file (by name) is an error naming both files, the field and both
+    /// values.
     pub fn open_for_inspect(dir: &Path) -> Result<TeacherCache> {
-        TeacherCache::open_inner(dir, None)
+        TeacherCache::open_inner(dir, Expect::Nothing)
     }
 
-    fn open_inner(dir: &Path, expected: Option<&CacheBinding>) -> Result<TeacherCache> {
+    /// Opens `dir` for a training run: the data fields of every file's binding
+    /// (everything but `teacher_arch`, `teacher_weights_hash` and `top_k`) must equal
+    /// `data`'s, an error naming the file, the field, the cached and the expected value;
+    /// the teacher fields come from the cache, must be the same in every file (an error
+    /// names both files) and, when `teacher_arch` is given, name that architecture.
+    pub fn open_for_run(
+        dir: &Path,
+        data: &CacheBinding,
+        teacher_arch: Option<&str>,
+    ) -> Result<TeacherCache> {
+        TeacherCache::open_inner(dir, Expect::Data { data, teacher_arch })
+    }
+
+    fn open_inner(dir: &Path, expect: Expect<'_>) -> Result<TeacherCache> {
         let mut names = Vec::new();
         let mut partial_files = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
@@ -363,7 +601,8 @@ impl TeacherCache {
         }
         names.sort();
         partial_files.sort();
-        let mut binding = expected.cloned();
+        let mut binding: Option<CacheBinding> = None;
+        let mut first: Option<PathBuf> = None;
         let mut by_epoch: BTreeMap<u32, Vec<CacheFile>> = BTreeMap::new();
         for name in &names {
             let path = dir.join(name);
@@ -372,9 +611,18 @@ impl TeacherCache {
                     path: path.clone(),
                     reason,
                 })?;
-            let file = scan_file(&path, epoch, part, binding.as_ref())?;
-            if binding.is_none() {
-                binding = Some(file.header.binding.clone());
+            let file = scan_file(&path, epoch, part)?;
+            let b = &file.header.binding;
+            match (&first, &binding) {
+                (Some(first), Some(reference)) => expect.check(&path, b, first, reference)?,
+                _ => {
+                    expect.check_first(&path, b)?;
+                    binding = Some(match expect {
+                        Expect::All(e) => e.clone(),
+                        _ => b.clone(),
+                    });
+                    first = Some(path.clone());
+                }
             }
             by_epoch.entry(epoch).or_default().push(file);
         }
@@ -467,22 +715,35 @@ impl TeacherCache {
         }
     }
 
-    /// Streams a complete epoch's rows in slot order, merging its parts; memory is bounded
-    /// by one decoded batch per part.
+    /// Streams a complete epoch's rows in slot order, merging its parts. Each part file is
+    /// read into memory and checked against its BLAKE3 digests first (a damaged file is an
+    /// error naming it before any of its rows is returned); memory holds the epoch's files
+    /// plus one decoded batch per part.
     pub fn epoch_reader(&self, epoch: u32) -> Result<EpochReader> {
         let e = self.complete_epoch(epoch)?;
         let mut parts = Vec::with_capacity(e.files.len());
         let mut heap = BinaryHeap::new();
         for f in &e.files {
-            let (builder, _) = open_file(&f.path)?;
-            let reader = builder
-                .with_batch_size(READ_BATCH_ROWS)
-                .build()
-                .map_err(pq_err(&f.path))?;
+            // Every byte is checked before the decoder sees it, and the checked bytes are
+            // the ones decoded.
+            let (data, header) = read_verified(&f.path)?;
+            if header != f.header {
+                return Err(meta_err(
+                    &f.path,
+                    "the file changed since the cache was opened",
+                ));
+            }
+            let reader = guarded(&f.path, "the footer", || {
+                ParquetRecordBatchReaderBuilder::try_new(data)
+                    .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
+                    .map_err(pq_err(&f.path))
+            })?;
             let mut part = PartStream {
                 path: f.path.clone(),
                 reader,
                 buf: Vec::new().into_iter(),
+                row: 0,
+                dataset_len: header.dataset_len,
             };
             if let Some(row) = part.next_row(&self.binding)? {
                 heap.push(Reverse((row.slot, parts.len())));
@@ -507,6 +768,10 @@ struct PartStream {
     path: PathBuf,
     reader: ParquetRecordBatchReader,
     buf: std::vec::IntoIter<CachedTarget>,
+    /// Rows of the file decoded so far (the next batch's first row).
+    row: usize,
+    /// Samples of the data set (bound of `sample` and `partner`).
+    dataset_len: u32,
 }
 
 impl PartStream {
@@ -515,14 +780,23 @@ impl PartStream {
             if let Some(row) = self.buf.next() {
                 return Ok(Some(row));
             }
-            let Some(batch) = self.reader.next() else {
+            let path = &self.path;
+            let reader = &mut self.reader;
+            let what = format!("the rows from {}", self.row);
+            let Some(batch) = guarded(path, &what, || Ok(reader.next()))? else {
                 return Ok(None);
             };
             let batch = batch.map_err(|source| CacheError::Arrow {
                 path: self.path.clone(),
                 source,
             })?;
-            let rows = batch_to_targets(&batch, binding).map_err(|r| meta_err(&self.path, r))?;
+            let rows = batch_to_targets(&batch, binding, self.dataset_len, self.row).map_err(
+                |reason| CacheError::BadData {
+                    path: self.path.clone(),
+                    reason,
+                },
+            )?;
+            self.row += rows.len();
             self.buf = rows.into_iter();
         }
     }

@@ -17,6 +17,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use super::binding::CacheBinding;
+use super::docs::{column_description, DESCRIPTION_KEY};
 use super::error::{CacheError, Result};
 use super::target::{CacheRow, CachedTarget, ViewKey};
 
@@ -77,35 +78,43 @@ impl IdWidth {
     }
 }
 
+/// A non-null field carrying its description ([`column_description`]) in its metadata.
+fn described(name: &str, data_type: DataType) -> Field {
+    let meta = std::collections::HashMap::from([(
+        DESCRIPTION_KEY.to_string(),
+        column_description(name).to_string(),
+    )]);
+    Field::new(name, data_type, false).with_metadata(meta)
+}
+
 fn list_of(item: DataType, len: u32) -> DataType {
     DataType::FixedSizeList(Arc::new(Field::new("item", item, false)), len as i32)
 }
 
-/// The Arrow schema of every file of a cache with this binding (depends on K and C).
+/// The Arrow schema of every file of a cache with this binding (depends on K and C). Every
+/// field carries its description under the metadata key [`DESCRIPTION_KEY`].
 pub fn arrow_schema(binding: &CacheBinding) -> SchemaRef {
     let k = binding.top_k;
     let mut fields = vec![
-        Field::new(col::EPOCH, DataType::UInt32, false),
-        Field::new(col::SLOT, DataType::UInt32, false),
-        Field::new(col::SAMPLE, DataType::UInt32, false),
-        Field::new(col::PARTNER, DataType::UInt32, false),
-        Field::new(col::LAM, DataType::Float32, false),
-        Field::new(col::VIEW_HASH, DataType::UInt64, false),
-        Field::new(
+        described(col::EPOCH, DataType::UInt32),
+        described(col::SLOT, DataType::UInt32),
+        described(col::SAMPLE, DataType::UInt32),
+        described(col::PARTNER, DataType::UInt32),
+        described(col::LAM, DataType::Float32),
+        described(col::VIEW_HASH, DataType::UInt64),
+        described(
             col::TOPK_IDS,
             list_of(IdWidth::for_classes(binding.num_classes).data_type(), k),
-            false,
         ),
-        Field::new(col::TOP1_LOGIT, DataType::Float16, false),
+        described(col::TOP1_LOGIT, DataType::Float16),
     ];
     if k > 1 {
-        fields.push(Field::new(
+        fields.push(described(
             col::LOGIT_GAPS,
             list_of(DataType::Float16, k - 1),
-            false,
         ));
     }
-    fields.push(Field::new(col::LSE_GAP, DataType::Float16, false));
+    fields.push(described(col::LSE_GAP, DataType::Float16));
     Arc::new(Schema::new(fields))
 }
 
@@ -240,11 +249,15 @@ fn list_values<'a>(
     Ok(l.values())
 }
 
-/// Decodes a record batch read from a cache file. Checks every row against the schema's
-/// rules (ids < C, gaps ordered, ...); `Err` is a message for the caller to put in context.
+/// Decodes a record batch read from a cache file, whose first row is row `first_row` of
+/// the file. Checks every row against the schema's rules (ids < C, gaps ordered, lam in
+/// [0, 1], sample and partner < `dataset_len`, ...); `Err` is a message naming the row,
+/// its epoch and slot, and the column, for the caller to put in context.
 pub fn batch_to_targets(
     batch: &RecordBatch,
     binding: &CacheBinding,
+    dataset_len: u32,
+    first_row: usize,
 ) -> std::result::Result<Vec<CachedTarget>, String> {
     let k = binding.top_k;
     let n = batch.num_rows();
@@ -305,8 +318,29 @@ pub fn batch_to_targets(
             logit_gaps: gaps[r * g..(r + 1) * g].to_vec(),
             lse_gap: lse_gap.value(r),
         };
-        row.validate(k, binding.num_classes)
-            .map_err(|e| e.to_string())?;
+        let at = || {
+            format!(
+                "row {} (epoch {}, slot {})",
+                first_row + r,
+                row.key.epoch,
+                row.key.slot
+            )
+        };
+        for (name, v) in [
+            (col::SAMPLE, row.key.sample),
+            (col::PARTNER, row.key.partner),
+        ] {
+            if v >= dataset_len {
+                return Err(format!(
+                    "{}: column `{name}`: {v} is outside the data set of {dataset_len} samples",
+                    at()
+                ));
+            }
+        }
+        row.validate(k, binding.num_classes).map_err(|e| match e {
+            CacheError::InvalidRow { reason, .. } => format!("{}: {reason}", at()),
+            other => format!("{}: {other}", at()),
+        })?;
         out.push(row.to_target());
     }
     Ok(out)

@@ -153,29 +153,38 @@ impl CacheRow {
         };
         if self.topk_ids.len() != k || self.logit_gaps.len() + 1 != k {
             return Err(bad(format!(
-                "{} ids and {} gaps, expected {k} and {}",
+                "columns `topk_ids`/`logit_gaps`: {} ids and {} gaps, expected {k} and {}",
                 self.topk_ids.len(),
                 self.logit_gaps.len(),
                 k.saturating_sub(1)
             )));
         }
         if let Some(id) = self.topk_ids.iter().find(|&&id| id >= num_classes) {
-            return Err(bad(format!("class id {id} >= num_classes {num_classes}")));
+            return Err(bad(format!(
+                "column `topk_ids`: class id {id} >= num_classes {num_classes}"
+            )));
         }
         let mut sorted = self.topk_ids.clone();
         sorted.sort_unstable();
         if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-            return Err(bad(format!("class id {} appears twice in the top-k", w[0])));
+            return Err(bad(format!(
+                "column `topk_ids`: class id {} appears twice in the top-k",
+                w[0]
+            )));
         }
         if !self.top1_logit.is_finite() {
-            return Err(bad(format!("top-1 logit is {}", self.top1_logit)));
+            return Err(bad(format!(
+                "column `top1_logit`: top-1 logit is {}",
+                self.top1_logit
+            )));
         }
         let mut prev = 0.0f32;
         for (i, g) in self.logit_gaps.iter().enumerate() {
             let g = g.to_f32();
             if !g.is_finite() || g < prev {
                 return Err(bad(format!(
-                    "logit gap {} is {g}: gaps must be finite, >= 0 and non-decreasing",
+                    "column `logit_gaps`: logit gap {} is {g}: gaps must be finite, >= 0 and \
+                     non-decreasing",
                     i + 1
                 )));
             }
@@ -184,11 +193,14 @@ impl CacheRow {
         let lse_gap = self.lse_gap.to_f32();
         if !(lse_gap.is_finite() && lse_gap >= 0.0) {
             return Err(bad(format!(
-                "lse - top1 is {lse_gap}, must be finite and >= 0"
+                "column `lse_gap`: lse - top1 is {lse_gap}, must be finite and >= 0"
             )));
         }
         if !(self.key.lam.is_finite() && (0.0..=1.0).contains(&self.key.lam)) {
-            return Err(bad(format!("lam {} is not in [0, 1]", self.key.lam)));
+            return Err(bad(format!(
+                "column `lam`: lam {} is not in [0, 1]",
+                self.key.lam
+            )));
         }
         Ok(())
     }

@@ -9,8 +9,10 @@ use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::KeyValue;
 
-use super::binding::{file_name, FileHeader, CACHE_FORMAT_VERSION, HEADER_KEY};
+use super::binding::{file_name, FileHeader, CACHE_FORMAT_VERSION, HEADER_KEY, MAX_EPOCH_SLOTS};
+use super::docs::{doc_text, hashes_json, CLASS_NAMES_KEY, DOC_KEY, HASHES_KEY};
 use super::error::{CacheError, Result};
+use super::integrity::{placeholder, seal, INTEGRITY_KEY};
 use super::schema::{arrow_schema, rows_to_batch, writer_properties};
 use super::target::CacheRow;
 
@@ -78,9 +80,14 @@ impl CacheWriter {
                 header.binding.format_version
             )));
         }
-        if header.epoch_slots == 0 {
+        if header.epoch_slots == 0 || header.epoch_slots > MAX_EPOCH_SLOTS {
+            return Err(CacheError::InvalidParameter(format!(
+                "epoch_slots must be in 1..={MAX_EPOCH_SLOTS}"
+            )));
+        }
+        if header.dataset_len == 0 {
             return Err(CacheError::InvalidParameter(
-                "epoch_slots must be > 0".into(),
+                "dataset_len must be > 0".into(),
             ));
         }
         let name = file_name(header.epoch, header.part);
@@ -102,7 +109,15 @@ impl CacheWriter {
                 path: temp_path.clone(),
                 source,
             })?;
-        writer.append_key_value_metadata(KeyValue::new(HEADER_KEY.to_string(), header.to_json()));
+        for (key, value) in [
+            (HEADER_KEY, header.to_json()),
+            (DOC_KEY, doc_text()),
+            (HASHES_KEY, hashes_json()),
+            // Replaced by the digests in `finish` (same length, patched in place).
+            (INTEGRITY_KEY, placeholder()),
+        ] {
+            writer.append_key_value_metadata(KeyValue::new(key.to_string(), value));
+        }
         Ok(CacheWriter {
             header,
             schema,
@@ -114,6 +129,27 @@ impl CacheWriter {
         })
     }
 
+    /// Stores the class names (index = class id) in the footer under
+    /// [`CLASS_NAMES_KEY`]; at most `num_classes` names (a model may have more outputs than
+    /// the data set has classes).
+    pub fn set_class_names(&mut self, names: &[String]) -> Result<()> {
+        let c = self.header.binding.num_classes as usize;
+        if names.len() > c {
+            return Err(CacheError::InvalidParameter(format!(
+                "{} class names for {c} classes",
+                names.len()
+            )));
+        }
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| CacheError::InvalidParameter("class names after finish".into()))?;
+        // A list of strings always serializes.
+        let json = serde_json::to_string(names).unwrap_or_default();
+        writer.append_key_value_metadata(KeyValue::new(CLASS_NAMES_KEY.to_string(), json));
+        Ok(())
+    }
+
     /// The final path the file will have.
     pub fn path(&self) -> &Path {
         &self.final_path
@@ -122,6 +158,21 @@ impl CacheWriter {
     /// Rows written so far.
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Appends rows without any check (tests only: [`super::testing::write_unchecked`]).
+    pub(crate) fn write_rows_unchecked(&mut self, rows: &[CacheRow]) -> Result<()> {
+        let batch = rows_to_batch(&self.schema, &self.header.binding, rows)?;
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| CacheError::InvalidParameter("write after finish".into()))?;
+        writer.write(&batch).map_err(|source| CacheError::Parquet {
+            path: self.temp_path.clone(),
+            source,
+        })?;
+        self.rows += rows.len() as u64;
+        Ok(())
     }
 
     /// Appends rows. Each must belong to this file's epoch, have a slot below the epoch's
@@ -146,6 +197,13 @@ impl CacheWriter {
                     "slots must be strictly increasing: slot {} follows slot {}",
                     row.key.slot,
                     self.next_slot - 1
+                )));
+            }
+            let n = self.header.dataset_len;
+            if row.key.sample >= n || row.key.partner >= n {
+                return Err(bad(format!(
+                    "sample {} / partner {} outside the data set of {n} samples",
+                    row.key.sample, row.key.partner
                 )));
             }
             if row.key.slot >= self.header.epoch_slots {
@@ -194,6 +252,14 @@ impl CacheWriter {
             path: temp.clone(),
             source: e.into_error(),
         })?;
+        drop(file);
+        let file = File::open(&temp).map_err(io(&temp))?;
+        let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+            .parse_and_finish(&file)
+            .map_err(pq)?;
+        drop(file);
+        let slot_ranges = super::reader::slot_ranges(&meta);
+        let file = seal(&temp, &slot_ranges)?;
         file.sync_all().map_err(io(&temp))?;
         drop(file);
         if self.final_path.exists() {

@@ -487,6 +487,11 @@ pub fn train_with(
         img_size,
         &device,
     )?;
+    super::teacher::check_teacher_identity(
+        &job.run_dir,
+        teacher.identity().as_ref(),
+        resume_from.is_some(),
+    )?;
     let criterion = DistillationLoss {
         base: BaseCriterion::for_recipe(cfg.augment.mix.enabled(), cfg.augment.mix.label_smoothing),
         kind: match kind {

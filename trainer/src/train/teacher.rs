@@ -211,23 +211,15 @@ fn open_cache(
     binding: &CacheBinding,
     epochs: std::ops::Range<u32>,
 ) -> Result<CacheState> {
-    // The teacher fields come from the cache itself; everything else must be ours.
-    let found = TeacherCache::open_for_inspect(dir)
-        .with_context(|| format!("opening the teacher cache {}", dir.display()))?;
-    let mut expected = binding.clone();
-    let theirs = found.binding();
-    expected.teacher_arch = match &cfg.teacher_arch {
-        Some(a) => a.clone(),
-        None => theirs.teacher_arch.clone(),
-    };
-    expected.teacher_weights_hash = theirs.teacher_weights_hash.clone();
-    expected.top_k = theirs.top_k;
-    let cache = TeacherCache::open(dir, &expected).with_context(|| {
-        format!(
-            "teacher cache {} does not belong to this run's data/config",
-            dir.display()
-        )
-    })?;
+    // The teacher fields come from the cache itself (the same in every file); everything
+    // else must be ours.
+    let cache = TeacherCache::open_for_run(dir, binding, cfg.teacher_arch.as_deref())
+        .with_context(|| {
+            format!(
+                "teacher cache {} does not belong to this run's data/config",
+                dir.display()
+            )
+        })?;
     cache
         .require_epochs(epochs)
         .with_context(|| format!("teacher cache {}", dir.display()))?;
@@ -237,6 +229,88 @@ fn open_cache(
         next: None,
         drift: 0,
     })
+}
+
+/// File in a run directory that records the teacher the run distils from.
+pub const TEACHER_FILE: &str = "teacher.json";
+
+/// The teacher a run distils from, as its teacher cache names it (recorded in the run
+/// directory's [`TEACHER_FILE`] so that `--resume` refuses a cache of another teacher).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TeacherIdentity {
+    /// Architecture name (`teacher_arch` of the cache binding).
+    pub teacher_arch: String,
+    /// BLAKE3 of the teacher weights file (`teacher_weights_hash`).
+    pub teacher_weights_hash: String,
+    /// Classes kept per view.
+    pub top_k: u32,
+    /// The cache directory it was read from (informative, not compared).
+    pub cache: String,
+}
+
+impl std::fmt::Display for TeacherIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (weights BLAKE3 {}, top-{}) from the cache {}",
+            self.teacher_arch, self.teacher_weights_hash, self.top_k, self.cache
+        )
+    }
+}
+
+impl TeacherSource {
+    /// The identity of a cached teacher (`None` for an online teacher or none).
+    pub fn identity(&self) -> Option<TeacherIdentity> {
+        match self {
+            TeacherSource::Cache(s) => {
+                let b = s.cache.binding();
+                Some(TeacherIdentity {
+                    teacher_arch: b.teacher_arch.clone(),
+                    teacher_weights_hash: b.teacher_weights_hash.clone(),
+                    top_k: b.top_k,
+                    cache: s.cache.dir().display().to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Records the run's cached teacher in `run_dir/teacher.json`, or, when `resuming` a run
+/// that recorded one, refuses a different teacher (architecture, weights hash or K),
+/// naming both. A run without a cached teacher removes a stale record of a fresh start.
+pub fn check_teacher_identity(
+    run_dir: &Path,
+    identity: Option<&TeacherIdentity>,
+    resuming: bool,
+) -> Result<()> {
+    let path = run_dir.join(TEACHER_FILE);
+    let Some(now) = identity else {
+        if !resuming && path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the stale {}", path.display()))?;
+        }
+        return Ok(());
+    };
+    if resuming && path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let was: TeacherIdentity = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a teacher record", path.display()))?;
+        if (&was.teacher_arch, &was.teacher_weights_hash, was.top_k)
+            != (&now.teacher_arch, &now.teacher_weights_hash, now.top_k)
+        {
+            bail!(
+                "--resume: this run was trained with the teacher {was} (recorded in {}), but the \
+                 teacher cache now holds targets of the teacher {now}; resume with the run's \
+                 cache, or start a new run with --out",
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    let json = serde_json::to_string_pretty(now).context("teacher record")?;
+    super::checkpoint::write_atomic(&path, json.as_bytes())
 }
 
 impl CacheState {
@@ -301,5 +375,51 @@ impl CacheState {
             out.push(row);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    fn id(hash: &str) -> TeacherIdentity {
+        TeacherIdentity {
+            teacher_arch: "resnet_tiny".into(),
+            teacher_weights_hash: hash.into(),
+            top_k: 4,
+            cache: "/c".into(),
+        }
+    }
+
+    #[test]
+    fn resume_refuses_another_teacher_naming_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = dir.path();
+        check_teacher_identity(run, Some(&id("aaaa")), false).expect("fresh run records");
+        assert!(run.join(TEACHER_FILE).is_file());
+        // The same teacher resumes; another cache path with the same teacher too.
+        check_teacher_identity(run, Some(&id("aaaa")), true).expect("same teacher");
+        let mut moved = id("aaaa");
+        moved.cache = "/elsewhere".into();
+        check_teacher_identity(run, Some(&moved), true).expect("same teacher, other path");
+        // Another weights hash, architecture or K is refused, naming both teachers.
+        let msg = format!(
+            "{:#}",
+            check_teacher_identity(run, Some(&id("bbbb")), true).expect_err("other teacher")
+        );
+        assert!(msg.contains("aaaa") && msg.contains("bbbb"), "{msg}");
+        assert!(msg.contains(TEACHER_FILE), "{msg}");
+        let mut arch = id("aaaa");
+        arch.teacher_arch = "regnety_160".into();
+        assert!(check_teacher_identity(run, Some(&arch), true).is_err());
+        let mut k = id("aaaa");
+        k.top_k = 5;
+        assert!(check_teacher_identity(run, Some(&k), true).is_err());
+        // The record is unchanged by refused resumes.
+        let text = std::fs::read_to_string(run.join(TEACHER_FILE)).expect("record");
+        assert!(text.contains("aaaa"), "{text}");
+        // A fresh run without a cached teacher drops a stale record.
+        check_teacher_identity(run, None, false).expect("no teacher");
+        assert!(!run.join(TEACHER_FILE).exists());
     }
 }
