@@ -6,6 +6,7 @@ pub mod config;
 pub mod eval;
 pub mod eval_job;
 pub mod metrics;
+pub mod model_source;
 #[path = "loop.rs"]
 pub mod run;
 pub mod teacher;
