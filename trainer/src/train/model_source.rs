@@ -269,9 +269,9 @@ fn apply_deit_flags(spec: ModelSpec, shape: &ShapeFlags) -> Result<ModelSpec> {
             c.mlp_ratio = shape.mlp_ratio.unwrap_or(c.mlp_ratio);
         }
         _ if !flags.is_empty() => bail!(
-            "{} is a ConvNet: {} only apply to DeiT models",
-            spec.name,
-            flags.join(", ")
+            "{}: only DeiT models take these flags, and {} is a ConvNet",
+            flags.join(", "),
+            spec.name
         ),
         _ => {}
     }
@@ -496,8 +496,10 @@ pub fn check_fit(
 ) -> Result<()> {
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     let mut problems = Vec::new();
+    // Tensors outside the blocks first: they tell the shape (cls_token, pos_embed, ...).
+    let order = |n: &&String| (n.starts_with("blocks."), (*n).clone());
     let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
+    names.sort_by_key(order);
     for name in names {
         let want = data[name].as_tensor().dims().to_vec();
         match tensors.get(name.as_str()) {
@@ -510,7 +512,12 @@ pub fn check_fit(
             )),
         }
     }
-    for name in tensors.keys().filter(|k| !data.contains_key(k.as_str())) {
+    let mut extra: Vec<&String> = tensors
+        .keys()
+        .filter(|k| !data.contains_key(k.as_str()))
+        .collect();
+    extra.sort_by_key(order);
+    for name in extra {
         problems.push(format!(
             "unexpected tensor {name} (shape {:?}) that the model has no place for",
             tensors[name].dims()
