@@ -444,3 +444,104 @@ fn misfitting_weights_name_the_tensor_and_both_shapes() {
         "{err}"
     );
 }
+
+/// Mean cross-entropy and top-1 (percent) of logit rows against labels.
+fn ce_top1(rows: &[Vec<f32>], labels: &[usize]) -> (f64, f64) {
+    let mut loss = 0f64;
+    let mut hits = 0usize;
+    for (row, &l) in rows.iter().zip(labels) {
+        let max = row.iter().fold(f64::MIN, |m, &v| m.max(f64::from(v)));
+        let lse = row
+            .iter()
+            .map(|&v| (f64::from(v) - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
+        loss += lse - f64::from(row[l]);
+        let best = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+            .unwrap();
+        hits += usize::from(best == l);
+    }
+    let n = rows.len() as f64;
+    (loss / n, 100.0 * hits as f64 / n)
+}
+
+#[test]
+fn eval_uses_the_same_transform_and_model_as_predict() {
+    // The RGB JPEGs (4:2:0, 4:2:2, 4:4:4, progressive) are stored by `shard` with their
+    // pixels unchanged (no resize under --max-side 512; restart markers added
+    // losslessly), so eval over the records must see timm's inputs.
+    let index = index();
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("folder");
+    let mut picked = Vec::new();
+    for img in index["images"].as_array().unwrap() {
+        if img["kind"] != "jpeg" {
+            continue;
+        }
+        let file = img["file"].as_str().unwrap();
+        let label = picked.len() % 2;
+        let class_dir = folder.join("val").join(format!("c{label}"));
+        std::fs::create_dir_all(&class_dir).unwrap();
+        let name = Path::new(file).file_name().unwrap();
+        std::fs::copy(dir().join(file), class_dir.join(name)).unwrap();
+        picked.push((file.to_string(), label));
+    }
+    assert!(picked.len() >= 12);
+    let data = tmp.path().join("shards");
+    let out = Command::new(env!("CARGO_BIN_EXE_deit-pipe"))
+        .args(["--quiet", "shard", "--max-side", "512", "--input"])
+        .arg(&folder)
+        .arg("--out")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = make_run(tmp.path());
+    let bare = tmp.path().join("bare.safetensors");
+    std::fs::copy(dir().join("deit32.safetensors"), &bare).unwrap();
+    let heads: Vec<String> = vec!["--num-heads".into(), "2".into()];
+    for (case_name, weights, extra) in [("run875", run.clone(), vec![]), ("default32", bare, heads)]
+    {
+        let case = case(&index, case_name);
+        let files: Vec<&str> = case["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        let (mut rows, mut labels) = (Vec::new(), Vec::new());
+        for (file, label) in &picked {
+            let at = files.iter().position(|f| f == file).unwrap();
+            rows.push(serde_json::from_value::<Vec<f32>>(case["logits"][at].clone()).unwrap());
+            labels.push(*label);
+        }
+        let (loss, top1) = ce_top1(&rows, &labels);
+        let out = Command::new(env!("CARGO_BIN_EXE_deit-pipe"))
+            .args(["--quiet", "eval", "--json", "--split", "val", "--weights"])
+            .arg(&weights)
+            .arg("--data")
+            .arg(&data)
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(s["images"].as_u64().unwrap() as usize, picked.len());
+        let got = s["loss"].as_f64().unwrap();
+        assert!(
+            (got - loss).abs() <= 1e-5 * loss.abs(),
+            "{case_name}: eval loss {got}, timm's logits give {loss}"
+        );
+        assert_eq!(s["top1"].as_f64().unwrap(), top1, "{case_name}");
+    }
+}
