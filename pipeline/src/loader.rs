@@ -19,7 +19,6 @@ use crate::batch_pool::BATCH_POOL;
 use crate::error::PipelineError;
 use crate::plan::EpochPlan;
 use crate::source::RecordSource;
-use crate::transforms::eval::eval_view;
 use crate::transforms::mix::mixed_target;
 use crate::view::{build_pair_into, view_hash, ViewBuilder};
 
@@ -278,13 +277,14 @@ impl Loader {
                     }
                     let info = source.info(i)?;
                     let img = source.decode(i)?;
-                    eval_view(&img, builder.config(), builder.normalizer(), out).map_err(|e| {
-                        PipelineError::Record {
+                    builder
+                        .eval_transform()
+                        .view(&img, builder.normalizer(), out)
+                        .map_err(|e| PipelineError::Record {
                             index: i,
                             location: "eval transform".into(),
                             message: e.to_string(),
-                        }
-                    })?;
+                        })?;
                     Ok((info.label, view_hash(out)))
                 })
                 .collect();

@@ -19,6 +19,7 @@ use crate::transforms::crop::{
     apply_train_crop_region, hflip, train_crop_params, CropRect, TrainCrop,
 };
 use crate::transforms::erase::erase;
+use crate::transforms::eval::EvalTransform;
 use crate::transforms::mix::{apply_pair, MixParams};
 use crate::transforms::normalize::Normalizer;
 use crate::transforms::randaugment_hook::RandAugment;
@@ -55,6 +56,7 @@ pub struct ViewBuilder {
     cfg: AugmentConfig,
     norm: Normalizer,
     ra: Option<RandAugment>,
+    eval: EvalTransform,
 }
 
 /// Time spent in each stage of [`ViewBuilder::sample_view_timed`], in nanoseconds.
@@ -82,7 +84,27 @@ impl ViewBuilder {
             cfg: cfg.clone(),
             norm: Normalizer::new(cfg.mean, cfg.std),
             ra,
+            eval: EvalTransform::from_config(cfg),
         })
+    }
+
+    /// The same builder with another eval transform (crop fraction and filter; its size
+    /// must be the config's input size, the side of every view).
+    pub fn with_eval_transform(mut self, eval: EvalTransform) -> Result<Self, PipelineError> {
+        eval.validate()?;
+        if eval.size != self.cfg.input_size {
+            return Err(PipelineError::Resize(format!(
+                "eval size {} differs from the input size {}",
+                eval.size, self.cfg.input_size
+            )));
+        }
+        self.eval = eval;
+        Ok(self)
+    }
+
+    /// The eval transform (by default [`EvalTransform::from_config`] of the config).
+    pub fn eval_transform(&self) -> &EvalTransform {
+        &self.eval
     }
 
     /// The configuration.

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use trainer::train::config::{PrecisionMode, TrainConfig};
 use trainer::train::eval_job::{evaluate_weights, EvalJob};
 
+use super::model_args::ModelArgs;
+
 /// Arguments of `deit-pipe eval`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -19,19 +21,12 @@ pub struct Args {
     /// Split to evaluate.
     #[arg(long, default_value = "val")]
     pub split: String,
-    /// Model name (timm), e.g. deit_tiny_distilled_patch16_224 (default: the run's config,
-    /// else inferred from DeiT weights).
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Recipe whose eval transform to use (default: the run's config.toml).
+    /// Model and eval-transform flags.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Recipe whose model and eval transform to use (default: the run's config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Input size.
-    #[arg(long)]
-    pub input_size: Option<u32>,
-    /// Eval crop fraction (resize to size / crop_pct, centre crop).
-    #[arg(long, alias = "eval-crop-ratio")]
-    pub crop_pct: Option<f64>,
     /// Batch size.
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -62,10 +57,11 @@ pub fn run(args: Args) -> Result<()> {
         weights: args.weights.clone(),
         data_dir: args.data.clone(),
         split: args.split.clone(),
-        model: args.model.clone(),
+        model: args.model.model.clone(),
+        shape: args.model.shape(),
         config,
-        input_size: args.input_size,
-        crop_pct: args.crop_pct,
+        crop_pct: args.model.crop_pct,
+        interpolation: args.model.interpolation,
         batch_size: args.batch_size,
         ema: args.ema,
         device: args.device.clone(),
@@ -89,6 +85,14 @@ pub fn run(args: Args) -> Result<()> {
         report.model,
         report.precision,
         s.images
+    );
+    let t = &report.transform;
+    println!(
+        "  eval transform: shorter side to {} ({}, crop_pct {}), centre crop {}",
+        t.resize_side(),
+        t.filter,
+        t.crop_pct,
+        t.size
     );
     println!("  loss {:.4}", s.loss);
     println!(

@@ -6,6 +6,7 @@ pub mod bench_shard;
 pub mod cache_inspect;
 pub mod eval;
 pub mod inspect;
+pub mod model_args;
 pub mod predict;
 pub mod quickstart;
 pub mod report;

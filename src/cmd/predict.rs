@@ -1,36 +1,45 @@
 //! `deit-pipe predict`: classify image files with a DeiT / ResNet / RegNetY checkpoint
-//! (timm or official DeiT weights), through the eval transform of `pipeline`
-//! (shorter side to int(size / 0.875) bicubic, centre crop, normalize), printing the
-//! top-5 classes with probabilities, or with `--json` the logits and top-5 per image.
-//! The forward pass is f32 on the chosen `--device` (cpu, cuda or cuda:N);
-//! `tools/gpu_check.sh` compares the CUDA logits with the CPU ones.
+//! (a run's, or timm / official DeiT weights), printing the top-5 classes with
+//! probabilities, or with `--json` the logits and top-5 per image.
+//!
+//! Inputs equal timm's `create_transform(**resolve_data_config({}, model=m))` on
+//! `Image.open(f).convert("RGB")`: files decode as Pillow does (`ingest::open`:
+//! libjpeg-turbo for JPEG), the eval transform resizes with Pillow's filter bit for bit
+//! (`transforms::pillow_resize`), crops and normalizes as torchvision. The model and the
+//! transform's defaults come from the run's config or the model's timm config
+//! (`trainer::train::model_source`). The forward pass is f32 on the chosen `--device`
+//! (cpu, cuda or cuda:N); `tools/gpu_check.sh` compares the CUDA logits with the CPU ones.
 
 use anyhow::{bail, Context};
-use candle_core::Tensor;
-use pipeline::config::AugmentConfig;
-use pipeline::transforms::eval::eval_view;
+use candle_core::{DType, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use pipeline::ingest::open::decode_like_pillow;
 use pipeline::transforms::normalize::Normalizer;
 use std::path::PathBuf;
-use trainer::models::{ForwardCtx, ModelSpec};
+use trainer::models::ForwardCtx;
+use trainer::train::model_source::{check_fit, resolve_model, ModelQuery};
 use trainer::train::run::select_device;
-use trainer::weights::{self, LoadOptions};
+use trainer::weights::{load_state_dict_into, LoadOptions};
+
+use super::model_args::ModelArgs;
+
+/// Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS * 2`, where it errors).
+const MAX_PIXELS: u64 = 2 * 89_478_485;
 
 /// Arguments of `deit-pipe predict`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Weights: .safetensors, or a PyTorch .pth / .pt checkpoint (state dict or {'model': ...}).
+    /// Weights: .safetensors, a PyTorch .pth / .pt checkpoint (state dict or
+    /// {'model': ...}), a checkpoint directory or a run directory (its best checkpoint;
+    /// the run's config.toml gives the model and eval transform).
     #[arg(long)]
     pub weights: PathBuf,
-    /// timm model name (deit_tiny_distilled_patch16_224, deit_small_patch16_224, resnet18,
-    /// resnet50, regnety_016, regnety_160, resnet_small, ...).
+    /// Model and eval-transform flags.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Predict with the EMA weights of a checkpoint (a run or checkpoint directory).
     #[arg(long)]
-    pub model: String,
-    /// Number of classes of the checkpoint (default: 1000; 10 for resnet_small).
-    #[arg(long)]
-    pub num_classes: Option<usize>,
-    /// Input image size (default: the model's, 224 for the ImageNet models).
-    #[arg(long)]
-    pub img_size: Option<usize>,
+    pub ema: bool,
     /// Class names, one per line, in class-index order.
     #[arg(long)]
     pub classes: Option<PathBuf>,
@@ -46,7 +55,7 @@ pub struct Args {
     /// cpu, cuda or cuda:N (cuda needs a build with --features cuda; see tools/build-cuda.sh).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Image files.
+    /// Image files (JPEG or PNG).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
 }
@@ -55,16 +64,16 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     // The device first: a CPU-only build refuses `--device cuda` before any other work.
     let device = select_device(&args.device)?;
-    let mut spec = ModelSpec::parse(&args.model)?;
-    if let Some(c) = args.num_classes {
-        if c == 0 {
-            bail!("--num-classes must be positive");
-        }
-        spec = spec.with_num_classes(c);
-    }
-    if let Some(s) = args.img_size {
-        spec = spec.with_img_size(s)?;
-    }
+    let resolved = resolve_model(&ModelQuery {
+        weights: args.weights.clone(),
+        model: args.model.model.clone(),
+        shape: args.model.shape(),
+        config: None,
+        ema: args.ema,
+        crop_pct: args.model.crop_pct,
+        interpolation: args.model.interpolation,
+    })?;
+    let spec = resolved.spec.clone();
     let classes = match &args.classes {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -76,7 +85,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .collect();
             if names.len() != spec.num_classes {
                 bail!(
-                    "{} lists {} classes but the model has {} (set --num-classes)",
+                    "{} lists {} classes but the model has {} (its head's rows; --num-classes \
+                     names the model's count)",
                     p.display(),
                     names.len(),
                     spec.num_classes
@@ -86,40 +96,52 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (_vm, model, _) = weights::build_model(
+    let varmap = VarMap::new();
+    let model =
+        trainer::models::build(&spec, VarBuilder::from_varmap(&varmap, DType::F32, &device))
+            .with_context(|| format!("building model {}", spec.name))?;
+    check_fit(
+        &varmap,
         &spec,
-        Some(&args.weights),
+        &resolved.tensors,
+        &resolved.weights,
+        &resolved.origin,
+    )?;
+    load_state_dict_into(
+        &varmap,
+        &spec,
+        &resolved.tensors,
         &LoadOptions::default(),
-        &device,
-        0,
-    )
-    .with_context(|| format!("loading {} into {}", args.weights.display(), spec.name))?;
-    let size = spec.img_size() as u32;
-    let cfg = if size <= 32 {
-        AugmentConfig::small_image(size)
-    } else {
-        AugmentConfig {
-            input_size: size,
-            ..AugmentConfig::default()
-        }
-    };
-    let norm = Normalizer::new(cfg.mean, cfg.std);
-    let plane = 3 * (size * size) as usize;
+        &resolved.weights.display().to_string(),
+    )?;
+    let t = resolved.eval;
+    tracing::info!(
+        "{} ({}, {} classes, from {}); eval: shorter side to {} ({}, crop_pct {}), centre crop {}",
+        resolved.weights.display(),
+        spec.name,
+        spec.num_classes,
+        resolved.origin,
+        t.resize_side(),
+        t.filter,
+        t.crop_pct,
+        t.size
+    );
+    let norm = Normalizer::new(resolved.augment.mean, resolved.augment.std);
+    let size = t.size as usize;
+    let plane = 3 * size * size;
     let top = args.top.min(spec.num_classes).max(1);
     for chunk in args.images.chunks(args.batch.max(1)) {
         let mut data = vec![0f32; plane * chunk.len()];
         for (path, out) in chunk.iter().zip(data.chunks_mut(plane)) {
-            let img = image::open(path)
-                .with_context(|| format!("decoding image {}", path.display()))?
-                .into_rgb8();
-            eval_view(&img, &cfg, &norm, out)
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+            let img = decode_like_pillow(&bytes, MAX_PIXELS)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("decoding image {}", path.display()))?;
+            t.view(&img, &norm, out)
                 .with_context(|| format!("eval transform of {}", path.display()))?;
         }
-        let x = Tensor::from_vec(
-            data,
-            (chunk.len(), 3, size as usize, size as usize),
-            &device,
-        )?;
+        let x = Tensor::from_vec(data, (chunk.len(), 3, size, size), &device)?;
         let logits: Vec<Vec<f32>> = model.forward(&x, &ForwardCtx::eval())?.cls.to_vec2()?;
         for (path, row) in chunk.iter().zip(logits) {
             let probs = softmax(&row);

@@ -4,6 +4,8 @@
 //!   to 8-bit RGB with a pixel-limit guard; [`decode_record`] decodes a stored record,
 //!   [`decode_record_region`] only a rectangle of it.
 //! - [`jpeg`]: JPEG records through libjpeg-turbo (full and region decode; the FFI).
+//! - [`open`]: image files as Pillow's `Image.open(f).convert("RGB")` gives them (the
+//!   pixels timm reads; `predict`'s decoder).
 //! - [`resize`]: shorter-side resize with antialiasing (Lanczos3 convolution).
 //! - [`encode`]: JPEG or zstd-compressed raw RGB.
 //! - [`process`]: one input file to one record (the per-image work of `deit-pipe shard`).
@@ -17,6 +19,7 @@ pub mod inputs;
 pub mod job;
 pub mod jpeg;
 pub mod jpeg_tiles;
+pub mod open;
 pub mod process;
 pub mod resize;
 pub mod synth;

@@ -10,6 +10,7 @@ pub mod erase;
 pub mod eval;
 pub mod mix;
 pub mod normalize;
+pub mod pillow_resize;
 pub mod randaugment_hook;
 pub mod resize;
 

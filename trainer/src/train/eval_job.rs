@@ -1,24 +1,25 @@
 //! `deit-pipe eval`: evaluate any weights file on a split: a run's checkpoint (its
 //! config.toml gives model and eval transform), or foreign timm/official DeiT weights
-//! (model named with `--model`, or inferred from the DeiT tensor shapes).
+//! (model named with `--model` and the shape flags, or read from the DeiT tensor
+//! shapes), resolved by [`super::model_source`]; the eval transform is Pillow's.
 
 use anyhow::{bail, Context, Result};
 use pipeline::source::{RecordSource, ShardSource};
 use pipeline::view::ViewBuilder;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::checkpoint::resolve_weights;
 use super::config::{PrecisionMode, TrainConfig};
 use super::eval::{evaluate, EvalModel, EvalSummary};
+use super::model_source::{check_fit, resolve_model, ModelQuery, ResolvedModel, ShapeFlags};
 use super::run::{eval_twin, select_device};
-use super::CONFIG_FILE;
-use crate::models::ModelSpec;
-use crate::weights::{load_state_dict_into, read_state_dict, LoadOptions};
+use crate::weights::{load_state_dict_into, LoadOptions};
 use candle_core::{DType, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use pipeline::loader::LoaderOptions;
+use pipeline::transforms::eval::EvalTransform;
+use pipeline::transforms::pillow_resize::PilFilter;
 
 /// What to evaluate.
 #[derive(Clone, Debug, Default)]
@@ -29,14 +30,17 @@ pub struct EvalJob {
     pub data_dir: PathBuf,
     /// Split to evaluate (`val`).
     pub split: String,
-    /// Model name (timm); default: the run's config, else inferred from the weights.
+    /// Model name (timm, or `deit` with the shape flags); default: the run's config,
+    /// else read from DeiT weights (see [`super::model_source`]).
     pub model: Option<String>,
-    /// Config giving the eval transform; default: the run's config.toml, else DeiT's.
+    /// Shape flags (`--img-size`, `--patch-size`, ... `--num-classes`).
+    pub shape: ShapeFlags,
+    /// Config giving the model and eval transform; default: the run's config.toml.
     pub config: Option<TrainConfig>,
-    /// Input size; default: the config's, else the model's.
-    pub input_size: Option<u32>,
-    /// Eval crop fraction; default: the config's (0.875).
+    /// Eval crop fraction; default: the run config's, else the model's timm config.
     pub crop_pct: Option<f64>,
+    /// Resize filter; default: bicubic (the run's, and every timm config we build).
+    pub interpolation: Option<PilFilter>,
     /// Batch size (default 128).
     pub batch_size: Option<usize>,
     /// Evaluate the EMA weights of a checkpoint.
@@ -58,16 +62,10 @@ pub struct EvalReport {
     pub model: String,
     /// The precision the forward passes computed in.
     pub precision: crate::models::Precision,
+    /// The eval transform used.
+    pub transform: EvalTransform,
     /// The figures.
     pub summary: EvalSummary,
-}
-
-fn find_run_config(weights: &Path) -> Option<PathBuf> {
-    weights
-        .ancestors()
-        .take(4)
-        .map(|d| d.join(CONFIG_FILE))
-        .find(|p| p.is_file())
 }
 
 /// A timm name for DeiT weights from tensor shapes (`cls_token`, `pos_embed`,
@@ -108,7 +106,8 @@ pub fn infer_deit_name(tensors: &BTreeMap<String, Tensor>) -> Result<String> {
         (768, 12) => "base",
         _ => bail!(
             "DeiT weights of width {d} and depth {depth} are not a timm model; evaluate them \
-             with their run's config (--config)"
+             with their run's config (--config) or name them with --model deit and the shape \
+             flags"
         ),
     };
     Ok(format!(
@@ -121,13 +120,15 @@ pub fn infer_deit_name(tensors: &BTreeMap<String, Tensor>) -> Result<String> {
 /// Evaluate weights on a split.
 pub fn evaluate_weights(job: &EvalJob, on_batch: &mut dyn FnMut(usize)) -> Result<EvalReport> {
     let device = select_device(&job.device)?;
-    let weights = resolve_weights(&job.weights, job.ema)?;
-    let run_cfg = match &job.config {
-        Some(c) => Some(c.clone()),
-        None => find_run_config(&weights)
-            .map(|p| TrainConfig::from_file(&p))
-            .transpose()?,
-    };
+    let resolved = resolve_model(&ModelQuery {
+        weights: job.weights.clone(),
+        model: job.model.clone(),
+        shape: job.shape.clone(),
+        config: job.config.clone(),
+        ema: job.ema,
+        crop_pct: job.crop_pct,
+        interpolation: job.interpolation,
+    })?;
     let split = if job.split.is_empty() {
         "val"
     } else {
@@ -138,44 +139,16 @@ pub fn evaluate_weights(job: &EvalJob, on_batch: &mut dyn FnMut(usize)) -> Resul
         ShardSource::open(&split_dir)
             .with_context(|| format!("opening {}", split_dir.display()))?,
     );
-    let tensors = read_state_dict(&weights)?;
-    let head_classes = tensors.get("head.weight").map(|t| t.dims()[0]);
-    let (spec, mut cfg) = match (&job.model, run_cfg) {
-        (None, Some(cfg)) => {
-            let classes = cfg
-                .model
-                .num_classes
-                .or(head_classes)
-                .unwrap_or(source.num_classes());
-            let size = job.input_size.unwrap_or(cfg.augment.input_size) as usize;
-            (cfg.model.spec(classes, size)?, cfg)
-        }
-        (name, cfg) => {
-            let name = match name {
-                Some(n) => n.clone(),
-                None => infer_deit_name(&tensors)?,
-            };
-            let base = ModelSpec::parse(&name)?;
-            let classes = head_classes
-                .or(tensors.get("fc.weight").map(|t| t.dims()[0]))
-                .unwrap_or(base.num_classes);
-            let mut cfg = cfg.unwrap_or_default();
-            let size = job
-                .input_size
-                .map_or_else(|| base.img_size(), |s| s as usize);
-            cfg.augment
-                .set_timm_arg("input-size", &size.to_string())
-                .context("--input-size")?;
-            (base.with_num_classes(classes).with_img_size(size)?, cfg)
-        }
-    };
-    if let Some(s) = job.input_size {
-        cfg.augment.input_size = s;
-    }
-    if let Some(c) = job.crop_pct {
-        cfg.augment.eval_crop_pct = c;
-    }
-    cfg.augment.validate().context("eval transform")?;
+    let ResolvedModel {
+        weights,
+        tensors,
+        spec,
+        augment,
+        run_config,
+        eval,
+        origin,
+    } = resolved;
+    augment.validate().context("eval transform")?;
     if source.num_classes() > spec.num_classes {
         bail!(
             "{} has {} classes but the model {} predicts {}",
@@ -186,13 +159,18 @@ pub fn evaluate_weights(job: &EvalJob, on_batch: &mut dyn FnMut(usize)) -> Resul
         );
     }
     let spec = spec.with_drop_path(0.0);
+    let run_precision = run_config
+        .as_ref()
+        .map(|c| c.run.precision)
+        .unwrap_or_default();
     let precision = job
         .precision
-        .unwrap_or(cfg.run.precision)
+        .unwrap_or(run_precision)
         .resolve(&spec, &device)
         .context("precision")?;
     let varmap = VarMap::new();
     let model = crate::models::build(&spec, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    check_fit(&varmap, &spec, &tensors, &weights, &origin)?;
     load_state_dict_into(
         &varmap,
         &spec,
@@ -206,7 +184,7 @@ pub fn evaluate_weights(job: &EvalJob, on_batch: &mut dyn FnMut(usize)) -> Resul
         both_heads: twin.is_some(),
         precision,
     };
-    let builder = Arc::new(ViewBuilder::new(&cfg.augment)?);
+    let builder = Arc::new(ViewBuilder::new(&augment)?.with_eval_transform(eval)?);
     let opts = LoaderOptions {
         batch_size: job.batch_size.unwrap_or(128),
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -218,6 +196,7 @@ pub fn evaluate_weights(job: &EvalJob, on_batch: &mut dyn FnMut(usize)) -> Resul
         weights,
         model: spec.name.clone(),
         precision,
+        transform: eval,
         summary,
     })
 }

@@ -10,6 +10,7 @@ pub mod mainpy_flags;
 pub mod mainpy_log;
 pub mod mainpy_resume;
 pub mod metrics;
+pub mod model_source;
 #[path = "loop.rs"]
 pub mod run;
 pub mod teacher;
