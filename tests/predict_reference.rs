@@ -298,6 +298,7 @@ fn make_run(root: &Path) -> PathBuf {
         dataset_fingerprint: String::new(),
         epoch_loss_sum: 0.0,
         epoch_batches: 0,
+        world_size: 1,
     };
     store
         .save(&state, false, |d| {

@@ -485,7 +485,7 @@ fn pyarrow_reconstruction_matches_our_reader() {
         .expect("rows");
     let fx_rows = fx["rows"].as_array().expect("rows");
     assert_eq!(fx_rows.len(), rows.len());
-    assert_eq!(fx["top1_names"][3].as_str().is_some(), true);
+    assert!(fx["top1_names"][3].as_str().is_some());
     let mut worst = 0f64;
     for (t, r) in rows.iter().zip(fx_rows) {
         assert_eq!(r["slot"].as_u64(), Some(u64::from(t.slot)));

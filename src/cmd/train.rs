@@ -307,9 +307,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     let comm = crate::dist::join(transport)?;
     cfg.run.device = crate::dist::device_for_rank(&cfg.run.device, comm.as_ref());
-    super::run_dir::claim(&args.out)?;
     let target = super::train_mainpy::resume_target(&args.resume, &args.out)?;
     super::train_mainpy::check_teacher(&args, &cfg)?;
+    super::run_dir::claim(&args.out)?;
     let mut job = trainer::train::TrainJob::new(
         cfg,
         &args.data,
