@@ -35,8 +35,8 @@ pub struct LoadReport {
     pub ignored_entries: Vec<String>,
 }
 
-mod pickle;
-mod pth;
+pub(crate) mod pickle;
+pub(crate) mod pth;
 mod raw;
 mod st;
 

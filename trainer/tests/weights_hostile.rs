@@ -737,3 +737,105 @@ fn odd_paths_and_unknown_bytes_are_clean_errors() {
     let b = z.finish().unwrap().into_inner();
     assert_err(&b, &["byte order \"big\""]);
 }
+
+#[test]
+fn main_py_checkpoints_go_through_the_same_bounded_reader() {
+    use trainer::train::mainpy_resume::MainPyCheckpoint;
+    // {'model': {'w': tensor}, 'optimizer': {'state': {0: {'exp_avg': a 2^33-element
+    // tensor}}, 'param_groups': []}, 'epoch': 3}: the optimizer's storage is checked
+    // against the file before anything is allocated, as the weights' are.
+    let w = TensorSpec::f32("0", &[2]);
+    let mut huge = TensorSpec::f32("1", &[1 << 33]);
+    huge.numel = 1 << 33;
+    let mut p = Pickle::new(2);
+    p.op(b"}").mark();
+    p.str("model").state_dict(|p| {
+        p.str("w").tensor(&w, false);
+    });
+    p.str("optimizer").op(b"}").mark();
+    p.str("state").op(b"}").mark();
+    p.int(0).op(b"}").mark();
+    p.str("exp_avg").tensor(&huge, false);
+    p.op(b"u").op(b"u");
+    p.str("param_groups").op(b"]");
+    p.op(b"u");
+    p.str("epoch").int(3);
+    p.op(b"u");
+    let pkl = p.stop();
+    let b = zip_checkpoint(
+        "ck",
+        &pkl,
+        &[("0", f32_bytes(&[1., 2.])), ("1", f32_bytes(&[0.; 4]))],
+    );
+    assert!(b.len() < 2000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.pth");
+    std::fs::write(&path, &b).unwrap();
+    let err = format!("{:#}", MainPyCheckpoint::read(&path).unwrap_err());
+    assert!(
+        err.contains("storage \"1\" declares 8589934592 elements")
+            && err.contains("holds 16 bytes"),
+        "{err}"
+    );
+
+    // A rebuild call of 2 arguments in the optimizer state (candle's reader indexed
+    // past the end of such a tuple and panicked): a clean error naming the entry.
+    let mut p = Pickle::new(2);
+    p.op(b"}").mark();
+    p.str("model").state_dict(|p| {
+        p.str("w").tensor(&w, false);
+    });
+    p.str("optimizer").op(b"}").mark();
+    p.str("state").op(b"}").mark();
+    p.int(0).op(b"}").mark();
+    p.str("exp_avg")
+        .global("torch._utils", "_rebuild_tensor_v2")
+        .mark()
+        .storage("FloatStorage", "1", 2, false)
+        .int(0)
+        .op(b"tR");
+    p.op(b"u").op(b"u"); // the state entry, the state
+    p.op(b"u").op(b"u"); // the optimizer, the checkpoint
+    let pkl = p.stop();
+    let b = zip_checkpoint(
+        "ck",
+        &pkl,
+        &[("0", f32_bytes(&[1., 2.])), ("1", f32_bytes(&[0.; 2]))],
+    );
+    std::fs::write(&path, &b).unwrap();
+    let err = format!("{:#}", MainPyCheckpoint::read(&path).unwrap_err());
+    assert!(
+        err.contains("exp_avg") && err.contains("the file gives 2"),
+        "{err}"
+    );
+
+    // The same file with a sane optimizer tensor reads: weights, state and epoch.
+    let mut m = TensorSpec::f32("1", &[2]);
+    m.numel = 2;
+    let mut p = Pickle::new(2);
+    p.op(b"}").mark();
+    p.str("model").state_dict(|p| {
+        p.str("w").tensor(&w, false);
+    });
+    p.str("optimizer").op(b"}").mark();
+    p.str("state").op(b"}").mark();
+    p.int(0).op(b"}").mark();
+    p.str("exp_avg").tensor(&m, false);
+    p.str("exp_avg_sq").tensor(&m, false);
+    p.str("step").int(5);
+    p.op(b"u").op(b"u");
+    p.str("param_groups").op(b"]");
+    p.op(b"u");
+    p.str("epoch").int(3);
+    p.op(b"u");
+    let pkl = p.stop();
+    let b = zip_checkpoint(
+        "ck",
+        &pkl,
+        &[("0", f32_bytes(&[1., 2.])), ("1", f32_bytes(&[3., 4.]))],
+    );
+    std::fs::write(&path, &b).unwrap();
+    // No param_groups: refused after everything was read (a clean error, not a crash).
+    let err = format!("{:#}", MainPyCheckpoint::read(&path).unwrap_err());
+    assert!(err.contains("has no param_groups"), "{err}");
+}

@@ -6,11 +6,11 @@
 //! epoch (main.py's scheduler state holds the same cosine); `scaler` (AMP loss scale)
 //! and `args` are not used.
 //!
-//! The file is read with candle's pickle reader (`candle_core::pickle::Stack`, which
-//! only builds a tree of values and never runs code), the tensors from the zip's
-//! storage records. `weights::read_state_dict` reads the `model` entry; this module adds
-//! what it has no way to reach: `optimizer`'s nested, integer-keyed state, `model_ema`
-//! and `epoch`.
+//! The file is read through the project's own checkpoint reader
+//! (`weights::pth::Checkpoint`: the bounded unpickler that never runs code, every size
+//! checked against the file before allocating, zip or legacy format); this module walks
+//! what the state-dict reader does not: `optimizer`'s nested, integer-keyed state,
+//! `model_ema` and `epoch`.
 //!
 //! main.py's optimizer state names parameters by index: timm's `create_optimizer_v2`
 //! puts the parameters in two groups (no weight decay, then weight decay), each in
@@ -21,13 +21,13 @@
 
 use crate::models::{Arch, ModelSpec};
 use crate::optim::{no_weight_decay, AdamW};
+use crate::weights::pickle::{Obj, Value};
+use crate::weights::pth::{Checkpoint, RawTensor};
 use crate::weights::{load_state_dict_into, LoadOptions};
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// One AdamW parameter group of main.py's optimizer state.
@@ -69,130 +69,123 @@ pub struct MainPyCheckpoint {
     pub epoch: Option<usize>,
 }
 
-/// A pickle file inside the zip and a way to read its storage records.
-struct Archive {
-    zip: zip::ZipArchive<std::io::BufReader<std::fs::File>>,
-    /// `<archive>/data` (storages are `<archive>/data/<key>`).
-    data_dir: PathBuf,
+/// A value of the checkpoint's pickle, with the checkpoint to read it through.
+#[derive(Clone, Copy)]
+struct Node<'a> {
+    ck: &'a Checkpoint,
+    v: Value,
 }
 
-impl Archive {
-    fn tensor(&mut self, obj: Object, what: &str) -> Result<Tensor> {
-        let info = obj
-            .into_tensor_info(Object::Unicode(what.into()), &self.data_dir)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .with_context(|| format!("{what} is not a tensor"))?;
-        let layout = &info.layout;
-        ensure!(
-            layout.is_contiguous(),
-            "{what}: non-contiguous tensors are not supported"
-        );
-        let mut f = self
-            .zip
-            .by_name(&info.path)
-            .with_context(|| format!("{what}: storage {} missing", info.path))?;
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes)
-            .with_context(|| format!("{what}: reading storage {}", info.path))?;
-        let start = layout.start_offset();
-        let len = layout.shape().elem_count() * info.dtype.size_in_bytes();
-        ensure!(
-            start + len <= bytes.len(),
-            "{what}: storage {} holds {} bytes, the tensor needs {}",
-            info.path,
-            bytes.len(),
-            start + len
-        );
-        let t = Tensor::from_raw_buffer(
-            &bytes[start..start + len],
-            info.dtype,
-            layout.dims(),
-            &Device::Cpu,
-        )?;
-        Ok(t)
+impl<'a> Node<'a> {
+    fn pickle(&self) -> &'a crate::weights::pickle::Pickle {
+        &self.ck.pickle
     }
-
-    fn state_dict(&mut self, obj: Object, what: &str) -> Result<BTreeMap<String, Tensor>> {
-        let Object::Dict(items) = obj else {
-            bail!("{what} is not a dict of tensors");
-        };
+    /// The (key, value) items of a dict.
+    fn items(&self) -> Option<impl Iterator<Item = (Node<'a>, Node<'a>)> + 'a> {
+        let ck = self.ck;
+        match self.pickle().obj(self.v)? {
+            Obj::Dict(items) => Some(
+                items
+                    .iter()
+                    .map(move |&(k, v)| (Node { ck, v: k }, Node { ck, v })),
+            ),
+            _ => None,
+        }
+    }
+    /// The value under the string key `key` of a dict.
+    fn get(&self, key: &str) -> Option<Node<'a>> {
+        self.items()?
+            .find(|(k, _)| k.str() == Some(key))
+            .map(|(_, v)| v)
+    }
+    fn str(&self) -> Option<&'a str> {
+        self.pickle().str(self.v)
+    }
+    fn int(&self) -> Option<i64> {
+        match self.v {
+            Value::Int(i) => Some(i),
+            _ => None,
+        }
+    }
+    fn float(&self) -> Option<f64> {
+        match self.v {
+            Value::Float(f) => Some(f),
+            Value::Int(i) => Some(i as f64),
+            _ => None,
+        }
+    }
+    fn seq(&self) -> Option<Vec<Node<'a>>> {
+        let ck = self.ck;
+        Some(
+            self.pickle()
+                .seq(self.v)?
+                .iter()
+                .map(|&v| Node { ck, v })
+                .collect(),
+        )
+    }
+    fn is_none(&self) -> bool {
+        self.v == Value::None
+    }
+    /// The tensor this value rebuilds, as f32 on the CPU (finite values only).
+    fn tensor(&self, what: &str) -> Result<Tensor> {
+        raw_tensor(self.ck.tensor(self.v, what)?, what)
+    }
+    /// The state dict this value is (`module.` prefixes and BatchNorm counters dropped).
+    fn state_dict(&self, what: &str) -> Result<BTreeMap<String, Tensor>> {
+        let e = self
+            .ck
+            .state_dict_at(self.v)
+            .with_context(|| what.to_string())?;
         let mut out = BTreeMap::new();
-        for (k, v) in items {
-            let Object::Unicode(name) = k else {
-                bail!("{what} has a key that is not a string");
-            };
-            // The OrderedDict's `_metadata` attribute (module versions), merged into the
-            // dict by the unpickler's BUILD.
-            if name == "_metadata" {
-                continue;
-            }
-            let t = self.tensor(v, &format!("{what}[{name:?}]"))?;
-            let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
+        for t in e.tensors {
+            let name = t
+                .name
+                .strip_prefix("module.")
+                .unwrap_or(&t.name)
+                .to_string();
             if name.ends_with("num_batches_tracked") {
                 continue;
             }
-            out.insert(name, t.to_dtype(DType::F32)?);
+            let w = format!("{what}[{name:?}]");
+            out.insert(name, raw_tensor(t, &w)?);
         }
         Ok(out)
     }
 }
 
-fn key_str(k: &Object) -> Option<&str> {
-    match k {
-        Object::Unicode(s) => Some(s),
-        _ => None,
+fn raw_tensor(t: RawTensor, what: &str) -> Result<Tensor> {
+    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+        bail!("{what} holds a non-finite value at element {i}: refused");
     }
+    Ok(Tensor::from_vec(t.data, t.shape.as_slice(), &Device::Cpu)?)
 }
 
-fn as_int(o: &Object) -> Option<i64> {
-    match o {
-        Object::Int(i) => Some(*i as i64),
-        Object::Long(i) => Some(*i),
-        _ => None,
-    }
-}
-
-fn as_float(o: &Object) -> Option<f64> {
-    match o {
-        Object::Float(f) => Some(*f),
-        Object::Int(i) => Some(*i as f64),
-        Object::Long(i) => Some(*i as f64),
-        _ => None,
-    }
-}
-
-fn dict_get<'a>(items: &'a [(Object, Object)], key: &str) -> Option<&'a Object> {
-    items
-        .iter()
-        .find(|(k, _)| key_str(k) == Some(key))
-        .map(|(_, v)| v)
-}
-
-fn parse_group(g: &Object, i: usize) -> Result<ParamGroup> {
-    let Object::Dict(items) = g else {
-        bail!("optimizer param_groups[{i}] is not a dict");
-    };
+fn parse_group(g: Node<'_>, i: usize) -> Result<ParamGroup> {
+    ensure!(
+        g.items().is_some(),
+        "optimizer param_groups[{i}] is not a dict"
+    );
     let field = |k: &str| {
-        dict_get(items, k).with_context(|| format!("optimizer param_groups[{i}] has no '{k}'"))
+        g.get(k)
+            .with_context(|| format!("optimizer param_groups[{i}] has no '{k}'"))
     };
-    let params = match field("params")? {
-        Object::List(v) | Object::Tuple(v) => v
-            .iter()
-            .map(|o| as_int(o).map(|x| x as usize))
-            .collect::<Option<Vec<_>>>()
-            .with_context(|| {
-                format!("optimizer param_groups[{i}]['params'] is not a list of ints")
-            })?,
-        _ => bail!("optimizer param_groups[{i}]['params'] is not a list"),
-    };
+    let params = field("params")?
+        .seq()
+        .with_context(|| format!("optimizer param_groups[{i}]['params'] is not a list"))?
+        .iter()
+        .map(|o| o.int().and_then(|x| usize::try_from(x).ok()))
+        .collect::<Option<Vec<_>>>()
+        .with_context(|| format!("optimizer param_groups[{i}]['params'] is not a list of ints"))?;
     let num = |k: &str| -> Result<f64> {
-        as_float(field(k)?)
+        field(k)?
+            .float()
             .with_context(|| format!("optimizer param_groups[{i}]['{k}'] is not a number"))
     };
-    let betas = match field("betas")? {
-        Object::Tuple(v) | Object::List(v) if v.len() == 2 => (
-            as_float(&v[0]).context("beta1 is not a number")?,
-            as_float(&v[1]).context("beta2 is not a number")?,
+    let betas = match field("betas")?.seq().as_deref() {
+        Some([b1, b2]) => (
+            b1.float().context("beta1 is not a number")?,
+            b2.float().context("beta2 is not a number")?,
         ),
         _ => bail!("optimizer param_groups[{i}]['betas'] is not a pair"),
     };
@@ -205,11 +198,12 @@ fn parse_group(g: &Object, i: usize) -> Result<ParamGroup> {
 }
 
 impl MainPyCheckpoint {
-    /// Read a main.py checkpoint (`torch.save` zip format).
+    /// Read a main.py checkpoint (a `torch.save` file, zip or legacy format) through the
+    /// project's bounded, non-executing checkpoint reader ([`Checkpoint`]).
     pub fn read(path: &Path) -> Result<Self> {
         Self::read_inner(path).with_context(|| {
             format!(
-                "reading {} as a DeiT main.py checkpoint (a torch.save zip of a dict with \
+                "reading {} as a DeiT main.py checkpoint (a torch.save file of a dict with \
                  'model', 'optimizer', 'epoch', ...)",
                 path.display()
             )
@@ -217,56 +211,32 @@ impl MainPyCheckpoint {
     }
 
     fn read_inner(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).context("opening the file")?;
-        let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-            .context("not a zip archive (torch.save's format since torch 1.6)")?;
-        let pkl = (0..zip.len())
-            .filter_map(|i| {
-                zip.by_index(i)
-                    .ok()
-                    .and_then(|f| f.name().ok().map(|n| n.into_owned()))
-            })
-            .find(|n| n.ends_with("data.pkl"))
-            .context("no data.pkl in the archive")?;
-        let obj = {
-            let reader = zip.by_name(&pkl)?;
-            let mut reader = std::io::BufReader::new(reader);
-            let mut stack = Stack::empty();
-            stack
-                .read_loop(&mut reader)
-                .map_err(|e| anyhow::anyhow!("unpickling {pkl}: {e}"))?;
-            stack
-                .finalize()
-                .map_err(|e| anyhow::anyhow!("unpickling {pkl}: {e}"))?
+        let meta = std::fs::metadata(path).context("reading the file's metadata")?;
+        ensure!(meta.is_file(), "not a regular file");
+        let bytes = std::fs::read(path).context("reading the file")?;
+        let ck = Checkpoint::read(&bytes, &path.display().to_string())?;
+        let root = Node {
+            ck: &ck,
+            v: ck.pickle.root.context("the pickle holds no object")?,
         };
-        let data_dir = PathBuf::from(pkl.trim_end_matches(".pkl"));
-        let mut ar = Archive { zip, data_dir };
-        let Object::Dict(top) = obj else {
-            bail!("the pickled object is not a dict");
+        ensure!(root.items().is_some(), "the pickled object is not a dict");
+        let model = root
+            .get("model")
+            .context("the checkpoint has no 'model' entry")?
+            .state_dict("checkpoint['model']")?;
+        let model_ema = match root.get("model_ema") {
+            Some(n) if !n.is_none() => Some(n.state_dict("checkpoint['model_ema']")?),
+            _ => None,
         };
-        let mut has_model = false;
-        let mut model_ema = None;
-        let mut optimizer = None;
-        let mut epoch = None;
-        for (k, v) in top {
-            match key_str(&k) {
-                Some("model") => has_model = true,
-                Some("model_ema") if v != Object::None => {
-                    model_ema = Some(ar.state_dict(v, "checkpoint['model_ema']")?)
-                }
-                Some("epoch") => {
-                    let e = as_int(&v).context("checkpoint['epoch'] is not an int")?;
-                    ensure!(e >= 0, "checkpoint['epoch'] is {e}");
-                    epoch = Some(e as usize);
-                }
-                Some("optimizer") => optimizer = Some(Self::optimizer(&mut ar, v)?),
-                _ => {}
+        let epoch = match root.get("epoch") {
+            Some(n) => {
+                let e = n.int().context("checkpoint['epoch'] is not an int")?;
+                ensure!(e >= 0, "checkpoint['epoch'] is {e}");
+                Some(e as usize)
             }
-        }
-        ensure!(has_model, "the checkpoint has no 'model' entry");
-        // The weights through the project's .pth reader (the same tensors, `module.`
-        // prefixes stripped), so its checks apply here too.
-        let model = crate::weights::read_state_dict(path)?;
+            None => None,
+        };
+        let optimizer = root.get("optimizer").map(Self::optimizer).transpose()?;
         Ok(MainPyCheckpoint {
             path: path.to_path_buf(),
             model,
@@ -276,86 +246,63 @@ impl MainPyCheckpoint {
         })
     }
 
-    fn optimizer(
-        ar: &mut Archive,
-        v: Object,
-    ) -> Result<(Vec<ParamGroup>, BTreeMap<usize, ParamState>)> {
-        let Object::Dict(items) = v else {
-            bail!("checkpoint['optimizer'] is not a dict");
-        };
+    fn optimizer(v: Node<'_>) -> Result<(Vec<ParamGroup>, BTreeMap<usize, ParamState>)> {
+        ensure!(v.items().is_some(), "checkpoint['optimizer'] is not a dict");
         let mut groups = Vec::new();
+        if let Some(gs) = v.get("param_groups").and_then(|g| g.seq()) {
+            for (i, g) in gs.into_iter().enumerate() {
+                groups.push(parse_group(g, i)?);
+            }
+        }
         let mut state = BTreeMap::new();
-        for (k, v) in items {
-            match (key_str(&k), v) {
-                (Some("param_groups"), Object::List(gs)) => {
-                    for (i, g) in gs.iter().enumerate() {
-                        groups.push(parse_group(g, i)?);
-                    }
-                }
-                (Some("state"), Object::Dict(entries)) => {
-                    for (idx, st) in entries {
-                        let idx = as_int(&idx)
-                            .context("optimizer state key is not a parameter index")?
-                            as usize;
-                        let Object::Dict(fields) = st else {
-                            bail!("optimizer state[{idx}] is not a dict");
-                        };
-                        let mut m = None;
-                        let mut v2 = None;
-                        let mut step = None;
-                        for (fk, fv) in fields {
-                            match key_str(&fk) {
-                                Some("exp_avg") => {
-                                    m = Some(ar.tensor(
-                                        fv,
-                                        &format!("optimizer state[{idx}]['exp_avg']"),
-                                    )?)
-                                }
-                                Some("exp_avg_sq") => {
-                                    v2 = Some(ar.tensor(
-                                        fv,
-                                        &format!("optimizer state[{idx}]['exp_avg_sq']"),
-                                    )?)
-                                }
-                                // torch >= 1.12 keeps the step as a 0-d float tensor,
-                                // older versions as an int.
-                                Some("step") => {
-                                    step = Some(match as_float(&fv) {
-                                        Some(s) => s,
-                                        None => ar
-                                            .tensor(fv, &format!("optimizer state[{idx}]['step']"))?
-                                            .to_dtype(DType::F64)?
-                                            .flatten_all()?
-                                            .to_vec1::<f64>()?
-                                            .first()
-                                            .copied()
-                                            .context("empty step tensor")?,
-                                    })
-                                }
-                                _ => {}
-                            }
-                        }
-                        let (Some(m), Some(v2), Some(step)) = (m, v2, step) else {
-                            bail!(
-                                "optimizer state[{idx}] lacks exp_avg, exp_avg_sq or step \
-                                 (is it AdamW's?)"
-                            );
-                        };
-                        ensure!(
-                            step >= 1.0 && step.fract() == 0.0,
-                            "optimizer state[{idx}]['step'] is {step}"
-                        );
-                        state.insert(
-                            idx,
-                            ParamState {
-                                exp_avg: m.to_dtype(DType::F32)?,
-                                exp_avg_sq: v2.to_dtype(DType::F32)?,
-                                step: step as u64,
-                            },
-                        );
-                    }
-                }
-                _ => {}
+        if let Some(entries) = v.get("state").and_then(|s| s.items()) {
+            for (idx, st) in entries {
+                let idx = idx
+                    .int()
+                    .and_then(|i| usize::try_from(i).ok())
+                    .context("optimizer state key is not a parameter index")?;
+                ensure!(st.items().is_some(), "optimizer state[{idx}] is not a dict");
+                let tensor = |k: &str| -> Result<Option<Tensor>> {
+                    st.get(k)
+                        .map(|n| n.tensor(&format!("optimizer state[{idx}]['{k}']")))
+                        .transpose()
+                };
+                // torch >= 1.12 keeps the step as a 0-d float tensor, older versions as
+                // an int.
+                let step = match st.get("step") {
+                    Some(n) => Some(match n.float() {
+                        Some(s) => s,
+                        None => n
+                            .tensor(&format!("optimizer state[{idx}]['step']"))?
+                            .to_dtype(DType::F64)?
+                            .flatten_all()?
+                            .to_vec1::<f64>()?
+                            .first()
+                            .copied()
+                            .context("empty step tensor")?,
+                    }),
+                    None => None,
+                };
+                let (Some(m), Some(v2), Some(step)) =
+                    (tensor("exp_avg")?, tensor("exp_avg_sq")?, step)
+                else {
+                    bail!(
+                        "optimizer state[{idx}] lacks exp_avg, exp_avg_sq or step (is it \
+                         AdamW's?)"
+                    );
+                };
+                ensure!(
+                    step >= 1.0 && step.fract() == 0.0,
+                    "optimizer state[{idx}]['step'] is {step}"
+                );
+                state.insert(
+                    idx,
+                    ParamState {
+                        exp_avg: m,
+                        exp_avg_sq: v2,
+                        step: step as u64,
+                    },
+                );
             }
         }
         ensure!(

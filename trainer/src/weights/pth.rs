@@ -66,9 +66,73 @@ fn allowed_global(module: &str, name: &str) -> bool {
     ) || (module == "torch" && RawDtype::from_torch_storage(name).is_some())
 }
 
+/// A checkpoint's object pickle with its storages read and checked against what the
+/// pickle declares, for readers that need more of a checkpoint than its state dict (a
+/// DeiT `main.py` checkpoint's optimizer state and EMA weights). Nothing in it was
+/// executed; [`Checkpoint::tensor`] and [`Checkpoint::state_dict_at`] read tensors out
+/// of it with every index checked.
+pub struct Checkpoint {
+    /// The object pickle.
+    pub pickle: Pickle,
+    declared: BTreeMap<String, (RawDtype, u64)>,
+    data: HashMap<String, Vec<u8>>,
+    file: String,
+}
+
+/// Which storages to read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Storages {
+    /// Those of the state dict's tensors.
+    StateDict,
+    /// Every storage the pickle declares.
+    All,
+}
+
+impl Checkpoint {
+    /// Reads a PyTorch checkpoint (zip archive or legacy stream) with all its storages.
+    pub fn read(bytes: &[u8], file: &str) -> Result<Checkpoint> {
+        if bytes.starts_with(super::ZIP_MAGIC) {
+            open_zip(bytes, file, Storages::All)
+        } else if bytes.first() == Some(&0x80) {
+            open_legacy(bytes, file, Storages::All)
+        } else {
+            bail!("{file} is not a PyTorch checkpoint (a zip archive or a legacy pickle stream)")
+        }
+    }
+
+    /// The tensor that value `v` of the pickle rebuilds; `name` names it in errors.
+    pub fn tensor(&self, v: Value, name: &str) -> Result<RawTensor> {
+        match entry(&self.pickle, v, name, 0, &self.file)? {
+            Entry::Tensor(t) => {
+                let plan = Plan {
+                    tensors: vec![t],
+                    ignored: Vec::new(),
+                };
+                let mut e = materialize(plan, &self.declared, &self.data, &self.file)?;
+                e.tensors
+                    .pop()
+                    .with_context(|| format!("{}: {name} holds no tensor", self.file))
+            }
+            Entry::Ignored(why) => bail!("{}: {name} is not a tensor: {why}", self.file),
+        }
+    }
+
+    /// The tensors of the state dict that value `v` of the pickle is.
+    pub fn state_dict_at(&self, v: Value) -> Result<Extracted> {
+        let plan = plan_dict(&self.pickle, v, &self.file)?;
+        materialize(plan, &self.declared, &self.data, &self.file)
+    }
+}
+
 /// Reads a zip-format checkpoint (torch >= 1.6) held in `bytes`; `file` names it in
 /// errors.
 pub fn read_zip(bytes: &[u8], file: &str) -> Result<Extracted> {
+    let ck = open_zip(bytes, file, Storages::StateDict)?;
+    let plan = plan(&ck.pickle, file)?;
+    materialize(plan, &ck.declared, &ck.data, file)
+}
+
+fn open_zip(bytes: &[u8], file: &str, storages: Storages) -> Result<Checkpoint> {
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .with_context(|| format!("{file}: not a readable zip archive"))?;
     let names: Vec<String> = zip
@@ -105,9 +169,16 @@ pub fn read_zip(bytes: &[u8], file: &str) -> Result<Extracted> {
     let (p, _) = pickle::unpickle(&pkl, 0, &Limits::default())
         .with_context(|| format!("{file}: record {pkl_name}"))?;
     let mut declared = declared_storages(&p, file)?;
-    let plan = plan(&p, file)?;
+    let keys: Vec<String> = match storages {
+        Storages::StateDict => plan(&p, file)?
+            .storage_keys()
+            .into_iter()
+            .cloned()
+            .collect(),
+        Storages::All => declared.keys().cloned().collect(),
+    };
     let mut data: HashMap<String, Vec<u8>> = HashMap::new();
-    for key in plan.storage_keys() {
+    for key in &keys {
         let &(dtype, numel) = declared
             .get(key)
             .with_context(|| format!("{file}: storage {key:?} is not declared"))?;
@@ -129,7 +200,12 @@ pub fn read_zip(bytes: &[u8], file: &str) -> Result<Extracted> {
         data.insert(key.clone(), b);
     }
     declared.retain(|k, _| data.contains_key(k));
-    materialize(plan, &declared, &data, file)
+    Ok(Checkpoint {
+        pickle: p,
+        declared,
+        data,
+        file: file.to_string(),
+    })
 }
 
 /// Reads a legacy checkpoint (torch < 1.6, or `_use_new_zipfile_serialization=False`):
@@ -137,6 +213,12 @@ pub fn read_zip(bytes: &[u8], file: &str) -> Result<Extracted> {
 /// sorted list of storage keys, then each storage as an int64 element count followed by
 /// its raw little-endian elements.
 pub fn read_legacy(bytes: &[u8], file: &str) -> Result<Extracted> {
+    let ck = open_legacy(bytes, file, Storages::StateDict)?;
+    let plan = plan(&ck.pickle, file)?;
+    materialize(plan, &ck.declared, &ck.data, file)
+}
+
+fn open_legacy(bytes: &[u8], file: &str, storages: Storages) -> Result<Checkpoint> {
     let limits = Limits::default();
     let (magic, pos) = pickle::unpickle(bytes, 0, &limits)
         .with_context(|| format!("{file}: the legacy format's magic number"))?;
@@ -189,7 +271,17 @@ pub fn read_legacy(bytes: &[u8], file: &str) -> Result<Extracted> {
         None => bail!("{file}: the storage key list is not a list"),
     };
     let declared = declared_storages(&p, file)?;
-    let plan = plan(&p, file)?;
+    let needed: Option<Vec<String>> = match storages {
+        Storages::StateDict => Some(
+            plan(&p, file)?
+                .storage_keys()
+                .into_iter()
+                .cloned()
+                .collect(),
+        ),
+        Storages::All => None,
+    };
+    let needs = |key: &str| needed.as_ref().is_none_or(|n| n.iter().any(|k| k == key));
     let mut data: HashMap<String, Vec<u8>> = HashMap::new();
     for key in &key_list {
         let &(dtype, numel) = declared.get(key).with_context(|| {
@@ -215,18 +307,23 @@ pub fn read_legacy(bytes: &[u8], file: &str) -> Result<Extracted> {
              but only {left} bytes are left in the file"
         );
         let end = pos + want as usize;
-        if plan.needs(key) {
+        if needs(key) {
             data.insert(key.clone(), bytes[pos..end].to_vec());
         }
         pos = end;
     }
-    for key in plan.storage_keys() {
+    for key in needed.iter().flatten() {
         ensure!(
             data.contains_key(key),
             "{file}: storage {key:?} of the state dict is missing from the storage list"
         );
     }
-    materialize(plan, &declared, &data, file)
+    Ok(Checkpoint {
+        pickle: p,
+        declared,
+        data,
+        file: file.to_string(),
+    })
 }
 
 /// Bytes of `numel` elements of `dtype`, or an error if that overflows.
@@ -365,9 +462,6 @@ impl Plan {
         keys.dedup();
         keys
     }
-    fn needs(&self, key: &str) -> bool {
-        self.tensors.iter().any(|t| t.storage == key)
-    }
 }
 
 /// What one state-dict entry is.
@@ -403,8 +497,13 @@ fn plan(p: &Pickle, file: &str) -> Result<Plan> {
             }
         }
     }
+    plan_dict(p, sd, file)
+}
+
+/// Plans every tensor of the state dict `sd` (a dict of tensors).
+fn plan_dict(p: &Pickle, sd: Value, file: &str) -> Result<Plan> {
     let Some(Obj::Dict(items)) = p.obj(sd) else {
-        bail!("{file}: the state dict is not a dict");
+        bail!("{file}: the state dict is a {}, not a dict", p.describe(sd));
     };
     let mut plan = Plan {
         tensors: Vec::new(),
