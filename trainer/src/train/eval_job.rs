@@ -6,7 +6,6 @@
 use anyhow::{bail, Context, Result};
 use pipeline::source::{RecordSource, ShardSource};
 use pipeline::view::ViewBuilder;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use super::eval::{evaluate, EvalModel, EvalSummary};
 use super::model_source::{check_fit, resolve_model, ModelQuery, ResolvedModel, ShapeFlags};
 use super::run::{eval_twin, select_device};
 use crate::weights::{load_state_dict_into, LoadOptions};
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use candle_nn::{VarBuilder, VarMap};
 use pipeline::loader::LoaderOptions;
 use pipeline::transforms::eval::EvalTransform;
@@ -66,55 +65,6 @@ pub struct EvalReport {
     pub transform: EvalTransform,
     /// The figures.
     pub summary: EvalSummary,
-}
-
-/// A timm name for DeiT weights from tensor shapes (`cls_token`, `pos_embed`,
-/// `patch_embed.proj.weight`, `blocks.N`, `dist_token`).
-pub fn infer_deit_name(tensors: &BTreeMap<String, Tensor>) -> Result<String> {
-    let dims = |k: &str| -> Result<Vec<usize>> {
-        Ok(tensors
-            .get(k)
-            .with_context(|| {
-                format!("no tensor {k}: not DeiT weights; name the model with --model")
-            })?
-            .dims()
-            .to_vec())
-    };
-    let d = dims("cls_token")?[2];
-    let p = dims("patch_embed.proj.weight")?[2];
-    let tokens = dims("pos_embed")?[1];
-    let distilled = tensors.contains_key("dist_token");
-    let prefix = if distilled { 2 } else { 1 };
-    let grid = ((tokens - prefix) as f64).sqrt().round() as usize;
-    if grid * grid + prefix != tokens {
-        bail!("pos_embed has {tokens} tokens, not a square grid; name the model with --model");
-    }
-    let depth = tensors
-        .keys()
-        .filter_map(|k| {
-            k.strip_prefix("blocks.")?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .map_or(0, |m| m + 1);
-    let size = match (d, depth) {
-        (192, 12) => "tiny",
-        (384, 12) => "small",
-        (768, 12) => "base",
-        _ => bail!(
-            "DeiT weights of width {d} and depth {depth} are not a timm model; evaluate them \
-             with their run's config (--config) or name them with --model deit and the shape \
-             flags"
-        ),
-    };
-    Ok(format!(
-        "deit_{size}{}_patch{p}_{}",
-        if distilled { "_distilled" } else { "" },
-        grid * p
-    ))
 }
 
 /// Evaluate weights on a split.
