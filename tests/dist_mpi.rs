@@ -12,15 +12,14 @@
 
 #![cfg(feature = "mpi")]
 
+mod common;
+
+use common::{bin, config, last_model, max_weight_diff, run_ok, synth_shards};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_deit-pipe");
-
-fn bin() -> Command {
-    Command::new(BIN)
-}
 
 /// `mpirun -np N deit-pipe ...` over loopback, allowed as root (CI runs as root) and
 /// with more ranks than cores.
@@ -44,41 +43,21 @@ fn mpirun(np: usize) -> Command {
     c
 }
 
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.arg("--quiet").output().expect("runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn config(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("configs")
-        .join(name)
-}
-
 /// 4 classes x 16 train / 4 val images, raw 40 px shards.
 fn shards(root: &Path) -> PathBuf {
-    let folder = root.join("folder");
-    let data = root.join("shards");
-    run_ok(
-        bin()
-            .args(["synth", "--classes", "4", "--train-per-class", "16"])
-            .args(["--val-per-class", "4", "--seed", "3", "--out"])
-            .arg(&folder),
-    );
-    run_ok(
-        bin()
-            .args(["shard", "--max-side", "40", "--format", "raw", "--input"])
-            .arg(&folder)
-            .arg("--out")
-            .arg(&data),
-    );
-    data
+    synth_shards(
+        root,
+        &[
+            "--classes",
+            "4",
+            "--train-per-class",
+            "16",
+            "--val-per-class",
+            "4",
+            "--seed",
+            "3",
+        ],
+    )
 }
 
 /// A DeiT student run's arguments (after `train`): the shipped small-image recipe
@@ -95,36 +74,6 @@ fn student_args(cmd: &mut Command, data: &Path, out: &Path, batch: usize) {
         .args(["--batch-size", &batch.to_string(), "--drop-path", "0.25"])
         .args(["--set", "model.depth=2", "--set", "model.embed_dim=48"])
         .args(["--set", "plan.repeats=3", "--set", "data.workers=1"]);
-}
-
-fn last_model(run: &Path) -> PathBuf {
-    let ptr: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("last.json")).unwrap()).unwrap();
-    run.join(ptr["dir"].as_str().unwrap())
-        .join("model.safetensors")
-}
-
-/// Largest |a - b| over every tensor of two weight files (same names required).
-fn max_weight_diff(a: &Path, b: &Path) -> f32 {
-    let a = candle_core::safetensors::load(a, &candle_core::Device::Cpu).unwrap();
-    let b = candle_core::safetensors::load(b, &candle_core::Device::Cpu).unwrap();
-    assert_eq!(a.len(), b.len());
-    let mut worst = 0f32;
-    for (name, x) in &a {
-        let y = b.get(name).unwrap_or_else(|| panic!("{name} missing"));
-        let d: f32 = (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        worst = worst.max(d);
-    }
-    worst
 }
 
 fn cache_rows(dir: &Path, epochs: u32) -> Vec<formats::cache_schema::CachedTarget> {

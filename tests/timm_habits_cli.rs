@@ -3,49 +3,25 @@
 //! `--cooldown-epochs`, the augmentation flags), refusals of silent no-ops, main.py's
 //! `log.txt`, TensorBoard event files, and stderr without colour codes off a terminal.
 
+mod common;
+
+use common::{bin, load, max_abs_diff, run_err, run_ok, synth_shards};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_deit-pipe"))
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.arg("--quiet").output().expect("runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn run_err(cmd: &mut Command) -> String {
-    let out = cmd.arg("--quiet").output().expect("runs");
-    assert!(!out.status.success(), "{cmd:?} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
+/// 4 classes x 8 train / 2 val images.
 fn shards(root: &Path) -> PathBuf {
-    let folder = root.join("folder");
-    let data = root.join("shards");
-    run_ok(
-        bin()
-            .args(["synth", "--classes", "4", "--train-per-class", "8"])
-            .args(["--val-per-class", "2"])
-            .arg("--out")
-            .arg(&folder),
-    );
-    run_ok(
-        bin()
-            .args(["shard", "--max-side", "40", "--format", "raw"])
-            .arg("--input")
-            .arg(&folder)
-            .arg("--out")
-            .arg(&data),
-    );
-    data
+    synth_shards(
+        root,
+        &[
+            "--classes",
+            "4",
+            "--train-per-class",
+            "8",
+            "--val-per-class",
+            "2",
+        ],
+    )
 }
 
 /// A tiny DeiT (patch 8, width 24, depth 1, 2 heads: the main.py fixture's shape).
@@ -72,26 +48,8 @@ fn train_cmd(data: &Path, out: &Path) -> Command {
     c
 }
 
-fn load(path: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {
-    candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap()
-}
-
 fn best_model(run: &Path) -> PathBuf {
     trainer::train::checkpoint::resolve_weights(run, false).unwrap()
-}
-
-fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -2,50 +2,25 @@
 //! middle of epoch 2 and `--resume` end with the same weights as a straight run; the
 //! report and eval commands read the run; refusals name what is wrong.
 
+mod common;
+
+use common::{bin, last_model, run_ok, synth_shards};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_deit-pipe"))
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.arg("--quiet").output().expect("runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
+/// 4 classes x 12 train / 4 val images.
 fn shards(root: &Path) -> PathBuf {
-    let folder = root.join("folder");
-    let data = root.join("shards");
-    run_ok(
-        bin()
-            .args([
-                "synth",
-                "--classes",
-                "4",
-                "--train-per-class",
-                "12",
-                "--val-per-class",
-                "4",
-            ])
-            .arg("--out")
-            .arg(&folder),
-    );
-    run_ok(
-        bin()
-            .args(["shard", "--max-side", "40", "--format", "raw"])
-            .arg("--input")
-            .arg(&folder)
-            .arg("--out")
-            .arg(&data),
-    );
-    data
+    synth_shards(
+        root,
+        &[
+            "--classes",
+            "4",
+            "--train-per-class",
+            "12",
+            "--val-per-class",
+            "4",
+        ],
+    )
 }
 
 fn train_cmd(data: &Path, out: &Path) -> Command {
@@ -77,13 +52,6 @@ fn train_cmd(data: &Path, out: &Path) -> Command {
             "data.workers=2",
         ]);
     c
-}
-
-fn last_model(run: &Path) -> PathBuf {
-    let ptr: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("last.json")).unwrap()).unwrap();
-    run.join(ptr["dir"].as_str().unwrap())
-        .join("model.safetensors")
 }
 
 #[test]
