@@ -4,9 +4,10 @@
 use crate::progress;
 use anyhow::{bail, Context};
 use formats::shard::Encoding;
-use pipeline::ingest::inputs::{read_list, scan_root, SplitInput};
+use pipeline::ingest::inputs::{read_list, SplitInput};
 use pipeline::ingest::job::{shard_split, JobConfig, ABORT_AFTER_ENV};
 use pipeline::ingest::process::{IngestOptions, DEFAULT_MAX_PIXELS, DEFAULT_RESTART_MCUS};
+use pipeline::ingest::val_labels::{onto_train_classes, scan_input};
 use std::path::PathBuf;
 
 /// Stored image format.
@@ -53,7 +54,16 @@ pub struct Args {
     /// ImageFolder root with train/ and/or val/ (class folders sorted give label ids).
     #[arg(long, conflicts_with = "list", required_unless_present = "list")]
     pub input: Option<PathBuf>,
-    /// List file of `path<TAB>label` lines (relative paths from the list's folder).
+    /// Labels of a flat `INPUT/val/` (ImageNet's val images without class folders), told
+    /// by content: Kaggle's `LOC_val_solution.csv`, the devkit's
+    /// `ILSVRC2012_validation_ground_truth.txt` with the devkit's `meta.mat` beside it
+    /// (or the devkit's `data/` folder itself), or `file<TAB>class` lines (paths relative
+    /// to val/). Classes are train/'s class folders, matched by name.
+    #[arg(long, requires = "input")]
+    pub val_labels: Option<PathBuf>,
+    /// List file of `path<TAB>label` lines (relative paths from the list's folder). A
+    /// split other than `train`, written where OUT/train exists, takes train's class list:
+    /// labels map by class name, or else integer labels are ids into train's classes.
     #[arg(long)]
     pub list: Option<PathBuf>,
     /// Split name for --list input (the output goes to OUT/<split>; a plain folder name,
@@ -97,17 +107,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // The split name becomes a folder under --out: never a path that leaves it.
     formats::shard::check_path_part("--split", &args.split).map_err(anyhow::Error::msg)?;
     let (splits, kind): (Vec<SplitInput>, &str) = match (&args.input, &args.list) {
-        (Some(root), None) => (
-            scan_root(root).with_context(|| format!("reading input tree {}", root.display()))?,
-            "imagefolder",
-        ),
-        (None, Some(list)) => (
-            vec![read_list(list, &args.split)
-                .with_context(|| format!("reading list file {}", list.display()))?],
-            "list",
-        ),
+        (Some(root), None) => {
+            let (splits, notes) = scan_input(root, args.val_labels.as_deref())
+                .with_context(|| format!("reading input tree {}", root.display()))?;
+            for n in notes {
+                tracing::info!("{n}");
+            }
+            (splits, "imagefolder")
+        }
+        (None, Some(list)) => (vec![list_split(list, &args.split, &args.out)?], "list"),
         _ => bail!("give exactly one of --input and --list"),
     };
+    // A split without inputs would be a set of 0 records that trains or scores nothing.
+    for split in &splits {
+        if split.items.is_empty() {
+            bail!(
+                "split {:?} has no input files ({} classes): nothing to shard",
+                split.name,
+                split.classes.len()
+            );
+        }
+    }
     let abort_after = match std::env::var(ABORT_AFTER_ENV) {
         Ok(v) => Some(
             v.parse::<u64>()
@@ -135,6 +155,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         input_kind: kind.to_string(),
         abort_after,
     };
+    let mut empty = Vec::new();
     for split in &splits {
         let dir = args.out.join(&split.name);
         let bar = progress::bar(split.items.len() as u64, &split.name, "img");
@@ -173,8 +194,57 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             m.skipped.len(),
             m.fingerprint
         );
+        if m.num_records == 0 {
+            empty.push(format!(
+                "{}: 0 of {} files could be read (their reasons: {}/manifest.json, `skipped`)",
+                split.name,
+                split.items.len(),
+                dir.display()
+            ));
+        }
+    }
+    if !empty.is_empty() {
+        bail!(
+            "a split has no records; train and eval refuse it: {}",
+            empty.join("; ")
+        );
     }
     Ok(())
+}
+
+/// A list-file split; a split other than `train` takes the class list of `OUT/train` when
+/// that split exists (shard it first).
+fn list_split(
+    list: &std::path::Path,
+    split: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<SplitInput> {
+    let s =
+        read_list(list, split).with_context(|| format!("reading list file {}", list.display()))?;
+    let train_dir = out.join("train");
+    if split == "train" || !train_dir.join("manifest.json").is_file() {
+        return Ok(s);
+    }
+    let train = formats::shard::Manifest::read(&train_dir).with_context(|| {
+        format!(
+            "reading the training split's classes from {}",
+            train_dir.display()
+        )
+    })?;
+    let (s, how) = onto_train_classes(s, &train.classes, list).with_context(|| {
+        format!(
+            "putting {} on the classes of {}",
+            list.display(),
+            train_dir.display()
+        )
+    })?;
+    tracing::info!(
+        "{}: on the {} classes of {} ({how})",
+        list.display(),
+        train.classes.len(),
+        train_dir.display()
+    );
+    Ok(s)
 }
 
 #[cfg(test)]

@@ -19,10 +19,12 @@ pub mod inputs;
 pub mod job;
 pub mod jpeg;
 pub mod jpeg_tiles;
+pub mod matv5;
 pub mod open;
 pub mod process;
 pub mod resize;
 pub mod synth;
+pub mod val_labels;
 
 pub use decode::{
     decode_input, decode_record, decode_record_region, decode_record_region_around, Decoded,

@@ -99,6 +99,7 @@ pub fn evaluate_weights(job: &EvalJob, on_batch: &mut dyn FnMut(usize)) -> Resul
         origin,
     } = resolved;
     augment.validate().context("eval transform")?;
+    check_split_classes(&source, &split_dir, &job.data_dir, split, &weights)?;
     if source.num_classes() > spec.num_classes {
         bail!(
             "{} has {} classes but the model {} predicts {}",
@@ -149,4 +150,52 @@ pub fn evaluate_weights(job: &EvalJob, on_batch: &mut dyn FnMut(usize)) -> Resul
         transform: eval,
         summary,
     })
+}
+
+/// A split to score must hold records, and its class names must be those the model was
+/// trained on: the run's `classes.json` when the weights belong to a run, else the data
+/// set's own train split (by name and order, not only their number).
+fn check_split_classes(
+    source: &ShardSource,
+    split_dir: &std::path::Path,
+    data_dir: &std::path::Path,
+    split: &str,
+    weights: &std::path::Path,
+) -> Result<()> {
+    if source.len() == 0 {
+        bail!(
+            "{}: the split has 0 records; there is nothing to score (for ImageNet's flat \
+             val/, shard it with `shard --val-labels`)",
+            split_dir.display()
+        );
+    }
+    let got = &source.shards().manifest().classes;
+    let run_classes = super::model_source::find_run_config(weights)
+        .and_then(|c| c.parent().map(|d| d.join(super::CLASSES_FILE)))
+        .filter(|p| p.is_file());
+    let (want, what): (Vec<String>, String) = if let Some(p) = run_classes {
+        let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        let v: Vec<String> = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a JSON list of class names", p.display()))?;
+        (v, format!("the run's classes ({})", p.display()))
+    } else {
+        let train_dir = data_dir.join("train");
+        if split == "train" || !train_dir.join(formats::shard::MANIFEST_FILE).is_file() {
+            return Ok(());
+        }
+        let m = formats::shard::Manifest::read(&train_dir)
+            .with_context(|| format!("reading {}", train_dir.display()))?;
+        (
+            m.classes,
+            format!("the train split ({})", train_dir.display()),
+        )
+    };
+    if let Some(diff) = pipeline::ingest::val_labels::class_mismatch(&what, &want, split, got) {
+        bail!(
+            "{}: its classes are not the model's, so its labels would be scored against \
+             other classes: {diff}",
+            split_dir.display()
+        );
+    }
+    Ok(())
 }

@@ -185,6 +185,28 @@ fn open_split(data_dir: &Path, split: &str) -> Result<Arc<ShardSource>> {
     Ok(Arc::new(src))
 }
 
+/// The val split must hold records (a run that evaluates nothing would log 0.00 every
+/// epoch) and train's classes, by name and in order.
+fn check_eval_split(data_dir: &Path, train: &ShardSource, val: &ShardSource) -> Result<()> {
+    if val.len() == 0 {
+        bail!(
+            "{}: the val split has 0 records, so every evaluation would score nothing;              shard a labelled val split (for ImageNet's flat val/: `shard --val-labels`), or              train without evaluation (--set run.eval_every=0)",
+            data_dir.join("val").display()
+        );
+    }
+    let (t, v) = (
+        &train.shards().manifest().classes,
+        &val.shards().manifest().classes,
+    );
+    if let Some(diff) = pipeline::ingest::val_labels::class_mismatch("train", t, "val", v) {
+        bail!(
+            "{}: the val split's class list differs from the train split's ({diff});              re-shard val on train's classes (a val list written after train takes them)",
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn loader_threads(workers: usize) -> usize {
     if workers > 0 {
         workers
@@ -254,12 +276,7 @@ pub fn train_with(
     };
     let val_src = if cfg.run.eval_every > 0 {
         let v = open_split(&job.data_dir, "val")?;
-        if v.shards().manifest().classes != train_src.shards().manifest().classes {
-            bail!(
-                "{}: the val split's class list differs from the train split's",
-                job.data_dir.display()
-            );
-        }
+        check_eval_split(&job.data_dir, &train_src, &v)?;
         Some(v)
     } else {
         None
@@ -352,6 +369,11 @@ pub fn train_with(
     }
     if resume_from.is_none() && primary {
         write_atomic(&config_path, cfg.to_toml()?.as_bytes())?;
+    }
+    let classes_path = job.run_dir.join(super::CLASSES_FILE);
+    if primary && !classes_path.is_file() {
+        let names = &train_src.shards().manifest().classes;
+        write_atomic(&classes_path, &serde_json::to_vec_pretty(names)?)?;
     }
 
     // Model, optimizer, EMA.

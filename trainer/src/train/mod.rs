@@ -36,3 +36,6 @@ pub fn batch_images(batch: &mut Batch, device: &Device) -> candle_core::Result<T
 
 /// File name of the resolved config inside a run directory.
 pub const CONFIG_FILE: &str = "config.toml";
+/// File name of the training split's class names (a JSON list, label order) inside a run
+/// directory; `eval` checks a split's classes against it by name.
+pub const CLASSES_FILE: &str = "classes.json";
