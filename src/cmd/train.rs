@@ -206,7 +206,27 @@ impl Args {
         let mut o = self.overrides();
         super::train_mainpy::add_overrides(self, &mut o)?;
         cfg.apply(&o)?;
+        let set_multiple = self
+            .view
+            .set
+            .iter()
+            .any(|s| s.trim_start().starts_with("plan.num_samples_multiple"));
+        if self.config.is_none() && !(self.resume_run() && saved.is_file()) && !set_multiple {
+            mainpy_sampler(&mut cfg);
+        }
         Ok(cfg)
+    }
+}
+
+/// main.py's sampler for a run from flags alone: RASampler (repeated augmentation) rounds
+/// an epoch to `floor(N / 256) * 256` samples, but without it (`--no-repeated-aug`) main.py
+/// uses a DistributedSampler, which rounds nothing (the loader drops the last partial
+/// batch). So with 1 repeat the epoch is every image (`plan.num_samples_multiple = 1`,
+/// recorded in the run's config.toml), unless `--set plan.num_samples_multiple` said
+/// otherwise.
+fn mainpy_sampler(cfg: &mut TrainConfig) {
+    if cfg.plan.repeats == 1 {
+        cfg.plan.num_samples_multiple = 1;
     }
 }
 
