@@ -45,50 +45,12 @@ pub struct SplitInput {
 /// device, socket or folder is refused with a one-line reason without blocking: the file
 /// is opened non-blocking and checked with `fstat` before any byte is read.
 pub fn read_regular_file(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NONBLOCK);
-    }
-    let mut file = opts.open(path).map_err(|e| format!("unreadable: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("unreadable: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!(
-            "not a regular file ({}): skipped",
-            file_kind(&meta.file_type())
-        ));
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.read_to_end(&mut bytes)
-        .map_err(|e| format!("unreadable: {e}"))?;
-    Ok(bytes)
-}
-
-fn file_kind(t: &std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            return "FIFO";
+    formats::open::read_bounded(path, formats::open::IMAGE).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
+            format!("{e}: skipped")
         }
-        if t.is_char_device() {
-            return "character device";
-        }
-        if t.is_block_device() {
-            return "block device";
-        }
-        if t.is_socket() {
-            return "socket";
-        }
-    }
-    if t.is_dir() {
-        "folder"
-    } else {
-        "special file"
-    }
+        _ => format!("unreadable: {e}"),
+    })
 }
 
 /// Folders already read in one split walk, by canonical path (links resolved).
@@ -254,7 +216,8 @@ pub fn scan_root(root: &Path) -> Result<Vec<SplitInput>, IngestError> {
 /// resolving it against the list's folder and dropping `.` components) is refused with
 /// both line numbers, whatever its labels.
 pub fn read_list(list: &Path, split: &str) -> Result<SplitInput, IngestError> {
-    let text = std::fs::read_to_string(list).map_err(|e| IngestError::io(list, e))?;
+    let text = formats::open::read_text(list, formats::open::LIST_FILE)
+        .map_err(|e| IngestError::io(list, e))?;
     let base = list.parent().unwrap_or(Path::new("."));
     let at = |n: usize| format!("{}:{n}", list.display());
     // (line number, path as written, resolved path, label)
