@@ -67,8 +67,8 @@ fn out_of_memory(size: usize) -> ! {
             break;
         }
     }
-    for i in (0..d).rev() {
-        buf[n] = digits[i];
+    for &digit in digits[..d].iter().rev() {
+        buf[n] = digit;
         n += 1;
     }
     buf[n..n + tail.len()].copy_from_slice(tail);

@@ -122,9 +122,9 @@ fn too_big(size: &str, limit: Limit) -> io::Error {
 }
 
 fn human(b: u64) -> String {
-    if b >= 1 << 30 && b % (1 << 30) == 0 {
+    if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
         format!("{} GiB", b >> 30)
-    } else if b >= MIB && b % MIB == 0 {
+    } else if b >= MIB && b.is_multiple_of(MIB) {
         format!("{} MiB", b >> 20)
     } else {
         format!("{b}-byte")
