@@ -2,6 +2,7 @@
 //! evaluate DeiT students. Each subcommand lives in its own module under `cmd/`.
 
 mod alloc;
+mod boundary;
 mod cmd;
 mod compute_threads;
 mod dist;
@@ -10,6 +11,9 @@ mod flag_names;
 mod progress;
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: boundary::Guarded = boundary::Guarded;
 
 /// Train data-efficient image transformers (DeiT) by distillation from an offline teacher cache.
 #[derive(Parser, Debug)]
@@ -52,11 +56,12 @@ enum Command {
 
 fn main() {
     alloc::tune_allocator();
+    boundary::install_panic_hook();
     compute_threads::limit_candle_elementwise_pool();
     let cli = Cli::parse();
     progress::init(cli.quiet);
     init_logging();
-    let result: anyhow::Result<()> = match cli.command {
+    let result: anyhow::Result<()> = boundary::catch(|| match cli.command {
         Command::Synth(args) => cmd::synth::run(args),
         Command::Quickstart(args) => cmd::quickstart::run(args),
         Command::Shard(args) => cmd::shard::run(args),
@@ -68,7 +73,7 @@ fn main() {
         Command::Report(args) => cmd::report::run(args),
         Command::TeacherCache(args) => cmd::teacher_cache::run(*args),
         Command::Cache(args) => cmd::cache_inspect::run(args),
-    };
+    });
     if let Err(err) = result {
         // One-line cause first, then the chain for context.
         eprintln!("error: {err}");

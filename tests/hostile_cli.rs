@@ -448,3 +448,254 @@ fn max_pixels_above_the_readers_cap_is_refused() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("--max-pixels"), "{stderr}");
 }
+
+// ---- issue 25: special files, model sizes, silent acceptances ----
+
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+/// Replaces `path` by a FIFO or a link to /dev/zero for the length of `f`, then restores it.
+#[cfg(unix)]
+fn with_special(path: &Path, fifo: bool, f: impl FnOnce()) {
+    let saved = std::fs::read(path).ok();
+    let _ = std::fs::remove_file(path);
+    if fifo {
+        mkfifo(path);
+    } else {
+        std::os::unix::fs::symlink("/dev/zero", path).unwrap();
+    }
+    f();
+    std::fs::remove_file(path).unwrap();
+    if let Some(b) = saved {
+        std::fs::write(path, b).unwrap();
+    }
+}
+
+/// `run_err` that also requires the message to name `name` and call it a special file.
+#[cfg(unix)]
+fn refused_special(args: &[&str], name: &str) {
+    let (_, stderr) = run_err(args);
+    assert!(
+        stderr.contains(name) && stderr.contains("not a regular file"),
+        "{args:?}: {stderr}"
+    );
+}
+
+/// A tiny trained run (depth 1, width 48, one epoch) and its shard root.
+fn tiny_run(tmp: &Path) -> (PathBuf, PathBuf) {
+    let root = shards(tmp);
+    let run_dir = tmp.join("run");
+    run_ok(&train_args(&root, &run_dir));
+    (root, run_dir)
+}
+
+#[cfg(unix)]
+#[test]
+fn fifos_and_device_links_are_refused_wherever_a_file_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, run_dir) = tiny_run(tmp.path());
+    let train = root.join("train");
+    let png = tmp.path().join("x.png");
+    image::RgbImage::from_pixel(40, 40, image::Rgb([200, 10, 10]))
+        .save(&png)
+        .unwrap();
+    let fifo = tmp.path().join("fifo");
+    mkfifo(&fifo);
+    // Shard files: manifest.json -> /dev/zero used to read until memory ran out.
+    for (file, is_fifo) in [
+        ("manifest.json", false),
+        ("manifest.json", true),
+        ("shard-00000.bin", true),
+        ("shard-00000.idx", false),
+    ] {
+        with_special(&train.join(file), is_fifo, || {
+            refused_special(&["inspect", p(&train), "--verify"], file);
+        });
+    }
+    // Flags naming a file.
+    refused_special(
+        &[
+            "train",
+            "--config",
+            p(&fifo),
+            "--data",
+            p(&root),
+            "--out",
+            p(&tmp.path().join("r2")),
+        ],
+        "fifo",
+    );
+    refused_special(
+        &[
+            "shard",
+            "--list",
+            p(&fifo),
+            "--out",
+            p(&tmp.path().join("s2")),
+        ],
+        "fifo",
+    );
+    refused_special(
+        &[
+            "inspect",
+            p(&root),
+            "--augment",
+            "2",
+            "--augment-config",
+            p(&fifo),
+            "--out",
+            p(&tmp.path().join("grid")),
+        ],
+        "fifo",
+    );
+    refused_special(&["predict", "--weights", p(&run_dir), p(&fifo)], "fifo");
+    refused_special(
+        &[
+            "predict",
+            "--weights",
+            p(&run_dir),
+            "--classes",
+            p(&fifo),
+            p(&png),
+        ],
+        "fifo",
+    );
+    // A run's records.
+    for (file, is_fifo) in [("best.json", true), ("best.json", false)] {
+        with_special(&run_dir.join(file), is_fifo, || {
+            refused_special(&["predict", "--weights", p(&run_dir), p(&png)], file);
+        });
+    }
+    let mut resume = train_args(&root, &run_dir);
+    let at = resume.iter().position(|a| *a == "--epochs").unwrap();
+    resume[at + 1] = "2";
+    resume.push("--resume");
+    with_special(&run_dir.join("last.json"), true, || {
+        refused_special(&resume, "last.json");
+    });
+    let last: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("last.json")).unwrap()).unwrap();
+    let ck = run_dir.join(last["dir"].as_str().unwrap());
+    with_special(&ck.join("state.json"), false, || {
+        refused_special(&resume, "state.json");
+    });
+    // Everything restored: the run still predicts.
+    run_ok(&["predict", "--weights", p(&run_dir), p(&png)]);
+}
+
+#[test]
+fn model_sizes_and_non_finite_values_are_refused_by_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = shards(tmp.path());
+    let out = tmp.path().join("run");
+    let with = |set: &str| {
+        let mut a = train_args(&root, &out);
+        for one in set.split(' ') {
+            a.extend(["--set", one]);
+        }
+        let (_, stderr) = run_err(&a);
+        assert!(!out.join("metrics.jsonl").exists());
+        stderr
+    };
+    let e = with("model.depth=1000000000");
+    assert!(
+        e.contains("model.depth = 1000000000 is outside 1..=1024"),
+        "{e}"
+    );
+    let e = with("model.embed_dim=1000000000");
+    assert!(
+        e.contains("model.embed_dim = 1000000000 is outside 1..=16384"),
+        "{e}"
+    );
+    let e = with("model.mlp_ratio=0");
+    assert!(e.contains("model.mlp_ratio = 0 is outside 1..=64"), "{e}");
+    let e = with("model.embed_dim=9600 model.depth=12");
+    assert!(
+        e.contains("parameters, over the limit of 4000000000"),
+        "{e}"
+    );
+    for key in ["optim.clip_grad=nan", "optim.lr=inf", "model.drop_path=nan"] {
+        let e = with(key);
+        assert!(e.contains("is not a finite number"), "{key}: {e}");
+    }
+    let cfg = tmp.path().join("nan.toml");
+    std::fs::write(&cfg, "[optim]\nclip_grad = nan\n").unwrap();
+    let (_, e) = run_err(&[
+        "train",
+        "--config",
+        p(&cfg),
+        "--data",
+        p(&root),
+        "--out",
+        p(&out),
+    ]);
+    assert!(
+        e.contains("not a finite number") && e.contains("nan.toml"),
+        "{e}"
+    );
+    let png = tmp.path().join("x.png");
+    image::RgbImage::new(8, 8).save(&png).unwrap();
+    let o = run(&[
+        "predict",
+        "--model",
+        "deit_tiny_patch16_224",
+        "--img-size",
+        "100000",
+        "--weights",
+        p(&png),
+        p(&png),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("image size 100000 is outside 1..=4096"), "{e}");
+}
+
+#[test]
+fn zero_counts_are_usage_errors_not_clamped() {
+    for args in [
+        &["predict", "--weights", "w", "--top", "0", "x.png"][..],
+        &["predict", "--weights", "w", "--batch", "0", "x.png"][..],
+        &["shard", "--input", "in", "--out", "out", "--threads", "0"][..],
+        &["synth", "--out", "out", "--threads", "0"][..],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains("must be at least 1"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn predict_escapes_class_names_from_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, run_dir) = tiny_run(tmp.path());
+    let png = tmp.path().join("x.png");
+    image::RgbImage::from_pixel(40, 40, image::Rgb([20, 200, 10]))
+        .save(&png)
+        .unwrap();
+    let classes = tmp.path().join("classes.txt");
+    // With a UTF-8 byte-order mark, which is dropped.
+    std::fs::write(&classes, "\u{feff}\x1b[2Jwipe\nbell\x07\n").unwrap();
+    let o = run(&[
+        "predict",
+        "--weights",
+        p(&run_dir),
+        "--classes",
+        p(&classes),
+        p(&png),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!o.stdout.contains(&0x1b) && !o.stdout.contains(&0x07));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("\\u{1b}[2Jwipe")
+            && text.contains("bell\\u{7}")
+            && !text.contains('\u{feff}'),
+        "{text}"
+    );
+}

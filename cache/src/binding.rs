@@ -9,7 +9,7 @@ use trainer::train::teacher::data_binding;
 
 /// Hex blake3 of a weights file's bytes (the `teacher_weights_hash` binding field).
 pub fn weights_hash(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path)
+    let mut f = formats::open::open_regular(path)
         .with_context(|| format!("opening the teacher weights {}", path.display()))?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];

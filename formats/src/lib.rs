@@ -3,4 +3,5 @@
 pub mod atomic;
 #[cfg(feature = "parquet")]
 pub mod cache_schema;
+pub mod open;
 pub mod shard;

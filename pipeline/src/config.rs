@@ -218,7 +218,7 @@ impl AugmentConfig {
 
     /// Reads and parses a TOML file (bare fields or a whole recipe, as [`Self::from_toml`]).
     pub fn from_toml_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
+        let text = formats::open::read_text(path, formats::open::CONFIG)
             .map_err(|e| ConfigError::Io(path.display().to_string(), e.to_string()))?;
         Self::from_toml(&text).map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
     }

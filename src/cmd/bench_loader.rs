@@ -32,10 +32,10 @@ pub struct Args {
     #[arg(long)]
     pub data: PathBuf,
     /// Loader worker threads (and decode-only threads).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::positive)]
     pub threads: usize,
     /// Batch size (even).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::positive)]
     pub batch: usize,
     /// Use at most this many views (0 = one epoch: N views, 3 per image).
     #[arg(long, default_value_t = 0)]

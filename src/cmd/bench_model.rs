@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, default_value_t = 224)]
     pub img: usize,
     /// Batch size.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::positive)]
     pub batch: usize,
     /// deit_custom: patch size.
     #[arg(long, default_value_t = 16)]
@@ -52,7 +52,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
     /// Compute threads (candle's rayon pool and GEMM).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::positive)]
     pub threads: usize,
     /// Use candle's composite ops instead of the fused LayerNorm/softmax/GELU kernels.
     #[arg(long)]

@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     pub raw: bool,
     /// Worker threads for both measurements.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::positive)]
     pub threads: usize,
     /// Alternating repetitions of each measurement (the best is reported).
     #[arg(long, default_value_t = 2)]

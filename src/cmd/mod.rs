@@ -17,3 +17,13 @@ pub mod teacher_cache;
 pub mod train;
 pub mod train_mainpy;
 pub mod view_args;
+
+/// Parses a count that must be at least 1 (`--top`, `--batch`, `--threads`): 0 is refused
+/// as a usage error rather than clamped (issue 25).
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}

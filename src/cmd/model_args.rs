@@ -16,8 +16,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// Input image size (default: the run's, else the model's; a DeiT's pos_embed is
-    /// resampled to it).
-    #[arg(long, alias = "input-size")]
+    /// resampled to it). At most 4096 (docs/LIMITS.md).
+    #[arg(long, alias = "input-size", value_parser = parse_img_size)]
     pub img_size: Option<usize>,
     /// DeiT patch size (overrides the model name's).
     #[arg(long)]
@@ -67,5 +67,17 @@ impl ModelArgs {
             mlp_ratio: self.mlp_ratio,
             num_classes: self.num_classes,
         }
+    }
+}
+
+/// `--img-size`: 1 to [`trainer::models::spec::MAX_IMG_SIZE`] pixels.
+fn parse_img_size(s: &str) -> Result<usize, String> {
+    let max = trainer::models::spec::MAX_IMG_SIZE;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        Ok(n) => Err(format!(
+            "image size {n} is outside 1..={max} (docs/LIMITS.md)"
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }

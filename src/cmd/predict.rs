@@ -47,10 +47,10 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// How many classes to print per image.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::positive)]
     pub top: usize,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::positive)]
     pub batch: usize,
     /// cpu, cuda or cuda:N (cuda needs a build with --features cuda; see tools/build-cuda.sh).
     #[arg(long, default_value = "cpu")]
@@ -76,7 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = resolved.spec.clone();
     let classes = match &args.classes {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
+            let text = formats::open::read_text(p, formats::open::CLASS_NAMES)
                 .with_context(|| format!("reading class names {}", p.display()))?;
             let names: Vec<String> = text
                 .lines()
@@ -133,8 +133,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for chunk in args.images.chunks(args.batch.max(1)) {
         let mut data = vec![0f32; plane * chunk.len()];
         for (path, out) in chunk.iter().zip(data.chunks_mut(plane)) {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+            let bytes = formats::open::read_bounded(path, formats::open::IMAGE)
+                .with_context(|| format!("reading image {}", path.display()))?;
             let img = decode_like_pillow(&bytes, MAX_PIXELS)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("decoding image {}", path.display()))?;
@@ -166,9 +166,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 });
                 println!("{line}");
             } else {
-                println!("{}", path.display());
+                // Escaped as `inspect` prints names: a class file's control characters
+                // cannot drive the terminal.
+                println!("{}", path.display().to_string().escape_debug());
                 for (i, p) in best {
-                    println!("  {:>6.2}%  {:>5}  {}", p * 100.0, i, name(i));
+                    println!(
+                        "  {:>6.2}%  {:>5}  {}",
+                        p * 100.0,
+                        i,
+                        name(i).escape_debug()
+                    );
                 }
             }
         }

@@ -96,7 +96,7 @@ pub struct Args {
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     pub shard_bytes: u64,
     /// Decode/resize/encode threads (default: all cores). The output does not depend on it.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     pub threads: Option<usize>,
     /// Seed of the write-time shuffle.
     #[arg(long, default_value_t = 0)]

@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Worker threads (default: all cores). The output does not depend on it.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     pub threads: Option<usize>,
 }
 

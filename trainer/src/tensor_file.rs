@@ -59,7 +59,8 @@ pub fn read(
     path: &Path,
     device: &Device,
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = formats::open::read_bounded(path, formats::open::WEIGHTS)
+        .with_context(|| format!("reading {}", path.display()))?;
     // our own check first: duplicate JSON keys and bad byte ranges refused, by name
     let metadata: HashMap<String, String> =
         crate::weights::check_safetensors_header(&bytes, &path.display().to_string())?

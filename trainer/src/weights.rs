@@ -73,8 +73,8 @@ pub fn read_weights(path: &Path) -> Result<WeightsFile> {
     if !meta.is_file() {
         bail!("weights file {} is not a regular file", path.display());
     }
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading weights file {}", path.display()))?;
+    let bytes = formats::open::read_bounded(path, formats::open::WEIGHTS)
+        .with_context(|| format!("reading weights file {}", path.display()))?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())

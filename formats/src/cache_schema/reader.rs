@@ -173,7 +173,7 @@ fn open_file(
     FileHeader,
     VerifiedFooter,
 )> {
-    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut file = crate::open::open_regular(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
     let footer = match check_footer(path, &mut file, len)? {
         FooterCheck::Ok(f) => f,
@@ -198,7 +198,7 @@ pub fn read_file_header(path: &Path) -> Result<FileHeader> {
 /// Reads a whole file into memory and checks every byte against its checksums; returns
 /// the verified bytes and header.
 fn read_verified(path: &Path) -> Result<(bytes::Bytes, FileHeader)> {
-    let data = std::fs::read(path).map_err(io_err(path))?;
+    let data = crate::open::read_bounded(path, crate::open::CACHE_EPOCH).map_err(io_err(path))?;
     let footer = match check_whole(path, &data)? {
         FooterCheck::Ok(f) => f,
         FooterCheck::NoChecksum => return Err(no_checksum(path, bytes::Bytes::from(data))),
@@ -307,7 +307,7 @@ fn mark_slots(
     let slot_ranges = guarded(&f.path, "the footer", || {
         Ok(slot_ranges(builder.metadata()))
     })?;
-    let mut file = File::open(&f.path).map_err(io_err(&f.path))?;
+    let mut file = crate::open::open_regular(&f.path).map_err(io_err(&f.path))?;
     check_slots(&f.path, &mut file, &slot_ranges, &footer)?;
     let slot_idx = builder
         .schema()

@@ -57,11 +57,12 @@ pub fn check_shard_files(dir: &Path, info: &ShardInfo) -> Result<(), FormatError
         ));
     }
     let mut head = [0u8; DATA_HEADER_LEN];
-    File::open(&data_path)
+    crate::open::open_regular(&data_path)
         .and_then(|mut f| f.read_exact(&mut head))
         .map_err(|e| FormatError::io(&data_path, e))?;
     let dh = parse_data_header(&data_path, &head)?;
-    let index = std::fs::read(&index_path).map_err(|e| FormatError::io(&index_path, e))?;
+    let index = crate::open::read_bounded(&index_path, crate::open::SHARD_INDEX)
+        .map_err(|e| FormatError::io(&index_path, e))?;
     let ih = parse_index_header(&index_path, &index)?;
     if dh.count != info.records || ih.count != info.records || ih.data_len != len {
         return Err(FormatError::corrupt(
@@ -86,7 +87,7 @@ impl Journal {
         };
         let mut entries = Vec::new();
         let mut good_len: u64 = 0;
-        let existing = match std::fs::read(&path) {
+        let existing = match crate::open::read_bounded(&path, crate::open::SHARD_INDEX) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(FormatError::io(&path, e)),

@@ -158,7 +158,8 @@ impl Manifest {
     /// Read and parse `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Manifest, FormatError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read(&path).map_err(|e| FormatError::io(&path, e))?;
+        let text = crate::open::read_bounded(&path, crate::open::MANIFEST)
+            .map_err(|e| FormatError::io(&path, e))?;
         Manifest::parse(&path, &text)
     }
 

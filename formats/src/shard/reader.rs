@@ -22,7 +22,6 @@ use super::layout::{
 use super::manifest::{fingerprint, Manifest};
 use super::FormatError;
 use memmap2::Mmap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -85,7 +84,7 @@ impl VerifyReport {
 }
 
 fn map_file(path: &Path, min_len: usize) -> Result<Mmap, FormatError> {
-    let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let file = crate::open::open_regular(path).map_err(|e| FormatError::io(path, e))?;
     let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
     if len < min_len as u64 {
         return Err(FormatError::corrupt(

@@ -41,59 +41,42 @@ pub struct SplitInput {
     pub skipped: Vec<SkippedFile>,
 }
 
+/// `p` with `.` dropped and each `..` removing the component before it (lexically, as
+/// Python's `os.path.normpath`), so `sub/../a.JPEG` and `a.JPEG` are one key.
+fn lexical_normal(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !matches!(out.components().next_back(), Some(Component::Normal(_))) || !out.pop()
+                {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Read an input file that must be a regular file (symbolic links followed). A FIFO,
 /// device, socket or folder is refused with a one-line reason without blocking: the file
 /// is opened non-blocking and checked with `fstat` before any byte is read.
 pub fn read_regular_file(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NONBLOCK);
-    }
-    let mut file = opts.open(path).map_err(|e| format!("unreadable: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("unreadable: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!(
-            "not a regular file ({}): skipped",
-            file_kind(&meta.file_type())
-        ));
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.read_to_end(&mut bytes)
-        .map_err(|e| format!("unreadable: {e}"))?;
-    Ok(bytes)
-}
-
-fn file_kind(t: &std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            return "FIFO";
+    formats::open::read_bounded(path, formats::open::IMAGE).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
+            format!("{e}: skipped")
         }
-        if t.is_char_device() {
-            return "character device";
-        }
-        if t.is_block_device() {
-            return "block device";
-        }
-        if t.is_socket() {
-            return "socket";
-        }
-    }
-    if t.is_dir() {
-        "folder"
-    } else {
-        "special file"
-    }
+        _ => format!("unreadable: {e}"),
+    })
 }
 
 /// Folders already read in one split walk, by canonical path (links resolved).
 struct Walk<'a> {
     root: &'a Path,
+    /// `root` with links resolved: no folder outside it is read.
+    canon_root: PathBuf,
     seen: HashSet<PathBuf>,
     skipped: Vec<SkippedFile>,
 }
@@ -121,11 +104,47 @@ impl Walk<'_> {
         Ok(false)
     }
 
+    fn skip(&mut self, dir: &Path, reason: String) {
+        self.skipped.push(SkippedFile {
+            path: self.display(dir),
+            reason,
+        });
+    }
+
+    /// Reads `dir` and its sub-folders, links followed only while they stay inside the
+    /// input root: a folder whose real path leaves the root (a class folder linked to
+    /// `/`) is listed as skipped, not read. An unreadable folder is skipped and listed as
+    /// an unreadable file is.
     fn files(&mut self, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
+        let canon = match std::fs::canonicalize(dir) {
+            Ok(c) => c,
+            Err(e) => {
+                self.skip(dir, format!("unreadable folder: {e}: skipped"));
+                return Ok(());
+            }
+        };
+        if !canon.starts_with(&self.canon_root) {
+            self.skip(
+                dir,
+                format!(
+                    "folder link leaves the input root (to {}): skipped; links are followed \
+                     only to folders inside the root",
+                    canon.display()
+                ),
+            );
+            return Ok(());
+        }
         if !self.first_visit(dir)? {
             return Ok(());
         }
-        for e in sorted_entries(dir)? {
+        let entries = match sorted_entries(dir) {
+            Ok(v) => v,
+            Err(e) => {
+                self.skip(dir, format!("unreadable folder: {e}: skipped"));
+                return Ok(());
+            }
+        };
+        for e in entries {
             let p = e.path();
             if p.is_dir() {
                 self.files(&p, out)?;
@@ -181,6 +200,7 @@ pub fn scan_image_folder(
     let found = class_folders(&split_dir)?;
     let mut walk = Walk {
         root,
+        canon_root: std::fs::canonicalize(root).map_err(|e| IngestError::io(root, e))?,
         seen: HashSet::new(),
         skipped: Vec::new(),
     };
@@ -251,10 +271,12 @@ pub fn scan_root(root: &Path) -> Result<Vec<SplitInput>, IngestError> {
 /// non-negative integers below [`MAX_CLASSES`] (kept as ids; classes are named "0".."max")
 /// or all names (sorted names give ids): a file mixing the two styles is refused, naming the
 /// first line whose style differs from the first label's. A path listed twice (after
-/// resolving it against the list's folder and dropping `.` components) is refused with
-/// both line numbers, whatever its labels.
+/// resolving it against the list's folder, dropping `.` components and resolving `..`
+/// lexically) is refused with both line numbers, whatever its labels. A leading UTF-8
+/// byte-order mark is dropped; a list without entries is refused.
 pub fn read_list(list: &Path, split: &str) -> Result<SplitInput, IngestError> {
-    let text = std::fs::read_to_string(list).map_err(|e| IngestError::io(list, e))?;
+    let text = formats::open::read_text(list, formats::open::LIST_FILE)
+        .map_err(|e| IngestError::io(list, e))?;
     let base = list.parent().unwrap_or(Path::new("."));
     let at = |n: usize| format!("{}:{n}", list.display());
     // (line number, path as written, resolved path, label)
@@ -313,10 +335,7 @@ pub fn read_list(list: &Path, split: &str) -> Result<SplitInput, IngestError> {
         } else {
             base.join(path)
         };
-        let key: PathBuf = resolved
-            .components()
-            .filter(|c| *c != Component::CurDir)
-            .collect();
+        let key = lexical_normal(&resolved);
         if let Some(first) = first_line.insert(key, n) {
             return Err(IngestError::Layout(format!(
                 "{}: {p:?} is listed twice (lines {first} and {n}); list each file once",
@@ -324,6 +343,12 @@ pub fn read_list(list: &Path, split: &str) -> Result<SplitInput, IngestError> {
             )));
         }
         rows.push((n, p.to_string(), resolved, label.to_string()));
+    }
+    if rows.is_empty() {
+        return Err(IngestError::Layout(format!(
+            "{}: the list has no entries (only blank or # lines): nothing to shard",
+            list.display()
+        )));
     }
     let numeric = numeric.is_some_and(|(s, _)| s);
     let classes: Vec<String> = if numeric {
@@ -425,6 +450,86 @@ mod tests {
         let abs = dir.path().join("sub/b.jpg");
         let e = err(&format!("sub/b.jpg\t0\n{}\t1\n", abs.display()));
         assert!(e.contains("listed twice (lines 1 and 2)"), "{e}");
+    }
+
+    #[test]
+    fn list_paths_are_normalized_bom_dropped_and_empty_lists_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.tsv");
+        std::fs::write(&p, "a.JPEG\tcat\nsub/../a.JPEG\tdog\n").unwrap();
+        let e = read_list(&p, "train").unwrap_err().to_string();
+        assert!(
+            e.contains("l.tsv:2: \"sub/../a.JPEG\" is listed twice (lines 1 and 2)"),
+            "{e}"
+        );
+        // `..` past the start stays (it names another folder), so no false duplicate.
+        assert_eq!(
+            lexical_normal(Path::new("../a/./b/../c")),
+            Path::new("../a/c")
+        );
+        std::fs::write(&p, "\u{feff}a.JPEG\tcat\n").unwrap();
+        let s = read_list(&p, "train").unwrap();
+        assert_eq!(s.classes, vec!["cat"]);
+        assert_eq!(s.items[0].display, "a.JPEG");
+        for empty in ["", "# only a comment\n\n"] {
+            std::fs::write(&p, empty).unwrap();
+            let e = read_list(&p, "train").unwrap_err().to_string();
+            assert!(e.contains("the list has no entries"), "{e}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn folder_links_out_of_the_root_and_unreadable_folders_are_skipped_and_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = dir.path().join("train/cat");
+        std::fs::create_dir_all(cat.join("deep")).unwrap();
+        std::fs::write(cat.join("1.jpg"), b"x").unwrap();
+        std::fs::write(cat.join("deep/2.jpg"), b"x").unwrap();
+        // A class folder linked to `/` and a sub-folder linked to /etc.
+        std::os::unix::fs::symlink("/", dir.path().join("train/root")).unwrap();
+        std::os::unix::fs::symlink("/etc", cat.join("etc")).unwrap();
+        let classes = class_folders(&dir.path().join("train")).unwrap();
+        let s = scan_image_folder(dir.path(), "train", &classes).unwrap();
+        let names: Vec<&str> = s.items.iter().map(|i| i.display.as_str()).collect();
+        assert_eq!(names, vec!["train/cat/1.jpg", "train/cat/deep/2.jpg"]);
+        let skipped: Vec<String> = s
+            .skipped
+            .iter()
+            .map(|k| format!("{}: {}", k.path, k.reason))
+            .collect();
+        assert!(
+            skipped.contains(
+                &"train/root: folder link leaves the input root (to /): skipped; \
+                 links are followed only to folders inside the root"
+                    .to_string()
+            ),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped
+                .iter()
+                .any(|k| k.starts_with("train/cat/etc: folder link leaves")),
+            "{skipped:?}"
+        );
+        // An unreadable sub-folder (only testable without root's override of modes).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            use std::os::unix::fs::PermissionsExt;
+            let deep = cat.join("deep");
+            std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o000)).unwrap();
+            let s = scan_image_folder(dir.path(), "train", &classes);
+            std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let s = s.unwrap();
+            assert_eq!(s.items.len(), 1);
+            assert!(
+                s.skipped.iter().any(
+                    |k| k.path == "train/cat/deep" && k.reason.starts_with("unreadable folder")
+                ),
+                "{:?}",
+                s.skipped
+            );
+        }
     }
 
     #[test]

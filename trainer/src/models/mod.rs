@@ -18,7 +18,7 @@ pub mod init;
 pub mod layers;
 pub mod regnet;
 pub mod resnet;
-mod spec;
+pub mod spec;
 
 pub use init::init_weights;
 pub use spec::{Arch, DeitConfig, ModelSpec, RegNetConfig, RegStage, ResNetBlock, ResNetConfig};
@@ -150,6 +150,8 @@ pub trait Classifier: Send + Sync {
 /// Builds the model described by `spec`, taking its parameters from `vb`
 /// (a `VarMap`-backed builder for training, or loaded tensors for inference).
 pub fn build(spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+    spec.check_limits()
+        .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
     Ok(match &spec.arch {
         Arch::Deit(cfg) => Box::new(deit::Deit::new(spec, cfg, vb)?),
         Arch::ResNet(cfg) => Box::new(resnet::ResNet::new(spec, cfg, vb)?),

@@ -16,6 +16,24 @@ pub struct ModelSpec {
     pub drop_path: f64,
 }
 
+/// Largest image side a model may be built or evaluated at (pixels): 4096 is 18x DeiT's
+/// 224 and one 4096^2 RGB f32 image is already 192 MiB.
+pub const MAX_IMG_SIZE: usize = 4096;
+/// Most DeiT tokens (patches + prefix): one head's attention matrix for one image is
+/// tokens^2 x 4 bytes, 1 GiB at this limit.
+pub const MAX_TOKENS: usize = 16_386;
+/// Widest DeiT token (ViT-22B uses 6144).
+pub const MAX_EMBED_DIM: usize = 16_384;
+/// Deepest DeiT (ViT-22B has 48 blocks).
+pub const MAX_DEPTH: usize = 1024;
+/// Largest MLP ratio (timm's models use 4; 0 cannot be built).
+pub const MAX_MLP_RATIO: usize = 64;
+/// Most output classes (the shard format's own class limit).
+pub const MAX_CLASSES: usize = 1_000_000;
+/// Most parameters: 4e9 is 16 GB of f32 weights, 64 GB with AdamW state and gradients,
+/// four times ViT-g (1.0e9).
+pub const MAX_PARAMS: u64 = 4_000_000_000;
+
 /// Architecture families.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Arch {
@@ -239,6 +257,57 @@ impl ModelSpec {
         }
     }
 
+    /// Refuses dimensions no machine can build, naming the field and the limit, before
+    /// any tensor is allocated (issue 25): zero sizes, image sides over [`MAX_IMG_SIZE`],
+    /// DeiT token counts over [`MAX_TOKENS`], widths over [`MAX_EMBED_DIM`], depths over
+    /// [`MAX_DEPTH`], MLP ratios over [`MAX_MLP_RATIO`], classes over [`MAX_CLASSES`] and
+    /// models over [`MAX_PARAMS`] parameters. The reasons are in `docs/LIMITS.md`.
+    pub fn check_limits(&self) -> anyhow::Result<()> {
+        let field = |name: &str, v: usize, lo: usize, hi: usize| -> anyhow::Result<()> {
+            if v < lo || v > hi {
+                bail!("model.{name} = {v} is outside {lo}..={hi} (docs/LIMITS.md)");
+            }
+            Ok(())
+        };
+        field("num_classes", self.num_classes, 1, MAX_CLASSES)?;
+        if !(0.0..1.0).contains(&self.drop_path) {
+            bail!("model.drop_path = {} is outside [0, 1)", self.drop_path);
+        }
+        if let Arch::Deit(c) = &self.arch {
+            field("img_size", c.img_size, 1, MAX_IMG_SIZE)?;
+            field("patch_size", c.patch_size, 1, c.img_size)?;
+            field("embed_dim", c.embed_dim, 1, MAX_EMBED_DIM)?;
+            field("depth", c.depth, 1, MAX_DEPTH)?;
+            field("num_heads", c.num_heads, 1, c.embed_dim)?;
+            field("mlp_ratio", c.mlp_ratio, 1, MAX_MLP_RATIO)?;
+            let tokens = c.grid() * c.grid() + c.num_prefix_tokens();
+            if tokens > MAX_TOKENS {
+                bail!(
+                    "model: img_size {} / patch_size {} gives {tokens} tokens, over the limit \
+                     of {MAX_TOKENS} (docs/LIMITS.md)",
+                    c.img_size,
+                    c.patch_size
+                );
+            }
+            // Per block: qkv + proj (4 D^2) and the MLP (2 r D^2); embeddings and heads.
+            let d = c.embed_dim as u128;
+            let params = c.depth as u128 * (4 + 2 * c.mlp_ratio as u128) * d * d
+                + (c.patch_size * c.patch_size * 3) as u128 * d
+                + tokens as u128 * d
+                + 2 * d * self.num_classes as u128;
+            if params > MAX_PARAMS as u128 {
+                bail!(
+                    "model: depth {} x embed_dim {} x mlp_ratio {} is about {params} parameters, \
+                     over the limit of {MAX_PARAMS} (docs/LIMITS.md)",
+                    c.depth,
+                    c.embed_dim,
+                    c.mlp_ratio
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Same spec with another class count.
     pub fn with_num_classes(mut self, num_classes: usize) -> Self {
         self.num_classes = num_classes;
@@ -254,6 +323,12 @@ impl ModelSpec {
     /// Same spec at another input size (DeiT: changes the patch grid and `pos_embed`;
     /// ConvNets accept any size and keep their spec).
     pub fn with_img_size(mut self, img_size: usize) -> anyhow::Result<Self> {
+        if img_size > MAX_IMG_SIZE {
+            bail!(
+                "image size {img_size} is over the limit of {MAX_IMG_SIZE} pixels per side \
+                 (docs/LIMITS.md)"
+            );
+        }
         if let Arch::Deit(cfg) = &mut self.arch {
             if img_size == 0 || !img_size.is_multiple_of(cfg.patch_size) {
                 bail!(

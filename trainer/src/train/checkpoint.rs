@@ -104,8 +104,8 @@ impl Checkpoint {
     /// Read a checkpoint directory (its `state.json`).
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(STATE_FILE);
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = formats::open::read_text(&path, formats::open::RUN_RECORD)
+            .with_context(|| format!("reading {}", path.display()))?;
         let state: TrainState = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a training state", path.display()))?;
         if state.version != STATE_VERSION {
@@ -241,8 +241,8 @@ impl CheckpointStore {
         if !path.exists() {
             return Ok(None);
         }
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = formats::open::read_text(&path, formats::open::RUN_RECORD)
+            .with_context(|| format!("reading {}", path.display()))?;
         let ptr: Pointer = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a checkpoint pointer", path.display()))?;
         Ok(Some(self.run_dir.join(ptr.dir)))

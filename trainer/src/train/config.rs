@@ -47,6 +47,16 @@ pub struct ModelConfig {
     pub finetune: Option<PathBuf>,
 }
 
+/// The first NaN or infinite float in a TOML value (arrays and tables searched).
+fn non_finite(v: &toml::Value) -> Option<f64> {
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Some(*f),
+        toml::Value::Array(a) => a.iter().find_map(non_finite),
+        toml::Value::Table(t) => t.values().find_map(non_finite),
+        _ => None,
+    }
+}
+
 impl ModelConfig {
     /// The model to build: the timm name (or, for `name = "deit"`, the free dimensions,
     /// all required) at `img_size` with `num_classes` and this config's drop path.
@@ -81,6 +91,7 @@ impl ModelConfig {
                 .with_drop_path(self.drop_path)
         };
         let spec = base.with_img_size(img_size)?;
+        spec.check_limits()?;
         if let Arch::Deit(c) = &spec.arch {
             if c.num_heads == 0 || c.embed_dim % c.num_heads != 0 {
                 bail!(
@@ -539,6 +550,12 @@ pub struct Overrides {
 impl TrainConfig {
     /// Parse TOML (every field optional; missing ones take the default) and validate.
     pub fn from_toml(text: &str) -> Result<Self> {
+        let table: toml::Table = toml::from_str(text).context("training config")?;
+        if let Some(bad) = non_finite(&toml::Value::Table(table)) {
+            bail!(
+                "training config: {bad} is not a finite number (no field may be NaN or infinite)"
+            );
+        }
         let mut cfg: TrainConfig = toml::from_str(text).context("training config")?;
         cfg.normalize();
         cfg.validate()?;
@@ -547,8 +564,8 @@ impl TrainConfig {
 
     /// Read and parse a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = formats::open::read_text(path, formats::open::CONFIG)
+            .with_context(|| format!("reading {}", path.display()))?;
         Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -657,6 +674,11 @@ impl TrainConfig {
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        // JSON has no NaN or infinity: serde_json would turn them into null, which reads
+        // as "unset" for an optional field (clip_grad=nan would switch clipping off).
+        if let Some(bad) = non_finite(&value) {
+            bail!("--set '{assignment}': {bad} is not a finite number");
+        }
         let value = serde_json::to_value(value).context("converting the --set value")?;
         let mut root = serde_json::to_value(&*self).context("serializing the config")?;
         let keys: Vec<&str> = path.split('.').collect();

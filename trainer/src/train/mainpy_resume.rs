@@ -213,7 +213,8 @@ impl MainPyCheckpoint {
     fn read_inner(path: &Path) -> Result<Self> {
         let meta = std::fs::metadata(path).context("reading the file's metadata")?;
         ensure!(meta.is_file(), "not a regular file");
-        let bytes = std::fs::read(path).context("reading the file")?;
+        let bytes = formats::open::read_bounded(path, formats::open::WEIGHTS)
+            .context("reading the file")?;
         let ck = Checkpoint::read(&bytes, &path.display().to_string())?;
         let root = Node {
             ck: &ck,

@@ -139,7 +139,8 @@ impl MetricsWriter {
 /// Read every record of a metrics log. A final line cut short by a kill is skipped;
 /// any other bad line is an error naming the file and line.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricRecord>> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file =
+        formats::open::open_regular(path).with_context(|| format!("opening {}", path.display()))?;
     let lines: Vec<String> = BufReader::new(file)
         .lines()
         .collect::<std::io::Result<_>>()

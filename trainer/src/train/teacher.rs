@@ -293,7 +293,7 @@ pub fn check_teacher_identity(
         return Ok(());
     };
     if resuming && path.exists() {
-        let text = std::fs::read_to_string(&path)
+        let text = formats::open::read_text(&path, formats::open::RUN_RECORD)
             .with_context(|| format!("reading {}", path.display()))?;
         let was: TeacherIdentity = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a teacher record", path.display()))?;
