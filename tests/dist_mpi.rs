@@ -24,6 +24,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_deit-pipe");
 /// `mpirun -np N deit-pipe ...` over loopback, allowed as root (CI runs as root) and
 /// with more ranks than cores.
 fn mpirun(np: usize) -> Command {
+    mpirun_program(np, Path::new(BIN))
+}
+
+/// `mpirun -np N PROGRAM ...`, as [`mpirun`].
+fn mpirun_program(np: usize, program: &Path) -> Command {
     let mut c = Command::new("mpirun");
     c.args([
         "--oversubscribe",
@@ -39,8 +44,41 @@ fn mpirun(np: usize) -> Command {
     .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
     // One compute thread per rank: 2 ranks share this machine's 2 cores.
     .env("RAYON_NUM_THREADS", "1")
-    .arg(BIN);
+    .arg(program);
     c
+}
+
+/// A launcher wrapper, as a multi-node job script would be: every rank runs deit-pipe
+/// with `--out DIR` replaced by `DIR/rankN` (node-local disks: no rank sees another's
+/// files) and rank 1 with `RANK1_ARGS` added (e.g. another seed).
+fn per_rank_wrapper(dir: &Path) -> PathBuf {
+    let path = dir.join("per-rank.sh");
+    std::fs::write(
+        &path,
+        format!(
+            r#"#!/bin/sh
+r="$OMPI_COMM_WORLD_RANK"
+prev=""
+for a in "$@"; do
+  shift
+  if [ "$prev" = "--out" ] && [ -n "$PER_RANK_OUT" ]; then
+    set -- "$@" "$a/rank$r"
+  else
+    set -- "$@" "$a"
+  fi
+  prev="$a"
+done
+if [ "$r" = 1 ] && [ -n "$RANK1_ARGS" ]; then
+  set -- "$@" $RANK1_ARGS
+fi
+exec "{BIN}" "$@"
+"#
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
 }
 
 /// 4 classes x 16 train / 4 val images, raw 40 px shards.
@@ -230,7 +268,10 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<std::process:
 /// mid-epoch); with `stall`, every rank stalls after step 4 (epoch 2's first step, its
 /// checkpoint written).
 fn stalling_run(data: &Path, out: &Path, stall: bool) -> Command {
-    let mut c = mpirun(2);
+    stalling_run_of(mpirun(2), data, out, stall)
+}
+
+fn stalling_run_of(mut c: Command, data: &Path, out: &Path, stall: bool) -> Command {
     student_args(&mut c, data, out, 8);
     c.args(["--set", "run.max_batches_per_epoch=3"])
         .args(["--set", "run.ckpt_every_steps=2"]);
@@ -349,6 +390,165 @@ fn hung_rank_makes_the_others_stop_after_the_timeout() {
         "no timeout error from rank 0:\n{err}"
     );
     eprintln!("the job stopped {:?} after start", t0.elapsed());
+}
+
+/// Issue 24 (a) and (b): ranks >= 1 start from rank 0's state. With `--out` mapped to a
+/// folder per rank (node-local disks), a 2-rank job killed mid-run resumes from rank 0's
+/// checkpoint and ends with the weights of an uninterrupted run; a rank started with
+/// another seed (other initial weights, other data order) ends with the same weights too,
+/// since rank 0's settings and state are broadcast at start.
+#[test]
+fn ranks_start_from_rank_zeros_state_without_a_shared_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shards(tmp.path());
+    let wrapper = per_rank_wrapper(tmp.path());
+
+    let straight = tmp.path().join("straight");
+    run_ok(&mut stalling_run(&data, &straight, false));
+
+    // (b) rank 1 with another seed.
+    let seeded = tmp.path().join("seeded");
+    let mut c = stalling_run_of(mpirun_program(2, &wrapper), &data, &seeded, false);
+    c.env("RANK1_ARGS", "--seed 7");
+    run_ok(&mut c);
+    let diff = max_weight_diff(&last_model(&straight), &last_model(&seeded));
+    assert_eq!(diff, 0.0, "a rank with another seed changed the run");
+
+    // (a) node-local --out: both ranks stall after step 4 (rank 0 wrote the step-4
+    // checkpoint into its own folder), rank 1 is killed, the job resumes.
+    let killed = tmp.path().join("killed");
+    let mut child = stalling_run_of(mpirun_program(2, &wrapper), &data, &killed, true)
+        .env("PER_RANK_OUT", "1")
+        .arg("--quiet")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = killed
+        .join("rank0")
+        .join("checkpoints")
+        .join("e0001-s000000004");
+    assert!(
+        wait_for(&ckpt, Duration::from_secs(120)),
+        "no step-4 checkpoint appeared in rank 0's folder"
+    );
+    let pid = (0..50)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            rank_pid(child.id(), 1)
+        })
+        .expect("rank 1's process");
+    unsafe { libc_kill(pid as i32, 9) };
+    wait_with_timeout(&mut child, Duration::from_secs(60))
+        .expect("the job hung after a rank was killed");
+    let mut c = stalling_run_of(mpirun_program(2, &wrapper), &data, &killed, false);
+    c.env("PER_RANK_OUT", "1").arg("--resume");
+    run_ok(&mut c);
+    let diff = max_weight_diff(&last_model(&straight), &last_model(&killed.join("rank0")));
+    assert_eq!(diff, 0.0, "the resumed run with per-rank folders differs");
+    // Rank 1 neither read nor wrote a checkpoint of its own.
+    assert!(!killed.join("rank1").join("checkpoints").exists());
+    assert!(!killed.join("rank1").join("last.json").exists());
+}
+
+/// Issue 24 (d): rank 0's checkpoint writes are waited for under their own limit, not the
+/// collective timeout: writes slowed to 4 s each, past a 2 s collective timeout, leave
+/// the job running to the end, with the weights of a normal run.
+#[test]
+fn a_slow_checkpoint_write_does_not_trip_the_collective_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shards(tmp.path());
+    let straight = tmp.path().join("straight");
+    run_ok(&mut stalling_run(&data, &straight, false));
+    let slow = tmp.path().join("slow");
+    let mut c = stalling_run(&data, &slow, false);
+    c.env("DEIT_PIPE_DIST_TIMEOUT", "2")
+        .env("DEIT_PIPE_SLOW_CHECKPOINT_S", "4");
+    run_ok(&mut c);
+    let diff = max_weight_diff(&last_model(&straight), &last_model(&slow));
+    assert_eq!(diff, 0.0);
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        // a zombie is gone, only not yet reaped
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
+    }
+}
+
+/// Issue 24 (e): a SIGSTOPped rank cannot run its watchdog; when the other rank's
+/// watchdog has stopped the job and mpirun has ended, the stopped rank is gone too.
+#[test]
+#[ignore = "not yet seen passing (issue 24 e): run with --ignored"]
+fn a_stopped_rank_is_gone_after_the_job_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shards(tmp.path());
+    let out = tmp.path().join("stopped");
+    let mut c = mpirun(2);
+    student_args(&mut c, &data, &out, 8);
+    c.args(["--set", "run.ckpt_every_steps=2", "--quiet"])
+        .env("DEIT_PIPE_DIST_TIMEOUT", "3")
+        .env("DEIT_PIPE_DIST_IO_TIMEOUT", "3");
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(&out.join("last.json"), Duration::from_secs(120)),
+        "no checkpoint appeared"
+    );
+    let pid = (0..50)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            rank_pid(child.id(), 1)
+        })
+        .expect("rank 1's process");
+    unsafe { libc_kill(pid as i32, 19) }; // SIGSTOP
+    let status = wait_with_timeout(&mut child, Duration::from_secs(60));
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !alive(pid)
+    });
+    if !gone {
+        unsafe { libc_kill(pid as i32, 9) };
+    }
+    let status = status.expect("the job hung with a stopped rank");
+    assert!(!status.success());
+    assert!(gone, "the stopped rank {pid} outlived the job");
+}
+
+/// Issue 24, item 5: Slurm's variables in a process MPI started alone (a job step without
+/// an MPI launch) get a message that says so.
+#[test]
+fn slurm_variables_without_an_mpi_launch_are_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["train", "--data"])
+        .arg(tmp.path().join("none"))
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .env("SLURM_PROCID", "1")
+        .env("SLURM_STEP_NUM_TASKS", "2")
+        .env("SLURM_LOCALID", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl", "self,vader")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Slurm job step without an MPI launch") && err.contains("srun --mpi=pmix"),
+        "{err}"
+    );
 }
 
 extern "C" {

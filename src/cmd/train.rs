@@ -239,6 +239,10 @@ pub const ABORT_AT_STEP_ENV: &str = "DEIT_PIPE_ABORT_AT_STEP";
 /// otherwise).
 pub const STALL_AT_STEP_ENV: &str = "DEIT_PIPE_STALL_AT_STEP";
 
+/// Environment variable: seconds rank 0 sleeps before every checkpoint write, like a
+/// slow network filesystem (tests of the data-parallel waits; never set it otherwise).
+pub const SLOW_CHECKPOINT_ENV: &str = "DEIT_PIPE_SLOW_CHECKPOINT_S";
+
 /// Progress bars: one per epoch (img/s, loss, lr, whole-run ETA) and one per evaluation.
 struct Bars {
     bar: Option<indicatif::ProgressBar>,
@@ -351,6 +355,12 @@ pub fn run(args: Args) -> Result<()> {
             v.parse()
                 .with_context(|| format!("{STALL_AT_STEP_ENV}={v:?} is not a number"))?,
         );
+    }
+    if let Ok(v) = std::env::var(SLOW_CHECKPOINT_ENV) {
+        let s: f64 = v
+            .parse()
+            .with_context(|| format!("{SLOW_CHECKPOINT_ENV}={v:?} is not a number"))?;
+        job.slow_checkpoint = Some(std::time::Duration::from_secs_f64(s.max(0.0)));
     }
     let mut bars = Bars {
         bar: None,

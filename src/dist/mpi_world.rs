@@ -2,12 +2,13 @@
 //! processes an MPI launcher started, one flat buffer per call.
 
 use super::launch::Launch;
-use super::watchdog::{timeout_from_env, Watchdog};
+use super::watchdog::{io_timeout_from_env, timeout_from_env, Watchdog};
 use anyhow::{bail, Result};
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
-use mpi::traits::CommunicatorCollectives;
+use mpi::traits::{CommunicatorCollectives, Root};
+use std::time::Duration;
 use trainer::dist::Collective;
 
 /// This process's membership of an MPI job.
@@ -17,6 +18,7 @@ pub struct MpiWorld {
     size: usize,
     local_rank: usize,
     watchdog: Watchdog,
+    io_timeout: Duration,
     // Dropped last: finalizes MPI.
     _universe: Universe,
 }
@@ -25,12 +27,27 @@ impl MpiWorld {
     /// Initializes MPI (only the main thread calls it) and checks that MPI sees the
     /// same job as the launcher's environment.
     pub fn init(launch: &Launch) -> Result<Self> {
+        end_with_the_launcher();
         let Some((universe, _threading)) = mpi::initialize_with_threading(mpi::Threading::Funneled)
         else {
             bail!("MPI was already initialized in this process");
         };
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
+        if size == 1 && launch.world > 1 && launch.source.starts_with("Slurm") {
+            bail!(
+                "Slurm says this process is rank {} of {} ({}) but MPI started it alone: this \
+                 is a Slurm job step without an MPI launch (srun without PMI/PMIx support, or \
+                 a plain command run once per task), so the ranks cannot reach each other. \
+                 Start the job with `srun --mpi=pmix deit-pipe ...` (`srun --mpi=list` shows \
+                 what this cluster offers) or with `mpirun -np {} deit-pipe ...` inside the \
+                 allocation (README: \"Several processes\")",
+                launch.rank,
+                launch.world,
+                launch.source,
+                launch.world
+            );
+        }
         if (rank, size) != (launch.rank, launch.world) {
             bail!(
                 "the launcher says rank {} of {} ({}) but MPI says rank {rank} of {size}: \
@@ -43,6 +60,7 @@ impl MpiWorld {
         }
         let local_rank = world.split_shared(rank as i32).rank() as usize;
         let watchdog = Watchdog::start(timeout_from_env()?, rank, size);
+        let io_timeout = io_timeout_from_env()?;
         tracing::debug!("MPI rank {rank} of {size}, local rank {local_rank}");
         Ok(MpiWorld {
             world,
@@ -50,6 +68,7 @@ impl MpiWorld {
             size,
             local_rank,
             watchdog,
+            io_timeout,
             _universe: universe,
         })
     }
@@ -104,5 +123,47 @@ impl Collective for MpiWorld {
         let _watch = self.watchdog.watch("a barrier");
         self.world.barrier();
         Ok(())
+    }
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<()> {
+        let _watch = self.watchdog.watch_for(
+            "a broadcast from rank 0 (which may be reading files)",
+            self.io_timeout,
+        );
+        let root = self.world.process_at_rank(0);
+        let mut len = bytes.len() as u64;
+        root.broadcast_into(&mut len);
+        if self.rank != 0 {
+            bytes.clear();
+            bytes.resize(len as usize, 0);
+        }
+        // MPI counts are C ints: large states go in pieces.
+        for piece in bytes.chunks_mut(1 << 30) {
+            root.broadcast_into(piece);
+        }
+        Ok(())
+    }
+    fn io_barrier(&self) -> Result<()> {
+        let _watch = self
+            .watchdog
+            .watch_for("a wait for rank 0's file I/O", self.io_timeout);
+        self.world.barrier();
+        Ok(())
+    }
+}
+
+/// Makes the kernel end this process (SIGKILL) when its launcher (`mpirun`, `orted`,
+/// `srun`'s step daemon) exits, so that no rank outlives its job: a rank that was stopped
+/// (SIGSTOP, a debugger) or hangs outside a collective cannot run its own watchdog, and
+/// the launcher's SIGTERM waits forever on a stopped process, but SIGKILL reaches it.
+/// Linux only; elsewhere the launcher's own clean-up applies.
+fn end_with_the_launcher() {
+    #[cfg(target_os = "linux")]
+    unsafe {
+        let parent = libc::getppid();
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        // The launcher may have gone between our start and the call above.
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
     }
 }

@@ -128,6 +128,12 @@ impl Collective for NcclWorld {
     fn barrier(&self) -> Result<()> {
         self.mpi.barrier()
     }
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<()> {
+        self.mpi.broadcast_bytes(bytes)
+    }
+    fn io_barrier(&self) -> Result<()> {
+        self.mpi.io_barrier()
+    }
 }
 
 /// `ncclAllReduce(sum)` of an f32 CUDA tensor into a new one, as a candle op.

@@ -49,11 +49,40 @@ pub trait Collective {
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
 
+    /// Replaces `bytes` on every rank by rank 0's (the other ranks' buffers take rank
+    /// 0's length): how the start-up state travels. Rank 0 may read files first (a
+    /// checkpoint), so a transport waits here under its file-I/O limit, not the hang
+    /// detector's. The default goes through [`Collective::all_reduce_sum_f32`] (rank 0
+    /// adds its bytes to the others' zeros, exact for byte values); MPI broadcasts.
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<()> {
+        let primary = self.is_primary();
+        let mut len = [if primary { bytes.len() as f64 } else { 0.0 }];
+        self.all_reduce_sum_f64(&mut len)?;
+        let n = len[0] as usize;
+        let mut buf: Vec<f32> = if primary {
+            bytes.iter().map(|&b| b as f32).collect()
+        } else {
+            vec![0.0; n]
+        };
+        self.all_reduce_sum_f32(&mut buf)?;
+        *bytes = buf.iter().map(|&x| x as u8).collect();
+        Ok(())
+    }
+
+    /// A barrier that waits as long as rank 0's file I/O may take (a checkpoint being
+    /// written on a slow network filesystem): called right after rank 0 wrote files, so
+    /// that the next collective's hang detector counts none of it. Transports with a
+    /// hang detector give this wait its own, longer limit.
+    fn io_barrier(&self) -> Result<()> {
+        self.barrier()
+    }
+
     /// The part of each global batch this rank holds (for drop-path masks).
     fn batch_shard(&self) -> BatchShard {
         BatchShard {
             rank: self.rank(),
             world: self.world(),
+            ..BatchShard::WHOLE
         }
     }
     /// Whether this rank writes the job's files (checkpoints, metrics, cache summaries)
@@ -178,6 +207,31 @@ pub fn mean_variables(comm: &dyn Collective, vars: &[(String, Var)]) -> Result<(
         v.set(&t).with_context(|| format!("setting {name}"))?;
     }
     Ok(())
+}
+
+/// Makes every rank fail together: each passes its own outcome of a step that may fail
+/// on some ranks only (checks of the run folder, the data, the state); when any rank
+/// failed, every rank returns an error (its own, or one saying another rank failed),
+/// instead of the healthy ranks waiting for the failed one until the hang detector
+/// stops them. With one rank `local` is returned as it is.
+pub fn agree_ok<T>(comm: &dyn Collective, local: Result<T>, what: &str) -> Result<T> {
+    if comm.world() <= 1 {
+        return local;
+    }
+    let mut failed = [if local.is_err() { 1.0 } else { 0.0 }];
+    comm.all_reduce_sum_f64(&mut failed)
+        .with_context(|| format!("agreeing on {what}"))?;
+    match local {
+        Err(e) => Err(e),
+        Ok(_) if failed[0] > 0.0 => bail!(
+            "rank {} of {}: {} other rank(s) failed {what} (their messages say why); \
+             stopping this rank too",
+            comm.rank(),
+            comm.world(),
+            failed[0] as usize
+        ),
+        Ok(v) => Ok(v),
+    }
 }
 
 /// Element-wise sum over the ranks of a few scalars (losses, counts), for logs and
@@ -312,8 +366,22 @@ mod tests {
     fn sharded_drop_path_masks_equal_the_whole_batch_masks() {
         use crate::models::layers::DropPathRng;
         let mut whole = DropPathRng::new(7, BatchShard::WHOLE);
-        let mut r0 = DropPathRng::new(7, BatchShard { rank: 0, world: 2 });
-        let mut r1 = DropPathRng::new(7, BatchShard { rank: 1, world: 2 });
+        let mut r0 = DropPathRng::new(
+            7,
+            BatchShard {
+                rank: 0,
+                world: 2,
+                ..BatchShard::WHOLE
+            },
+        );
+        let mut r1 = DropPathRng::new(
+            7,
+            BatchShard {
+                rank: 1,
+                world: 2,
+                ..BatchShard::WHOLE
+            },
+        );
         for _branch in 0..5 {
             let w = whole.scales(8, 0.5);
             let (a, b) = (r0.scales(4, 0.5), r1.scales(4, 0.5));
@@ -323,11 +391,54 @@ mod tests {
     }
 
     #[test]
+    fn accumulated_micro_batches_draw_the_masks_of_the_whole_step() {
+        use crate::models::layers::DropPathRng;
+        // global batch 8 = 2 per pass x 2 micro-batches x 2 ranks
+        let mut whole = DropPathRng::new(11, BatchShard::WHOLE);
+        let shard = |rank, micro| {
+            let s = BatchShard {
+                rank,
+                world: 2,
+                ..BatchShard::WHOLE
+            };
+            DropPathRng::new(11, s.micro_batch(micro, 2))
+        };
+        let (mut a, mut b, mut c, mut d) = (shard(0, 0), shard(1, 0), shard(0, 1), shard(1, 1));
+        for _branch in 0..5 {
+            let w = whole.scales(8, 0.5);
+            // rank r's micro-batch m holds global pair 2m + r
+            let (a, b, c, d) = (
+                a.scales(2, 0.5),
+                b.scales(2, 0.5),
+                c.scales(2, 0.5),
+                d.scales(2, 0.5),
+            );
+            assert_eq!([a, b, c, d].concat(), w);
+        }
+        // one process, batch 4 x 2 micro-batches = batch 8
+        let mut whole = DropPathRng::new(5, BatchShard::WHOLE);
+        let one = |m| DropPathRng::new(5, BatchShard::WHOLE.micro_batch(m, 2));
+        let (mut m0, mut m1) = (one(0), one(1));
+        for _branch in 0..3 {
+            let w = whole.scales(8, 0.3);
+            assert_eq!([m0.scales(4, 0.3), m1.scales(4, 0.3)].concat(), w);
+        }
+    }
+
+    #[test]
     fn shard_positions_interleave_pairs_by_rank() {
         // world 2, local batch 4: rank 0 holds pairs 0 and 2 of the global batch of 8,
         // rank 1 pairs 1 and 3.
-        let r0 = BatchShard { rank: 0, world: 2 };
-        let r1 = BatchShard { rank: 1, world: 2 };
+        let r0 = BatchShard {
+            rank: 0,
+            world: 2,
+            ..BatchShard::WHOLE
+        };
+        let r1 = BatchShard {
+            rank: 1,
+            world: 2,
+            ..BatchShard::WHOLE
+        };
         let g0: Vec<usize> = (0..4).map(|i| r0.global_index(i)).collect();
         let g1: Vec<usize> = (0..4).map(|i| r1.global_index(i)).collect();
         assert_eq!(g0, vec![0, 1, 4, 5]);

@@ -203,15 +203,41 @@ pub struct BatchShard {
     pub rank: usize,
     /// Number of ranks sharing each global batch.
     pub world: usize,
+    /// Which micro-batch of the optimizer step this pass is (`0..accum`).
+    pub micro: usize,
+    /// Micro-batches per optimizer step (gradient accumulation; 1 = none).
+    pub accum: usize,
 }
 
 impl BatchShard {
     /// The whole batch (one process).
-    pub const WHOLE: BatchShard = BatchShard { rank: 0, world: 1 };
+    pub const WHOLE: BatchShard = BatchShard {
+        rank: 0,
+        world: 1,
+        micro: 0,
+        accum: 1,
+    };
 
-    /// Position in the global batch of local sample `i`.
+    /// The same ranks, for micro-batch `micro` of `accum` of an optimizer step: with
+    /// accumulation the global batch is `batch x accum x world`, and micro-batch `m` of a
+    /// rank holds its pairs `m * batch / 2 ..` of the step.
+    pub fn micro_batch(self, micro: usize, accum: usize) -> Self {
+        BatchShard {
+            micro,
+            accum: accum.max(1),
+            ..self
+        }
+    }
+
+    /// Position in the global batch of local sample `i` (micro-batch 0).
     pub fn global_index(&self, i: usize) -> usize {
         2 * ((i / 2) * self.world + self.rank) + i % 2
+    }
+
+    /// Position in the global batch (`b x world x accum` samples) of sample `i` of a
+    /// local micro-batch of `b` samples.
+    pub fn global_index_in(&self, i: usize, b: usize) -> usize {
+        2 * (((self.micro * b) / 2 + i / 2) * self.world + self.rank) + i % 2
     }
 }
 
@@ -244,11 +270,14 @@ impl DropPathRng {
     /// Per-sample factors of a local batch of `b` for one residual branch with drop
     /// probability `p` (see [`drop_path_scales`]).
     pub fn scales(&mut self, b: usize, p: f64) -> Vec<f32> {
-        if self.shard.world <= 1 {
+        let whole = self.shard.world.max(1) * self.shard.accum.max(1);
+        if whole <= 1 {
             return drop_path_scales(b, p, &mut self.rng);
         }
-        let global = drop_path_scales(b * self.shard.world, p, &mut self.rng);
-        (0..b).map(|i| global[self.shard.global_index(i)]).collect()
+        let global = drop_path_scales(b * whole, p, &mut self.rng);
+        (0..b)
+            .map(|i| global[self.shard.global_index_in(i, b)])
+            .collect()
     }
 }
 

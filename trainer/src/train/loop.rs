@@ -59,6 +59,9 @@ pub struct TrainJob {
     /// Stop making progress (sleep) right after this global optimizer step, like a hung
     /// rank of a data-parallel job; for failure tests only.
     pub stall_at_step: Option<u64>,
+    /// Sleep this long before every checkpoint write, like a slow network filesystem;
+    /// for tests of the data-parallel waits only.
+    pub slow_checkpoint: Option<std::time::Duration>,
     /// Start a new run from a DeiT `main.py` checkpoint (`train --resume FILE.pth`):
     /// weights, AdamW state, EMA and next epoch ([`super::mainpy_resume`]).
     pub start_from: Option<PathBuf>,
@@ -78,6 +81,7 @@ impl TrainJob {
             stop_at_step: None,
             abort_at_step: None,
             stall_at_step: None,
+            slow_checkpoint: None,
             start_from: None,
             tensorboard: false,
         }
@@ -144,7 +148,8 @@ pub fn select_device(name: &str) -> Result<Device> {
     Device::new_cuda(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))
 }
 
-/// Seed of the drop-path masks of micro-batch `batch` of `epoch`.
+/// Seed of the drop-path masks of optimizer step `batch` of `epoch` (counted from the
+/// epoch's start; every micro-batch of a step shares it, see `BatchShard::micro_batch`).
 pub fn step_seed(run_seed: u64, epoch: usize, batch: usize) -> u64 {
     let mut h = blake3::Hasher::new();
     h.update(b"deit-pipe drop-path v1");
@@ -253,12 +258,16 @@ pub fn train_with(
     progress: &mut dyn TrainProgress,
     comm: &dyn Collective,
 ) -> Result<TrainSummary> {
-    let cfg = &job.config;
+    let (rank, world) = (comm.rank(), comm.world());
+    let primary = comm.is_primary();
+    // Every rank trains with rank 0's settings and its --resume decision
+    // (`dist_start`); one process keeps its own.
+    job.config.validate()?;
+    let (cfg_of_job, resume) = super::dist_start::agree_on_config(comm, &job.config, job.resume)?;
+    let cfg = &cfg_of_job;
     cfg.validate()?;
     let device = select_device(&cfg.run.device)?;
     let seed = cfg.run.seed;
-    let (rank, world) = (comm.rank(), comm.world());
-    let primary = comm.is_primary();
     let mut no_progress = NoProgress;
     let progress: &mut dyn TrainProgress = if primary { progress } else { &mut no_progress };
 
@@ -303,70 +312,26 @@ pub fn train_with(
         cfg.run.precision
     );
 
-    // Run directory, config, checkpoints.
-    std::fs::create_dir_all(&job.run_dir)
-        .with_context(|| format!("creating {}", job.run_dir.display()))?;
-    let store = CheckpointStore::open(&job.run_dir)?;
+    // Run directory, config, checkpoints: rank 0 alone reads and writes them; the other
+    // ranks learn from it which checkpoint the job continues from (`dist_start`), so
+    // they need no access to rank 0's --out.
     let config_path = job.run_dir.join(CONFIG_FILE);
-    let last = store.last()?;
-    let resume_from = match (job.resume, last) {
-        (false, Some(ck)) => bail!(
-            "{} already holds a run (last checkpoint {}); pass --resume to continue it or \
-             choose another --out",
-            job.run_dir.display(),
-            ck.dir.display()
-        ),
-        (true, None) => {
-            tracing::warn!(
-                "--resume: {} has no checkpoint yet; starting from the beginning",
-                job.run_dir.display()
-            );
-            None
-        }
-        (true, Some(ck)) => Some(ck),
-        (false, None) => None,
+    let mut store = None;
+    let found = if primary {
+        open_run_dir(job, cfg, resume, world, &fingerprint).map(|(st, ck)| {
+            store = Some(st);
+            ck
+        })
+    } else {
+        Ok(None)
     };
-    if let Some(ck) = &resume_from {
-        if config_path.is_file() {
-            let saved = TrainConfig::from_file(&config_path)?;
-            if let Some((field, was, now)) = saved.first_difference(cfg) {
-                bail!(
-                    "--resume: {field} is {was} in {} but {now} now; resume with the run's settings",
-                    config_path.display()
-                );
-            }
-        }
-        if ck.state.config_hash != cfg.hash_hex() {
-            bail!(
-                "--resume: checkpoint {} was written by config {} but this config hashes to {}",
-                ck.dir.display(),
-                ck.state.config_hash,
-                cfg.hash_hex()
-            );
-        }
-        if !ck.state.dataset_fingerprint.is_empty() && ck.state.dataset_fingerprint != fingerprint {
-            bail!(
-                "--resume: checkpoint {} was trained on dataset {} but {} is {}",
-                ck.dir.display(),
-                ck.state.dataset_fingerprint,
-                job.data_dir.display(),
-                fingerprint
-            );
-        }
-        if ck.state.world_size != world {
-            bail!(
-                "--resume: checkpoint {} was written by a job of {} rank(s) but this job has {world}; \
-                 resume with the same number of processes (the global batch, and so the \
-                 learning rate and the data order, depend on it)",
-                ck.dir.display(),
-                ck.state.world_size
-            );
-        }
-    }
-    // Every rank has looked at the run directory before rank 0 writes into it.
-    if world > 1 {
-        comm.barrier().context("waiting for the other ranks")?;
-    }
+    let resume_from = super::dist_start::agree_on_start(
+        comm,
+        &job.run_dir,
+        found,
+        &cfg.hash_hex(),
+        &fingerprint,
+    )?;
     if resume_from.is_none() && primary {
         write_atomic(&config_path, cfg.to_toml()?.as_bytes())?;
     }
@@ -381,23 +346,31 @@ pub fn train_with(
     let model = models::build(&spec, VarBuilder::from_varmap(&varmap, DType::F32, &device))
         .with_context(|| format!("building {}", spec.name))?;
     models::init_weights(&spec, &varmap, seed)?;
-    if let (Some(p), None) = (&cfg.model.init_weights, &resume_from) {
-        let opts = LoadOptions {
-            partial: cfg.model.init_partial,
-        };
-        load_into(&varmap, &spec, p, &opts)?;
-    }
-    if let (Some(p), None) = (&cfg.model.finetune, &resume_from) {
-        super::finetune::load_finetune(&varmap, &spec, p)?;
-    }
-    let mainpy = match (&job.start_from, &resume_from) {
-        (Some(p), None) => {
-            let ck = super::mainpy_resume::MainPyCheckpoint::read(p)?;
-            ck.load_model(&varmap, &spec)?;
-            Some(ck)
+    // Rank 0 alone reads the files the weights come from; the others receive them
+    // (`dist_start::share_state` below).
+    let initial = (|| -> Result<Option<super::mainpy_resume::MainPyCheckpoint>> {
+        if !primary || resume_from.is_some() {
+            return Ok(None);
         }
-        _ => None,
-    };
+        if let Some(p) = &cfg.model.init_weights {
+            let opts = LoadOptions {
+                partial: cfg.model.init_partial,
+            };
+            load_into(&varmap, &spec, p, &opts)?;
+        }
+        if let Some(p) = &cfg.model.finetune {
+            super::finetune::load_finetune(&varmap, &spec, p)?;
+        }
+        match &job.start_from {
+            Some(p) => {
+                let ck = super::mainpy_resume::MainPyCheckpoint::read(p)?;
+                ck.load_model(&varmap, &spec)?;
+                Ok(Some(ck))
+            }
+            None => Ok(None),
+        }
+    })();
+    let mainpy = crate::dist::agree_ok(comm, initial, "to load the initial weights")?;
     let twin = eval_twin(&spec, &varmap, &device)?;
     let params = models::trainable_vars(&varmap);
     // Variables that are not trained but updated by the forward pass (BatchNorm's
@@ -440,31 +413,54 @@ pub fn train_with(
         epoch_batches: 0,
         world_size: world,
     };
-    let mut last_checkpoint = None;
-    if let Some(ck) = &resume_from {
-        load_into(&varmap, &spec, &ck.model_path(), &LoadOptions::default())
-            .with_context(|| format!("resuming from {}", ck.dir.display()))?;
-        opt.load(&ck.optimizer_path())?;
-        if let Some(e) = ema.as_mut() {
-            *e = ModelEma::load(&ck.ema_path(), &device)?;
+    let mut last_checkpoint = resume_from.as_ref().map(|ck| ck.dir.clone());
+    let loaded = (|| -> Result<()> {
+        match (&resume_from, primary) {
+            (Some(ck), true) => {
+                load_into(&varmap, &spec, &ck.model_path(), &LoadOptions::default())
+                    .with_context(|| format!("resuming from {}", ck.dir.display()))?;
+                opt.load(&ck.optimizer_path())?;
+                if let Some(e) = ema.as_mut() {
+                    *e = ModelEma::load(&ck.ema_path(), &device)?;
+                }
+                state = ck.state.clone();
+                tracing::info!(
+                    "resuming {} at epoch {} batch {} (step {})",
+                    job.run_dir.display(),
+                    state.epoch,
+                    state.batch_in_epoch,
+                    state.global_step
+                );
+            }
+            // The other ranks take the state with rank 0's weights below.
+            (Some(ck), false) => state = ck.state.clone(),
+            (None, _) => {}
         }
-        state = ck.state.clone();
-        last_checkpoint = Some(ck.dir.clone());
+        if let Some(ck) = &mainpy {
+            let (epoch, steps) = ck.restore(&spec, &varmap, &mut opt, ema.as_mut(), &device)?;
+            state.epoch = epoch;
+            state.global_step = steps;
+            tracing::info!(
+                "starting from main.py checkpoint {} at epoch {epoch} (step {steps})",
+                ck.path.display()
+            );
+        }
+        Ok(())
+    })();
+    crate::dist::agree_ok(comm, loaded, "to load the checkpoint")?;
+    // One start for every rank: rank 0's weights, optimizer moments, EMA and state
+    // (epoch, step) are broadcast and every rank checks it holds the same.
+    if let Some(digest) =
+        super::dist_start::share_state(comm, &varmap, &mut opt, &mut ema, &mut state, &device)?
+    {
         tracing::info!(
-            "resuming {} at epoch {} batch {} (step {})",
-            job.run_dir.display(),
-            state.epoch,
-            state.batch_in_epoch,
-            state.global_step
-        );
-    }
-    if let Some(ck) = &mainpy {
-        let (epoch, steps) = ck.restore(&spec, &varmap, &mut opt, ema.as_mut(), &device)?;
-        state.epoch = epoch;
-        state.global_step = steps;
-        tracing::info!(
-            "starting from main.py checkpoint {} at epoch {epoch} (step {steps})",
-            ck.path.display()
+            "rank {rank} of {world}: starting from state {digest} ({}), the same on every rank",
+            last_checkpoint
+                .as_ref()
+                .map_or("rank 0's initial weights".to_string(), |d| format!(
+                    "checkpoint {}",
+                    d.display()
+                ))
         );
     }
     // Rank 0 alone writes the run's logs.
@@ -599,9 +595,13 @@ pub fn train_with(
                 BaseCriterion::SoftTarget => Targets::Dense(&targets_t),
                 _ => Targets::Labels(&targets_t),
             };
-            let ctx = ForwardCtx::train(step_seed(seed, epoch, b))
+            // Every random choice of the forward pass is drawn for the global batch of the
+            // optimizer step (batch x accum x world): one seed per step, and this pass's
+            // place in it, so accumulation equals a bigger batch as ranks do.
+            let accum = cfg.data.accum_steps.max(1);
+            let ctx = ForwardCtx::train(step_seed(seed, epoch, b / accum))
                 .with_precision(precision)
-                .with_shard(comm.batch_shard());
+                .with_shard(comm.batch_shard().micro_batch(b % accum, accum));
             let out = model
                 .forward(&images, &ctx)
                 .with_context(|| format!("forward pass, epoch {epoch} batch {b}"))?;
@@ -712,15 +712,10 @@ pub fn train_with(
                     || stop_here
                 {
                     check_finite(&varmap)?;
-                    if primary {
-                        last_checkpoint = Some(save_checkpoint(
-                            &store,
-                            &state,
-                            false,
-                            &varmap,
-                            &opt,
-                            ema.as_ref(),
-                        )?);
+                    if let Some(p) = checkpoint_on_primary(comm, job, || {
+                        save_checkpoint(store.as_ref(), &state, false, &varmap, &opt, ema.as_ref())
+                    })? {
+                        last_checkpoint = Some(p);
                     }
                 }
                 if job.stall_at_step == Some(state.global_step) {
@@ -840,15 +835,10 @@ pub fn train_with(
         state.batch_in_epoch = 0;
         state.epoch_loss_sum = 0.0;
         state.epoch_batches = 0;
-        if primary {
-            last_checkpoint = Some(save_checkpoint(
-                &store,
-                &state,
-                is_best,
-                &varmap,
-                &opt,
-                ema.as_ref(),
-            )?);
+        if let Some(p) = checkpoint_on_primary(comm, job, || {
+            save_checkpoint(store.as_ref(), &state, is_best, &varmap, &opt, ema.as_ref())
+        })? {
+            last_checkpoint = Some(p);
         }
         if val.is_some() {
             last_eval = val;
@@ -884,18 +874,115 @@ pub fn train_with(
     })
 }
 
+/// Rank 0's reading of the run folder: creates it, opens its checkpoints and picks the
+/// one to continue from (with `--resume`), checking that it belongs to this config, data
+/// set and world size.
+fn open_run_dir(
+    job: &TrainJob,
+    cfg: &TrainConfig,
+    resume: bool,
+    world: usize,
+    fingerprint: &str,
+) -> Result<(CheckpointStore, Option<super::checkpoint::Checkpoint>)> {
+    std::fs::create_dir_all(&job.run_dir)
+        .with_context(|| format!("creating {}", job.run_dir.display()))?;
+    let store = CheckpointStore::open(&job.run_dir)?;
+    let config_path = job.run_dir.join(CONFIG_FILE);
+    let last = store.last()?;
+    let resume_from = match (resume, last) {
+        (false, Some(ck)) => bail!(
+            "{} already holds a run (last checkpoint {}); pass --resume to continue it or \
+             choose another --out",
+            job.run_dir.display(),
+            ck.dir.display()
+        ),
+        (true, None) => {
+            tracing::warn!(
+                "--resume: {} has no checkpoint yet; starting from the beginning",
+                job.run_dir.display()
+            );
+            None
+        }
+        (true, Some(ck)) => Some(ck),
+        (false, None) => None,
+    };
+    if let Some(ck) = &resume_from {
+        if config_path.is_file() {
+            let saved = TrainConfig::from_file(&config_path)?;
+            if let Some((field, was, now)) = saved.first_difference(cfg) {
+                bail!(
+                    "--resume: {field} is {was} in {} but {now} now; resume with the run's settings",
+                    config_path.display()
+                );
+            }
+        }
+        if ck.state.config_hash != cfg.hash_hex() {
+            bail!(
+                "--resume: checkpoint {} was written by config {} but this config hashes to {}",
+                ck.dir.display(),
+                ck.state.config_hash,
+                cfg.hash_hex()
+            );
+        }
+        if !ck.state.dataset_fingerprint.is_empty() && ck.state.dataset_fingerprint != fingerprint {
+            bail!(
+                "--resume: checkpoint {} was trained on dataset {} but {} is {}",
+                ck.dir.display(),
+                ck.state.dataset_fingerprint,
+                job.data_dir.display(),
+                fingerprint
+            );
+        }
+        if ck.state.world_size != world {
+            bail!(
+                "--resume: checkpoint {} was written by a job of {} rank(s) but this job has {world}; \
+                 resume with the same number of processes (the global batch, and so the \
+                 learning rate and the data order, depend on it)",
+                ck.dir.display(),
+                ck.state.world_size
+            );
+        }
+    }
+    Ok((store, resume_from))
+}
+
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64)
 }
 
+/// Rank 0 writes a checkpoint (`write`) while the other ranks wait for it in
+/// [`Collective::io_barrier`], under the file-I/O limit rather than the hang detector's,
+/// so a slow filesystem stops no healthy rank; then every rank learns whether the write
+/// succeeded. Returns the checkpoint's folder on rank 0.
+fn checkpoint_on_primary(
+    comm: &dyn Collective,
+    job: &TrainJob,
+    write: impl FnOnce() -> Result<PathBuf>,
+) -> Result<Option<PathBuf>> {
+    let local = if comm.is_primary() {
+        if let Some(d) = job.slow_checkpoint {
+            std::thread::sleep(d);
+        }
+        write().map(Some)
+    } else {
+        Ok(None)
+    };
+    if comm.world() > 1 {
+        comm.io_barrier()
+            .context("waiting for rank 0 to write the checkpoint")?;
+    }
+    crate::dist::agree_ok(comm, local, "to write the checkpoint")
+}
+
 fn save_checkpoint(
-    store: &CheckpointStore,
+    store: Option<&CheckpointStore>,
     state: &TrainState,
     is_best: bool,
     varmap: &VarMap,
     opt: &AdamW,
     ema: Option<&ModelEma>,
 ) -> Result<PathBuf> {
+    let store = store.context("only rank 0 writes checkpoints")?;
     store.save(state, is_best, |dir| {
         save_safetensors(varmap, &dir.join(MODEL_FILE))?;
         opt.save(&dir.join(OPTIMIZER_FILE))?;

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dist_start;
 pub mod eval;
 pub mod eval_job;
 pub mod finetune;
