@@ -28,6 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 import timm
+import timm.optim
 
 import deit_pipe
 
