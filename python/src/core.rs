@@ -854,10 +854,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data = shards(tmp.path());
         let mut w = writer(&tmp.path().join("c"), &data, "t").expect("writer");
-        let e = format!(
-            "{:#}",
-            w.put(0, 0, &[], 0, CLASSES).err().expect("no views")
-        );
+        let e = format!("{:#}", w.put(0, 0, &[], 0, CLASSES).expect_err("no views"));
         assert!(e.contains("no views"), "{e}");
         let v = w.next_views().expect("views").expect("some");
         assert!(w.next_views().is_err(), "views before put");
@@ -869,7 +866,7 @@ mod tests {
             "other slot"
         );
         w.put(0, 0, &zeros[..n * CLASSES], n, CLASSES).expect("put");
-        let e = format!("{:#}", w.finish().err().expect("unfinished"));
+        let e = format!("{:#}", w.finish().expect_err("unfinished"));
         assert!(e.contains("not written"), "{e}");
         assert!(split_teacher_id("  ").is_err());
         assert_eq!(
