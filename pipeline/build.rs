@@ -50,6 +50,19 @@ fn main() {
         .iter()
         .map(PathBuf::from),
     );
+    // Feature `dynamic-libjpeg` (the Python extension, a shared library): Debian's
+    // libjpeg.a is not position-independent code, so a cdylib links libjpeg.so.62, the
+    // same library (and the same pixels) as the static archive.
+    if std::env::var_os("CARGO_FEATURE_DYNAMIC_LIBJPEG").is_some() {
+        for d in &dirs {
+            if d.join("libjpeg.so").exists() {
+                println!("cargo:rustc-link-search=native={}", d.display());
+                break;
+            }
+        }
+        println!("cargo:rustc-link-lib=dylib=jpeg");
+        return;
+    }
     match dirs
         .iter()
         .find(|d| Path::new(d).join("libjpeg.a").is_file())

@@ -152,7 +152,7 @@ pub fn binding_of(job: &CacheJob, src: &ShardSource) -> Result<CacheBinding> {
 }
 
 /// Refuses an output directory holding finished files of another binding.
-fn check_existing(out: &Path, binding: &CacheBinding) -> Result<()> {
+pub fn check_existing(out: &Path, binding: &CacheBinding) -> Result<()> {
     let entries = match std::fs::read_dir(out) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -280,21 +280,17 @@ pub fn run(job: &CacheJob, progress: &mut dyn JobProgress) -> Result<JobReport> 
     Ok(report)
 }
 
-/// Builds the views of `pairs`, runs the teacher on them and returns their rows, in slot
-/// order; adds the time of each stage to `times`.
-#[allow(clippy::too_many_arguments)]
-fn cache_batch(
-    src: &ShardSource,
+/// The views of `pairs` (pair indices of `plan`, in order), built in parallel on the
+/// current rayon pool exactly as the training loader builds them: their keys (slot order)
+/// and their pixels, (2 * pairs.len(), 3, size, size) f32. What `teacher-cache` and the
+/// Python package's `TeacherCacheWriter` give the teacher.
+pub fn build_views(
+    src: &dyn RecordSource,
     plan: &EpochPlan,
     builder: &ViewBuilder,
-    model: &dyn Classifier,
-    device: &Device,
     epoch: u32,
     pairs: &[usize],
-    top_k: usize,
-    times: &mut JobReport,
-) -> Result<Vec<CacheRow>> {
-    let t_views = Instant::now();
+) -> Result<(Vec<ViewKey>, Vec<f32>)> {
     let n = builder.view_len();
     let views: Vec<(Vec<f32>, Vec<f32>, f32)> = pairs
         .par_iter()
@@ -322,6 +318,25 @@ fn cache_batch(
             data.extend_from_slice(v);
         }
     }
+    Ok((keys, data))
+}
+
+/// Builds the views of `pairs`, runs the teacher on them and returns their rows, in slot
+/// order; adds the time of each stage to `times`.
+#[allow(clippy::too_many_arguments)]
+fn cache_batch(
+    src: &ShardSource,
+    plan: &EpochPlan,
+    builder: &ViewBuilder,
+    model: &dyn Classifier,
+    device: &Device,
+    epoch: u32,
+    pairs: &[usize],
+    top_k: usize,
+    times: &mut JobReport,
+) -> Result<Vec<CacheRow>> {
+    let t_views = Instant::now();
+    let (keys, data) = build_views(src, plan, builder, epoch, pairs)?;
     let size = builder.size() as usize;
     times.views_seconds += t_views.elapsed().as_secs_f64();
     let t_forward = Instant::now();

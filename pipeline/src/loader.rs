@@ -11,8 +11,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use rayon::prelude::*;
 
 use crate::batch_pool::BATCH_POOL;
@@ -153,6 +154,17 @@ impl Drop for Batch {
 }
 
 type Item = Result<Batch, PipelineError>;
+
+/// What [`Loader::next_timeout`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// The next batch (or the error that ends the stream).
+    Ready(Result<Batch, PipelineError>),
+    /// Nothing yet within the timeout: the workers are still building it.
+    Waiting,
+    /// The stream has ended.
+    Finished,
+}
 
 /// (slot, sample, label, lam, view hash) of one finished view.
 type SlotRow = (u32, u32, u32, f32, u64);
@@ -378,6 +390,19 @@ impl Loader {
     /// Number of batches this loader yields when nothing fails.
     pub fn num_batches(&self) -> usize {
         self.num_batches
+    }
+
+    /// Waits at most `timeout` for the next batch, so that a caller can do other work
+    /// between waits (the Python package checks for Ctrl-C there).
+    pub fn next_timeout(&mut self, timeout: Duration) -> Next {
+        let Some(rx) = self.rx.as_ref() else {
+            return Next::Finished;
+        };
+        match rx.recv_timeout(timeout) {
+            Ok(item) => Next::Ready(item),
+            Err(RecvTimeoutError::Timeout) => Next::Waiting,
+            Err(RecvTimeoutError::Disconnected) => Next::Finished,
+        }
     }
 }
 

@@ -196,6 +196,20 @@ impl TeacherSource {
         }
     }
 
+    /// The cached rows of `batch`'s slots, checked against the batch's samples and view
+    /// hashes exactly as [`TeacherSource::targets`] checks them (`None` without a cache).
+    /// The Python package's loader reads its teacher targets here.
+    pub fn cached_rows(
+        &mut self,
+        batch: &Batch,
+        allow_drift: bool,
+    ) -> Result<Option<Vec<CachedTarget>>> {
+        match self {
+            TeacherSource::Cache(s) => s.rows_for(batch, allow_drift).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// Views whose cached hash differed from the rebuilt view (with `--allow-replay-drift`).
     pub fn drift_count(&self) -> u64 {
         match self {
