@@ -6,8 +6,9 @@ use clap::CommandFactory;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Flags that literals name on purpose and that are not ours: cargo's (build hints).
-const NOT_OURS: [&str; 3] = ["--features", "--release", "--no-default-features"];
+/// Flags that literals name on purpose and that are not ours: cargo's (build hints) and
+/// Slurm's `srun --mpi=pmix` (launch hints).
+const NOT_OURS: [&str; 4] = ["--features", "--release", "--no-default-features", "--mpi"];
 
 /// Literals known to name a flag that does not exist, in files this change may not edit.
 /// Each entry is a bug to fix where the literal lives (then the entry goes).
