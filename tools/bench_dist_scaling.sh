@@ -8,7 +8,7 @@
 # metrics.jsonl; the ratio to one process is the scaling efficiency.
 #
 #   MODEL=small: configs/small_image.toml (DeiT, 32 px, patch 8, dim 128, depth 4; 0.8 M
-#                parameters, a 3.3 MB gradient), G = 64, 3 epochs of 15 steps
+#                parameters, a 3.3 MB gradient), G = 64, 3 epochs of 46 steps (3 repeats)
 #   MODEL=tiny:  configs/deit_tiny.toml (DeiT-Ti distilled, 224 px; 5.9 M parameters), G = 16,
 #                2 epochs of 6 steps
 #
@@ -27,7 +27,7 @@ if [ ! -d "$D/shards" ]; then
   "$BIN" --quiet shard --input "$D/folder" --out "$D/shards" --max-side 40
 fi
 case "$MODEL" in
-  small) G=64; cfg="--config $ROOT/configs/small_image.toml --epochs 3 --warmup-epochs 1" ;;
+  small) G=64; cfg="--config $ROOT/configs/small_image.toml --epochs 3 --warmup-epochs 1 --set plan.repeats=3" ;;
   tiny) G=16; cfg="--config $ROOT/configs/deit_tiny.toml --epochs 2 --warmup-epochs 1 --accum-steps 1 --set run.max_batches_per_epoch=6" ;;
   *) echo "MODEL=small or MODEL=tiny" >&2; exit 2 ;;
 esac

@@ -221,7 +221,8 @@ mod tests {
         assert!(s.text.contains("200 views in 3.00 s"), "{}", s.text);
         assert!(s.text.contains("rank 1 on a: part 2/2"), "{}", s.text);
         assert!(
-            s.text.ends_with("all 4 parts (2 epochs x 2 ranks) are present in /c"),
+            s.text
+                .ends_with("all 4 parts (2 epochs x 2 ranks) are present in /c"),
             "{}",
             s.text
         );

@@ -367,7 +367,13 @@ fn same_teacher_as_rank_zero(
 ) -> Result<()> {
     let theirs: Option<TeacherIdentity> =
         serde_json::from_slice(rank_zero).context("rank 0's teacher is not a teacher record")?;
-    let key = |t: &TeacherIdentity| (t.teacher_arch.clone(), t.teacher_weights_hash.clone(), t.top_k);
+    let key = |t: &TeacherIdentity| {
+        (
+            t.teacher_arch.clone(),
+            t.teacher_weights_hash.clone(),
+            t.top_k,
+        )
+    };
     match (theirs, mine) {
         (None, None) => Ok(()),
         (Some(t), Some(m)) if key(&t) == key(m) => Ok(()),
@@ -378,8 +384,12 @@ fn same_teacher_as_rank_zero(
         ),
         (t, m) => bail!(
             "rank {rank}: {} here but {} on rank 0",
-            m.map_or("no teacher cache".to_string(), |m| format!("the teacher {m}")),
-            t.map_or("no teacher cache".to_string(), |t| format!("the teacher {t}"))
+            m.map_or("no teacher cache".to_string(), |m| format!(
+                "the teacher {m}"
+            )),
+            t.map_or("no teacher cache".to_string(), |t| format!(
+                "the teacher {t}"
+            ))
         ),
     }
 }
@@ -476,7 +486,9 @@ mod identity_tests {
                 && e.contains("rank 0's holds the teacher resnet_tiny (weights BLAKE3 aaaa"),
             "{e}"
         );
-        let e = same_teacher_as_rank_zero(1, &zero, None).unwrap_err().to_string();
+        let e = same_teacher_as_rank_zero(1, &zero, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no teacher cache here but the teacher"), "{e}");
         let none = serde_json::to_vec(&None::<TeacherIdentity>).unwrap();
         same_teacher_as_rank_zero(1, &none, None).expect("no teacher anywhere");
