@@ -505,16 +505,14 @@ pub fn train_with(
         img_size,
         &device,
     )?;
-    // Rank 0 records the teacher; on a resume every rank compares with the record (a
-    // record being written by rank 0 appears whole: it is renamed into place).
-    let teacher_record = job.run_dir.join(super::teacher::TEACHER_FILE);
-    if primary || (resume_from.is_some() && teacher_record.is_file()) {
-        super::teacher::check_teacher_identity(
-            &job.run_dir,
-            teacher.identity().as_ref(),
-            resume_from.is_some(),
-        )?;
-    }
+    // Rank 0 records the teacher (or compares with the record on a resume); the other
+    // ranks compare their cache with rank 0's.
+    super::teacher::agree_on_teacher(
+        comm,
+        &job.run_dir,
+        teacher.identity().as_ref(),
+        resume_from.is_some(),
+    )?;
     let criterion = DistillationLoss {
         base: BaseCriterion::for_recipe(cfg.augment.mix.enabled(), cfg.augment.mix.label_smoothing),
         kind: match kind {

@@ -327,6 +327,73 @@ pub fn check_teacher_identity(
     super::checkpoint::write_atomic(&path, json.as_bytes())
 }
 
+/// Every rank distils from rank 0's teacher. Rank 0 checks the run's record
+/// ([`check_teacher_identity`]: written on a fresh start, compared on `--resume`) and
+/// sends the identity of its cache to the other ranks, which compare their own cache's
+/// with it: their `--out` may not hold the record (node-local disks), and their
+/// `--teacher-targets` is their own copy. Any rank's failure stops every rank.
+pub fn agree_on_teacher(
+    comm: &dyn crate::dist::Collective,
+    run_dir: &Path,
+    identity: Option<&TeacherIdentity>,
+    resuming: bool,
+) -> Result<()> {
+    let primary = comm.is_primary();
+    let local = match primary {
+        true => check_teacher_identity(run_dir, identity, resuming),
+        false => Ok(()),
+    };
+    crate::dist::agree_ok(comm, local, "the check of the run's teacher record")?;
+    if comm.world() <= 1 {
+        return Ok(());
+    }
+    let mut bytes = match primary {
+        true => serde_json::to_vec(&identity).context("rank 0's teacher record")?,
+        false => Vec::new(),
+    };
+    comm.broadcast_bytes(&mut bytes)
+        .context("receiving rank 0's teacher")?;
+    let local = match primary {
+        true => Ok(()),
+        false => same_teacher_as_rank_zero(comm.rank(), &bytes, identity),
+    };
+    crate::dist::agree_ok(comm, local, "to distil from rank 0's teacher")
+}
+
+fn same_teacher_as_rank_zero(
+    rank: usize,
+    rank_zero: &[u8],
+    mine: Option<&TeacherIdentity>,
+) -> Result<()> {
+    let theirs: Option<TeacherIdentity> =
+        serde_json::from_slice(rank_zero).context("rank 0's teacher is not a teacher record")?;
+    let key = |t: &TeacherIdentity| {
+        (
+            t.teacher_arch.clone(),
+            t.teacher_weights_hash.clone(),
+            t.top_k,
+        )
+    };
+    match (theirs, mine) {
+        (None, None) => Ok(()),
+        (Some(t), Some(m)) if key(&t) == key(m) => Ok(()),
+        (Some(t), Some(m)) => bail!(
+            "rank {rank}: the teacher cache here holds targets of the teacher {m}, but rank 0's \
+             holds the teacher {t}; every machine needs a copy of the same cache (the --out \
+             of one teacher-cache job) at --teacher-targets"
+        ),
+        (t, m) => bail!(
+            "rank {rank}: {} here but {} on rank 0",
+            m.map_or("no teacher cache".to_string(), |m| format!(
+                "the teacher {m}"
+            )),
+            t.map_or("no teacher cache".to_string(), |t| format!(
+                "the teacher {t}"
+            ))
+        ),
+    }
+}
+
 impl CacheState {
     /// The cached rows of the batch's slots, checked against the views built here.
     fn rows_for(&mut self, batch: &Batch, allow_drift: bool) -> Result<Vec<CachedTarget>> {
@@ -403,6 +470,28 @@ mod identity_tests {
             top_k: 4,
             cache: "/c".into(),
         }
+    }
+
+    #[test]
+    fn other_ranks_compare_their_cache_with_rank_zeros() {
+        let zero = serde_json::to_vec(&Some(id("aaaa"))).unwrap();
+        let mut elsewhere = id("aaaa");
+        elsewhere.cache = "/node-local/c".into();
+        same_teacher_as_rank_zero(1, &zero, Some(&elsewhere)).expect("same teacher");
+        let e = same_teacher_as_rank_zero(1, &zero, Some(&id("bbbb")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("rank 1: the teacher cache here holds targets of the teacher resnet_tiny (weights BLAKE3 bbbb")
+                && e.contains("rank 0's holds the teacher resnet_tiny (weights BLAKE3 aaaa"),
+            "{e}"
+        );
+        let e = same_teacher_as_rank_zero(1, &zero, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no teacher cache here but the teacher"), "{e}");
+        let none = serde_json::to_vec(&None::<TeacherIdentity>).unwrap();
+        same_teacher_as_rank_zero(1, &none, None).expect("no teacher anywhere");
     }
 
     #[test]
