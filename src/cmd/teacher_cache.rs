@@ -85,7 +85,8 @@ pub fn run(args: Args) -> Result<()> {
         world => {
             if args.part != "1/1" {
                 anyhow::bail!(
-                    "--part {} with {world} MPI ranks: the ranks already split every epoch                      (rank r writes part r+1 of {world}); use one or the other",
+                    "--part {} with {world} MPI ranks: the ranks already split every epoch \
+                     (rank r writes part r+1 of {world}); use one or the other",
                     args.part
                 );
             }
@@ -94,6 +95,15 @@ pub fn run(args: Args) -> Result<()> {
             (part, format!(" (rank {} of {world})", comm.rank()))
         }
     };
+    // One writer per part of the cache: parts of one cache may be written at the same
+    // time (by MPI ranks or by separate `--part` jobs), the same part only once.
+    let lock_name = if part.count == 1 {
+        formats::lock::LOCK_FILE.to_string()
+    } else {
+        format!(".deit-pipe.part-{}-of-{}.lock", part.index, part.count)
+    };
+    let _lock = formats::lock::OutputLock::acquire(&args.out, &lock_name)
+        .with_context(|| format!("--out {} (part {part})", args.out.display()))?;
     let device = crate::dist::device_for_rank(&args.device, comm.as_ref());
     let mut config = TrainConfig::from_file(&args.config)?;
     config.apply(&args.view.add_to(Overrides::default()))?;
