@@ -3,16 +3,19 @@
 //!
 //! The lock belongs to the open file, so the kernel drops it when the process ends,
 //! however it ends (SIGKILL included): a lock never outlives its process and no stale
-//! lock needs removing by hand. The file stays behind (removing it would let a second
-//! process lock a fresh file while a third still holds the old one); its content, the
-//! holder's pid, is only used to name the holder when a second writer is refused.
+//! lock needs removing by hand. The holder removes the file when it is done (while still
+//! holding the lock), so a finished command leaves no file behind; a killed one leaves
+//! an unlocked file that the next writer simply locks. A process that locked a file which
+//! was removed meanwhile sees that the path no longer names its file and tries again, so
+//! two processes never hold two different files of one path. The file's content, the
+//! holder's pid, only names the holder when a second writer is refused.
 //!
 //! `flock` is advisory: it stops a second deit-pipe, not another program. On NFS, Linux
 //! emulates it with POSIX byte-range locks, which the server keeps (NFSv4) across clients.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -23,11 +26,32 @@ pub const LOCK_FILE: &str = ".deit-pipe.lock";
 /// Bytes of a lock file read to name its holder.
 const HOLDER_BYTES: u64 = 4096;
 
+/// Attempts when the lock file keeps being removed under us (a holder ending each time).
+const ATTEMPTS: usize = 100;
+
 /// An exclusive lock on a folder, held until it is dropped (or the process ends).
 #[derive(Debug)]
 pub struct OutputLock {
-    _file: File,
+    file: File,
     path: PathBuf,
+}
+
+impl Drop for OutputLock {
+    /// Removes the lock file while still holding the lock (then the lock ends with the
+    /// file's closing).
+    fn drop(&mut self) {
+        if same_file(&self.file, &self.path) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether `path` (not followed if a link) names the open `file`.
+fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 impl OutputLock {
@@ -39,6 +63,21 @@ impl OutputLock {
         std::fs::create_dir_all(dir)
             .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
         let path = dir.join(name);
+        for _ in 0..ATTEMPTS {
+            if let Some(lock) = Self::try_once(dir, &path)? {
+                return Ok(lock);
+            }
+        }
+        Err(io::Error::other(format!(
+            "{}: the lock file was replaced {ATTEMPTS} times while locking it",
+            path.display()
+        )))
+    }
+
+    /// One attempt: `None` when the locked file is no longer the one at `path` (its
+    /// holder removed it as we locked it).
+    fn try_once(dir: &Path, path: &Path) -> io::Result<Option<OutputLock>> {
+        let path = path.to_path_buf();
         let ctx = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -87,11 +126,14 @@ impl OutputLock {
             }
             return Err(ctx(e));
         }
+        if !same_file(&file, &path) {
+            return Ok(None);
+        }
         file.set_len(0)
             .and_then(|_| file.rewind())
             .and_then(|_| writeln!(file, "pid {}", std::process::id()))
             .map_err(ctx)?;
-        Ok(OutputLock { _file: file, path })
+        Ok(Some(OutputLock { file, path }))
     }
 
     /// The lock file.
@@ -137,7 +179,16 @@ mod tests {
         // Another lock name in the same folder is independent.
         let _other = OutputLock::acquire(&dir, ".other.lock").unwrap();
         drop(held);
-        OutputLock::acquire(&dir, LOCK_FILE).unwrap();
+        assert!(
+            !dir.join(LOCK_FILE).exists(),
+            "a finished holder removes its file"
+        );
+        let again = OutputLock::acquire(&dir, LOCK_FILE).unwrap();
+        // A file left by a killed holder (unlocked) is simply locked again.
+        drop(again);
+        std::fs::write(dir.join(LOCK_FILE), "pid 1\n").unwrap();
+        let _again = OutputLock::acquire(&dir, LOCK_FILE).unwrap();
+        assert_eq!(recorded_holder(&dir, LOCK_FILE), Some(std::process::id()));
     }
 
     #[test]
