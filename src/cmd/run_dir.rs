@@ -209,9 +209,8 @@ pub fn claim(out: &Path) -> Result<()> {
                     .cloned()
                     .collect();
                 let config = out.join(CONFIG_FILE);
-                if !others.is_empty()
-                    && !(config.is_file() && TrainConfig::from_file(&config).is_ok())
-                {
+                let has_config = config.is_file() && TrainConfig::from_file(&config).is_ok();
+                if !others.is_empty() && !has_config {
                     bail!(
                         "--out {}: {} marks it as a run, but it holds {} without the run's \
                          {CONFIG_FILE}: refusing to write over files train did not write; \

@@ -171,7 +171,7 @@ pub fn verify_checkpoint_file(dir: &Path, name: &str) -> Result<()> {
         );
     };
     let got = file_digest(&path)?;
-    if &got != want {
+    if got != *want {
         bail!(
             "{}: BLAKE3 {got} differs from {want} recorded in {} when the checkpoint was \
              written: the file is damaged or was changed; refusing it",
