@@ -184,6 +184,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         input_kind: kind.to_string(),
         abort_after,
     };
+    // One writer per split folder, every split locked before any is written.
+    let mut _locks = Vec::with_capacity(splits.len());
+    for split in &splits {
+        let dir = args.out.join(&split.name);
+        _locks.push(
+            formats::lock::OutputLock::acquire(&dir, formats::lock::LOCK_FILE).with_context(
+                || format!("--out {} (split {:?})", args.out.display(), split.name),
+            )?,
+        );
+    }
     let mut empty = Vec::new();
     for split in &splits {
         let dir = args.out.join(&split.name);
