@@ -79,6 +79,11 @@ fn flags_alone_follow_main_py() {
             toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
         assert_eq!(cfg["data"]["accum_steps"].as_integer(), Some(1));
         assert_eq!(cfg["ema"]["enabled"].as_bool(), Some(true));
+        // --input-size 32 with no crop stated: main.py's CIFAR rule, and config.toml says
+        // so, eval crop included (the whole image, main.py's small-image eval).
+        let aug = &cfg["augment"];
+        assert_eq!(aug["crop"]["mode"].as_str(), Some("random_crop_pad"));
+        assert_eq!(aug["eval_crop_pct"].as_float(), Some(1.0));
         assert!(e.get("val_ema").is_some(), "EMA is evaluated: {e}");
         let multiple = if repeated { 256 } else { 1 };
         assert_eq!(

@@ -1,6 +1,7 @@
 //! The `deit-pipe teacher-cache` job: for every epoch of a range, replay the trainer's
 //! plan, build each view exactly as the loader does, run the teacher on it in eval mode
-//! and write one Parquet row per slot.
+//! and write one Parquet row per slot. A producer thread builds the next batches of views
+//! (a bounded queue, as the training loader's) while the teacher runs on the current one.
 //!
 //! Parts: an epoch's pairs `[0, num_pairs)` are split into `N` contiguous chunks (every
 //! pair is covered, unlike the loader's rank split, which drops the remainder); part `i`
@@ -61,7 +62,8 @@ pub struct JobReport {
     pub skipped: Vec<u32>,
     /// Rows written.
     pub rows: u64,
-    /// Seconds spent building views (decode, augmentation, mixing, view hashes).
+    /// Seconds spent building views (decode, augmentation, mixing, view hashes), on the
+    /// producer thread, overlapped with the teacher's forward passes.
     pub views_seconds: f64,
     /// Seconds spent in the teacher's forward pass (input tensor to logits on the host).
     pub forward_seconds: f64,
@@ -244,38 +246,79 @@ pub fn run(job: &CacheJob, progress: &mut dyn JobProgress) -> Result<JobReport> 
 
     progress.start(total);
     let pairs_per_batch = job.batch_size.div_ceil(2).max(1);
-    for (epoch, plan, slots) in todo {
-        let header = FileHeader {
-            binding: binding.clone(),
-            epoch,
-            part: job.part,
-            epoch_slots: plan.len() as u32,
-            dataset_len: u32::try_from(src.len()).context("data set of more than 2^32 samples")?,
+    // Every batch of every epoch, in the order the rows are written: (epoch's index in
+    // `todo`, its pairs).
+    let batches: Vec<(usize, Vec<usize>)> = todo
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, _, slots))| {
+            let pairs: Vec<usize> = (slots.start / 2..slots.end / 2).collect();
+            let chunks: Vec<Vec<usize>> = pairs
+                .chunks(pairs_per_batch)
+                .map(<[usize]>::to_vec)
+                .collect();
+            chunks.into_iter().map(move |c| (i, c))
+        })
+        .collect();
+    // A producer thread builds the views of the next batches (at most VIEW_QUEUE ready
+    // ahead) while this thread runs the teacher and writes rows: the same batches in the
+    // same order as one after the other, so the same rows, bit for bit.
+    let size = builder.size() as usize;
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<ReadyViews>>(VIEW_QUEUE);
+        let (src, todo, builder, batches) = (&src, &todo, &builder, &batches);
+        scope.spawn(move || {
+            for (i, pairs) in batches {
+                let (epoch, plan, _) = &todo[*i];
+                let t = Instant::now();
+                let ready =
+                    build_views(src, plan, builder, *epoch, pairs).map(|(keys, data)| ReadyViews {
+                        keys,
+                        data,
+                        seconds: t.elapsed().as_secs_f64(),
+                    });
+                let failed = ready.is_err();
+                // A closed channel: the consumer stopped (its error is the job's).
+                if tx.send(ready).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let next_views = move || -> Result<ReadyViews> {
+            rx.recv()
+                .map_err(|_| anyhow::anyhow!("the view builder stopped before the last batch"))?
         };
-        let mut writer = CacheWriter::create(&job.out, header)?;
-        writer.set_class_names(&src.shards().manifest().classes)?;
-        let pairs: Vec<usize> = (slots.start / 2..slots.end / 2).collect();
-        for chunk in pairs.chunks(pairs_per_batch) {
-            let rows = cache_batch(
-                &src,
-                &plan,
-                &builder,
-                model.as_ref(),
-                &device,
+        for (epoch, plan, slots) in todo {
+            let (epoch, plan) = (*epoch, plan);
+            let header = FileHeader {
+                binding: binding.clone(),
                 epoch,
-                chunk,
-                job.top_k,
-                &mut report,
-            )?;
-            let t = Instant::now();
-            writer.write_rows(&rows)?;
-            report.rows_seconds += t.elapsed().as_secs_f64();
-            report.rows += rows.len() as u64;
-            progress.advance(rows.len() as u64);
+                part: job.part,
+                epoch_slots: plan.len() as u32,
+                dataset_len: u32::try_from(src.len())
+                    .context("data set of more than 2^32 samples")?,
+            };
+            let mut writer = CacheWriter::create(&job.out, header)?;
+            writer.set_class_names(&src.shards().manifest().classes)?;
+            for _ in (slots.start / 2..slots.end / 2).step_by(pairs_per_batch) {
+                let views = next_views()?;
+                report.views_seconds += views.seconds;
+                let rows =
+                    teacher_rows(model.as_ref(), &device, views, size, job.top_k, &mut report)?;
+                let t = Instant::now();
+                writer.write_rows(&rows)?;
+                report.rows_seconds += t.elapsed().as_secs_f64();
+                report.rows += rows.len() as u64;
+                progress.advance(rows.len() as u64);
+                // The epoch pass reads records in random order: hand the shard pages it
+                // touched back after every batch, so RSS does not grow to the set's size.
+                src.shards().release_resident();
+            }
+            writer.finish()?;
+            report.written.push(epoch);
         }
-        writer.finish()?;
-        report.written.push(epoch);
-    }
+        Ok(())
+    })?;
     report.total_seconds = t0.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -292,27 +335,27 @@ pub fn build_views(
     pairs: &[usize],
 ) -> Result<(Vec<ViewKey>, Vec<f32>)> {
     let n = builder.view_len();
-    let views: Vec<(Vec<f32>, Vec<f32>, f32)> = pairs
+    let views: Vec<(Vec<f32>, Vec<f32>, [f32; 2])> = pairs
         .par_iter()
         .map(|&pair| {
             let mut a = vec![0f32; n];
             let mut b = vec![0f32; n];
-            let (_, _, lam) = build_pair_into(src, plan, builder, pair, &mut a, &mut b)
+            let (_, _, lams) = build_pair_into(src, plan, builder, pair, &mut a, &mut b)
                 .with_context(|| format!("building the views of epoch {epoch} pair {pair}"))?;
-            Ok((a, b, lam))
+            Ok((a, b, lams))
         })
         .collect::<Result<_>>()?;
     let mut keys = Vec::with_capacity(2 * views.len());
     let mut data = Vec::with_capacity(2 * views.len() * n);
-    for (&pair, (a, b, lam)) in pairs.iter().zip(&views) {
-        for (slot, v) in [(2 * pair, a), (2 * pair + 1, b)] {
+    for (&pair, (a, b, lams)) in pairs.iter().zip(&views) {
+        for (slot, v, lam) in [(2 * pair, a, lams[0]), (2 * pair + 1, b, lams[1])] {
             let s = plan.slot(slot);
             keys.push(ViewKey {
                 epoch,
                 slot: slot as u32,
                 sample: s.sample,
                 partner: s.partner,
-                lam: *lam,
+                lam,
                 view_hash: view_hash(v),
             });
             data.extend_from_slice(v);
@@ -321,26 +364,29 @@ pub fn build_views(
     Ok((keys, data))
 }
 
-/// Builds the views of `pairs`, runs the teacher on them and returns their rows, in slot
-/// order; adds the time of each stage to `times`.
-#[allow(clippy::too_many_arguments)]
-fn cache_batch(
-    src: &ShardSource,
-    plan: &EpochPlan,
-    builder: &ViewBuilder,
+/// Batches of views the producer thread of [`run`] keeps ready ahead of the teacher.
+const VIEW_QUEUE: usize = 2;
+
+/// One batch of views built ahead of the teacher: their keys (slot order), pixels and the
+/// seconds building them took.
+struct ReadyViews {
+    keys: Vec<ViewKey>,
+    data: Vec<f32>,
+    seconds: f64,
+}
+
+/// Runs the teacher on a batch of views and returns their rows, in slot order; adds the
+/// time of the forward pass and of the rows to `times`.
+fn teacher_rows(
     model: &dyn Classifier,
     device: &Device,
-    epoch: u32,
-    pairs: &[usize],
+    views: ReadyViews,
+    size: usize,
     top_k: usize,
     times: &mut JobReport,
 ) -> Result<Vec<CacheRow>> {
-    let t_views = Instant::now();
-    let (keys, data) = build_views(src, plan, builder, epoch, pairs)?;
-    let size = builder.size() as usize;
-    times.views_seconds += t_views.elapsed().as_secs_f64();
     let t_forward = Instant::now();
-    let images = Tensor::from_vec(data, (keys.len(), 3, size, size), device)?;
+    let images = Tensor::from_vec(views.data, (views.keys.len(), 3, size, size), device)?;
     let logits = model
         .forward(&images, &ForwardCtx::eval())
         .context("teacher forward pass")?
@@ -349,7 +395,8 @@ fn cache_batch(
         .to_vec2::<f32>()?;
     times.forward_seconds += t_forward.elapsed().as_secs_f64();
     let t_rows = Instant::now();
-    let rows = keys
+    let rows = views
+        .keys
         .into_iter()
         .zip(&logits)
         .map(|(key, l)| CacheRow::from_logits(key, l, top_k).map_err(Into::into))

@@ -182,6 +182,69 @@ fn rows_are_the_teachers_answers_on_the_pipelines_views() {
     );
 }
 
+/// Item 5 of issue 23: the job builds the next batches of views on a producer thread
+/// while the teacher runs; its rows must be those of building, running and writing each
+/// batch in turn, bit for bit, across batch and epoch boundaries.
+#[test]
+fn h23b_overlapped_rows_equal_the_sequential_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut j = job(dir.path(), 0..3, PartSpec::WHOLE);
+    // 3 pairs a batch: 10 pairs an epoch make batches of 3, 3, 3 and 1.
+    j.batch_size = 6;
+    let r = run(&j, &mut NoProgress).expect("run");
+    assert_eq!((r.written, r.rows), (vec![0, 1, 2], 60));
+    let src = open_data(&j.data).expect("data");
+    let builder = ViewBuilder::new(&j.config.augment).expect("builder");
+    let (_, teacher, _) = build_model(
+        &teacher_spec(),
+        Some(&j.teacher_weights),
+        &LoadOptions::default(),
+        &Device::Cpu,
+        0,
+    )
+    .expect("teacher");
+    for epoch in 0..3u32 {
+        let plan = EpochPlan::new(7, u64::from(epoch), src.len(), &j.config.plan).expect("plan");
+        let pairs: Vec<usize> = (0..plan.num_pairs()).collect();
+        let mut want = Vec::new();
+        for chunk in pairs.chunks(3) {
+            let (keys, data) =
+                cache::run::build_views(&src, &plan, &builder, epoch, chunk).expect("views");
+            let x = Tensor::from_vec(data, (keys.len(), 3, 32, 32), &Device::Cpu).expect("x");
+            let logits = teacher
+                .forward(&x, &ForwardCtx::eval())
+                .expect("forward")
+                .cls
+                .to_dtype(DType::F32)
+                .expect("f32")
+                .to_vec2::<f32>()
+                .expect("logits");
+            for (key, l) in keys.into_iter().zip(&logits) {
+                let row =
+                    formats::cache_schema::CacheRow::from_logits(key, l, j.top_k).expect("row");
+                want.push(row.to_target());
+            }
+        }
+        let got = rows(dir.path(), &j, epoch);
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            // Bit for bit: compare the f32 fields by their bits.
+            let bits = |t: &CachedTarget| {
+                (
+                    t.topk_logits
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>(),
+                    t.lse.to_bits(),
+                    t.lam.to_bits(),
+                )
+            };
+            assert_eq!(g, w, "epoch {epoch} slot {}", w.slot);
+            assert_eq!(bits(g), bits(w), "epoch {epoch} slot {}", w.slot);
+        }
+    }
+}
+
 #[test]
 fn parts_in_one_directory_equal_the_full_run() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -49,7 +49,9 @@ pub enum EraseMode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CropConfig {
-    /// Crop mode; DeiT switches to `random_crop_pad` for inputs of 32 px or less.
+    /// Crop mode (`random_resized_crop`); `main.py` switches to `random_crop_pad` for
+    /// inputs of 32 px or less, here only where a config leaves it unset
+    /// ([`crate::crop_rule`]).
     pub mode: CropMode,
     /// RandomResizedCrop area range as fractions of the image (0.08, 1.0).
     pub scale: [f64; 2],
@@ -101,10 +103,46 @@ impl Default for EraseConfig {
     }
 }
 
-/// Mixup / CutMix settings (timm `Mixup`, "pair" mode: every pair has its own lam).
+/// How Mixup/CutMix parameters are shared (timm `Mixup(mode=...)`, `--mixup-mode`). In
+/// every mode a view is mixed with its plan partner (slots 2k and 2k+1), and every choice
+/// is a function of the run seed, the epoch and the slot alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MixupMode {
+    /// timm's default (`main.py`): one mode, lam and CutMix box per batch of
+    /// `mix.batch_size` images, image i mixed with image B-1-i of its batch.
+    Batch,
+    /// One mode, lam and box per pair, both views mixed symmetrically (our default).
+    #[default]
+    Pair,
+    /// One mode, lam and box per view, each mixed with its partner's un-mixed pixels.
+    Elem,
+}
+
+impl MixupMode {
+    /// Parses `batch`, `pair` or `elem` (`--mixup-mode`).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "batch" => Ok(MixupMode::Batch),
+            "pair" => Ok(MixupMode::Pair),
+            "elem" => Ok(MixupMode::Elem),
+            other => Err(ConfigError::Invalid(format!(
+                "--mixup-mode: unknown mode '{other}' (batch, pair, elem)"
+            ))),
+        }
+    }
+}
+
+/// Mixup / CutMix settings (timm `Mixup`; by default "pair" mode: every pair has its own lam).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MixConfig {
+    /// Which views share a lam ([`MixupMode`], pair).
+    pub mode: MixupMode,
+    /// Batch mode: the images (consecutive plan slots, over all ranks and accumulation
+    /// steps) that share one lam; a training config sets it to `data.batch_size` unless
+    /// stated. 0 = unset. Unused in the other modes.
+    pub batch_size: u32,
     /// Mixup Beta alpha (0.8); 0 disables Mixup.
     pub mixup_alpha: f64,
     /// CutMix Beta alpha (1.0); 0 disables CutMix.
@@ -122,6 +160,8 @@ pub struct MixConfig {
 impl Default for MixConfig {
     fn default() -> Self {
         MixConfig {
+            mode: MixupMode::Pair,
+            batch_size: 0,
             mixup_alpha: 0.8,
             cutmix_alpha: 1.0,
             prob: 1.0,
@@ -136,6 +176,12 @@ impl MixConfig {
     /// Whether any mixing happens.
     pub fn enabled(&self) -> bool {
         self.prob > 0.0 && (self.mixup_alpha > 0.0 || self.cutmix_alpha > 0.0)
+    }
+
+    /// Batch mode: the number of plan pairs that share one lam (`batch_size / 2`, at
+    /// least 1); `None` in the other modes.
+    pub fn pairs_per_lam(&self) -> Option<u64> {
+        (self.mode == MixupMode::Batch).then(|| u64::from(self.batch_size / 2).max(1))
     }
 }
 
@@ -153,7 +199,8 @@ pub struct AugmentConfig {
     pub mean: [f32; 3],
     /// Normalization std per channel (ImageNet).
     pub std: [f32; 3],
-    /// Eval crop fraction: resize shorter side to floor(size / crop_pct) (0.875).
+    /// Eval crop fraction: resize shorter side to floor(size / crop_pct) (0.875; 1 when a
+    /// TOML states `crop.mode = "random_crop_pad"` without it). The eval uses it as written.
     pub eval_crop_pct: f64,
     /// Training crop.
     pub crop: CropConfig,
@@ -187,11 +234,13 @@ struct Canonical<'a> {
 }
 
 impl AugmentConfig {
-    /// DeiT defaults for CIFAR-sized inputs (<= 32 px): `input_size` 32 and
-    /// `RandomCrop(32, padding=4)` instead of RandomResizedCrop, as DeiT's `build_transform`.
+    /// DeiT defaults for CIFAR-sized inputs (<= 32 px): `RandomCrop(size, padding=4)`
+    /// instead of RandomResizedCrop and whole-image eval (`eval_crop_pct = 1`: `main.py`
+    /// does no eval resize there), as DeiT's `build_transform`.
     pub fn small_image(input_size: u32) -> Self {
         let mut cfg = AugmentConfig {
             input_size,
+            eval_crop_pct: 1.0,
             ..AugmentConfig::default()
         };
         cfg.crop.mode = CropMode::RandomCropPad;
@@ -209,9 +258,11 @@ impl AugmentConfig {
             Some(toml::Value::Table(augment)) => augment.clone(),
             _ => table,
         };
-        let cfg: AugmentConfig = fields
+        let explicit = crate::crop_rule::ExplicitKeys::from_augment_table(&fields);
+        let mut cfg: AugmentConfig = fields
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        crate::crop_rule::apply_mode_defaults(&mut cfg, &explicit);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -247,7 +298,8 @@ impl AugmentConfig {
     }
 
     /// Applies one timm/DeiT command-line style argument (`aa`, `reprob`, `remode`,
-    /// `recount`, `mixup`, `cutmix`, `mixup-prob`, `mixup-switch-prob`, `smoothing`,
+    /// `recount`, `mixup`, `cutmix`, `mixup-prob`, `mixup-switch-prob`, `mixup-mode`,
+    /// `smoothing`,
     /// `input-size`, `hflip`, `train-interpolation`, `eval-crop-ratio`, `scale`, `ratio`),
     /// leading dashes optional, e.g. `set_timm_arg("--aa", "rand-m9-mstd0.5-inc1")`.
     pub fn set_timm_arg(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
@@ -291,19 +343,12 @@ impl AugmentConfig {
             "cutmix" => self.mix.cutmix_alpha = num(value)?,
             "mixup-prob" => self.mix.prob = num(value)?,
             "mixup-switch-prob" => self.mix.switch_prob = num(value)?,
+            "mixup-mode" => self.mix.mode = MixupMode::parse(value)?,
             "smoothing" => self.mix.label_smoothing = num(value)?,
             "input-size" => {
-                let size = num(value)? as u32;
-                if size <= 32 {
-                    *self = AugmentConfig {
-                        input_size: size,
-                        ..self.clone()
-                    };
-                    self.crop.mode = CropMode::RandomCropPad;
-                } else {
-                    self.input_size = size;
-                    self.crop.mode = CropMode::RandomResizedCrop;
-                }
+                // The size only: the crop stays the config's (main.py's CIFAR rule for
+                // configs that leave the crop unset is `crop_rule::cifar_rule`).
+                self.input_size = num(value)? as u32;
             }
             "hflip" => self.hflip = num(value)?,
             "train-interpolation" => {
@@ -349,6 +394,12 @@ impl AugmentConfig {
         prob("mix.prob", self.mix.prob)?;
         prob("mix.switch_prob", self.mix.switch_prob)?;
         prob("mix.label_smoothing", self.mix.label_smoothing)?;
+        if self.mix.mode == MixupMode::Batch && self.mix.batch_size % 2 == 1 {
+            return bad(format!(
+                "mix.batch_size = {} must be even (whole pairs share a lam)",
+                self.mix.batch_size
+            ));
+        }
         let [s0, s1] = self.crop.scale;
         if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
             return bad(format!(
@@ -523,7 +574,10 @@ mod tests {
         assert_eq!(c.rand_augment(), None);
         c.set_timm_arg("--reprob", "0.5").unwrap();
         c.set_timm_arg("--input-size", "32").unwrap();
-        assert!(c.is_small_image());
+        // The size only: the crop stays the config's.
+        assert_eq!(c.input_size, 32);
+        assert!(!c.is_small_image());
+        assert_eq!(c.eval_crop_pct, 0.875);
         assert_eq!(c.erasing.prob, 0.5);
         c.set_timm_arg("--scale", "0.2,1.0").unwrap();
         assert_eq!(c.crop.scale, [0.2, 1.0]);

@@ -4,6 +4,7 @@
 pub mod batch_pool;
 pub mod bench;
 pub mod config;
+pub mod crop_rule;
 pub mod error;
 pub mod ingest;
 pub mod loader;

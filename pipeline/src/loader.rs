@@ -17,6 +17,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use rayon::prelude::*;
 
 use crate::batch_pool::BATCH_POOL;
+use crate::config::MixupMode;
 use crate::error::PipelineError;
 use crate::plan::EpochPlan;
 use crate::source::RecordSource;
@@ -73,7 +74,9 @@ impl LoaderOptions {
     }
 }
 
-/// One batch: images in slot order with their labels, lams, ids and view hashes.
+/// One batch: images with their labels, lams, ids and view hashes. A training batch holds
+/// whole pairs: in slot order in `mix.mode = "pair"`, else pair j at positions j and
+/// n-1-j (timm's partner of image i is image n-1-i).
 #[derive(Debug)]
 pub struct Batch {
     /// Epoch of the slots (0 for eval).
@@ -205,30 +208,45 @@ impl Loader {
         let view_len = builder.view_len();
         let size = builder.size();
         let epoch = plan.epoch();
+        // Pair mode keeps a pair's views side by side (2j, 2j+1); batch and elem modes
+        // lay them out as timm mixes a batch: image i with image n-1-i.
+        let flip_layout = builder.config().mix.mode != MixupMode::Pair;
         let make = move |b: usize, stop: &AtomicBool| -> Item {
             let start = b * pairs_per_batch;
             let end = (start + pairs_per_batch).min(pairs.len());
             let my_pairs = &pairs[start..end];
             let n = 2 * my_pairs.len();
             let mut buf = BATCH_POOL.take(n * view_len);
-            let results: Vec<Result<[SlotRow; 2], PipelineError>> = buf
-                .par_chunks_mut(2 * view_len)
-                .zip(my_pairs.par_iter())
-                .map(|(chunk, &pair)| {
-                    if stop.load(Ordering::Relaxed) {
-                        return Err(PipelineError::Loader("stopped".into()));
-                    }
-                    let (a, bb) = chunk.split_at_mut(view_len);
-                    let (ia, ib, lam) =
-                        build_pair_into(source.as_ref(), &plan, &builder, pair, a, bb)?;
-                    let (ha, hb) = (view_hash(a), view_hash(bb));
-                    let (sa, sb) = (2 * pair, 2 * pair + 1);
-                    Ok([
-                        (sa as u32, plan.sample(sa), ia.label, lam, ha),
-                        (sb as u32, plan.sample(sb), ib.label, lam, hb),
-                    ])
-                })
-                .collect();
+            let build = |a: &mut [f32], bb: &mut [f32], pair: usize| {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(PipelineError::Loader("stopped".into()));
+                }
+                let (ia, ib, [la, lb]) =
+                    build_pair_into(source.as_ref(), &plan, &builder, pair, a, bb)?;
+                let (ha, hb) = (view_hash(a), view_hash(bb));
+                let (sa, sb) = (2 * pair, 2 * pair + 1);
+                Ok([
+                    (sa as u32, plan.sample(sa), ia.label, la, ha),
+                    (sb as u32, plan.sample(sb), ib.label, lb, hb),
+                ])
+            };
+            let results: Vec<Result<[SlotRow; 2], PipelineError>> = if flip_layout {
+                // timm's batch and elem modes: pair j at positions j and n-1-j.
+                let (lo, hi) = buf.split_at_mut(n / 2 * view_len);
+                lo.par_chunks_mut(view_len)
+                    .zip(hi.par_chunks_mut(view_len).rev())
+                    .zip(my_pairs.par_iter())
+                    .map(|((a, bb), &pair)| build(a, bb, pair))
+                    .collect()
+            } else {
+                buf.par_chunks_mut(2 * view_len)
+                    .zip(my_pairs.par_iter())
+                    .map(|(chunk, &pair)| {
+                        let (a, bb) = chunk.split_at_mut(view_len);
+                        build(a, bb, pair)
+                    })
+                    .collect()
+            };
             let mut batch = Batch {
                 epoch,
                 index: b,
@@ -241,16 +259,23 @@ impl Loader {
                 lam: Vec::with_capacity(n),
                 view_hash: Vec::with_capacity(n),
             };
-            for r in results {
-                let [x, y] = r?;
-                for (me, other) in [(x, y), (y, x)] {
-                    batch.slots.push(me.0);
-                    batch.samples.push(me.1);
-                    batch.label_a.push(me.2);
-                    batch.label_b.push(other.2);
-                    batch.lam.push(me.3);
-                    batch.view_hash.push(me.4);
-                }
+            let rows: Vec<[SlotRow; 2]> = results.into_iter().collect::<Result<_, _>>()?;
+            // Image i's (row, partner's row), in the buffer's order.
+            let order: Vec<(SlotRow, SlotRow)> = if flip_layout {
+                let first = rows.iter().map(|&[x, y]| (x, y));
+                first
+                    .chain(rows.iter().rev().map(|&[x, y]| (y, x)))
+                    .collect()
+            } else {
+                rows.iter().flat_map(|&[x, y]| [(x, y), (y, x)]).collect()
+            };
+            for (me, other) in order {
+                batch.slots.push(me.0);
+                batch.samples.push(me.1);
+                batch.label_a.push(me.2);
+                batch.label_b.push(other.2);
+                batch.lam.push(me.3);
+                batch.view_hash.push(me.4);
             }
             Ok(batch)
         };

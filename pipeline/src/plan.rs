@@ -25,10 +25,10 @@
 
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::{AugmentConfig, PlanConfig};
+use crate::config::{AugmentConfig, MixupMode, PlanConfig};
 use crate::error::PipelineError;
 use crate::rng::{derive_seed, randint, rng_from_seed, stage_rng, Domain, Stage};
-use crate::transforms::mix::{pair_params, MixParams};
+use crate::transforms::mix::{pair_params, PairMix};
 
 /// One slot of an epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,11 +170,34 @@ impl EpochPlan {
         }
     }
 
-    /// The Mixup/CutMix parameters of pair `pair` (slots 2k, 2k+1) for views of the
-    /// configured input size, drawn from the pair seed's `Mix` stream.
-    pub fn pair_mix(&self, pair: usize, aug: &AugmentConfig) -> MixParams {
-        let mut rng: ChaCha8Rng = stage_rng(self.pair_seed(pair), Stage::Mix);
-        pair_params(&aug.mix, aug.input_size, aug.input_size, &mut rng)
+    /// The seed of mix group `group`'s mixing in batch mode (pairs
+    /// `group * G .. (group + 1) * G`, G = `mix.batch_size / 2`):
+    /// `derive_seed(run, MixBatch, epoch, group)`.
+    pub fn mix_batch_seed(&self, group: u64) -> u64 {
+        derive_seed(self.run_seed, Domain::MixBatch, self.epoch, group)
+    }
+
+    /// The Mixup/CutMix of pair `pair` (slots 2k, 2k+1) for views of the configured input
+    /// size, by `mix.mode`: pair, from the pair seed's `Mix` stream; batch, from the seed
+    /// of its group of `mix.batch_size / 2` consecutive pairs (one mode, lam and box for
+    /// the group); elem, each view from its slot seed's `Mix` stream.
+    pub fn pair_mix(&self, pair: usize, aug: &AugmentConfig) -> PairMix {
+        let (h, w) = (aug.input_size, aug.input_size);
+        let draw = |seed: u64| {
+            let mut rng: ChaCha8Rng = stage_rng(seed, Stage::Mix);
+            pair_params(&aug.mix, h, w, &mut rng)
+        };
+        match aug.mix.mode {
+            MixupMode::Pair => PairMix::Shared(draw(self.pair_seed(pair))),
+            MixupMode::Batch => {
+                let per = aug.mix.pairs_per_lam().unwrap_or(1);
+                PairMix::Shared(draw(self.mix_batch_seed(pair as u64 / per)))
+            }
+            MixupMode::Elem => PairMix::PerView([
+                draw(self.slot_seed(2 * pair)),
+                draw(self.slot_seed(2 * pair + 1)),
+            ]),
+        }
     }
 
     /// Pairs that rank `rank` of `world` processes takes, in order: `k % world == rank`,

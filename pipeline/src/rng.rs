@@ -10,7 +10,10 @@
 //!   `domain.tag() ‖ run_seed ‖ epoch ‖ index`, each a little-endian `u64`.
 //!   Domains: [`Domain::Permutation`] (index 0: the epoch's sample permutation),
 //!   [`Domain::Slot`] (index = slot: every per-sample choice of that slot),
-//!   [`Domain::Pair`] (index = pair k of slots (2k, 2k+1): Mixup/CutMix mode, lam, box).
+//!   [`Domain::Pair`] (index = pair k of slots (2k, 2k+1): Mixup/CutMix mode, lam, box),
+//!   [`Domain::MixBatch`] (index = group g of `mix.batch_size / 2` pairs: the same, for
+//!   `mix.mode = "batch"`). `mix.mode = "elem"` draws each view's from its slot seed's
+//!   [`Stage::Mix`] stream.
 //! - A seed becomes a ChaCha8 generator by [`rng_from_seed`]: the 32-byte key is four
 //!   SplitMix64 outputs of the seed (little-endian), stream 0. Each augmentation stage uses
 //!   its own ChaCha stream ([`Stage`]), so changing how many draws one stage makes never
@@ -42,6 +45,8 @@ pub enum Domain {
     Slot,
     /// The Mixup/CutMix parameters of one pair of slots.
     Pair,
+    /// The Mixup/CutMix parameters shared by a group of pairs (batch mode).
+    MixBatch,
 }
 
 impl Domain {
@@ -51,6 +56,7 @@ impl Domain {
             Domain::Permutation => *b"perm\0\0\0\0",
             Domain::Slot => *b"slot\0\0\0\0",
             Domain::Pair => *b"pair\0\0\0\0",
+            Domain::MixBatch => *b"mixb\0\0\0\0",
         })
     }
 }
@@ -66,7 +72,8 @@ pub enum Stage {
     RandAugment = 2,
     /// RandomErasing boxes and fill values.
     Erase = 3,
-    /// Mixup/CutMix parameters (used with pair seeds).
+    /// Mixup/CutMix parameters (with pair and mix-batch seeds, and slot seeds in elem
+    /// mode).
     Mix = 4,
 }
 

@@ -20,7 +20,7 @@ use crate::transforms::crop::{
 };
 use crate::transforms::erase::erase;
 use crate::transforms::eval::EvalTransform;
-use crate::transforms::mix::{apply_pair, MixParams};
+use crate::transforms::mix::{apply_pair_mix, PairMix};
 use crate::transforms::normalize::Normalizer;
 use crate::transforms::randaugment_hook::RandAugment;
 
@@ -74,6 +74,14 @@ impl ViewBuilder {
     /// Validates the config and prepares tables and the RandAugment policy.
     pub fn new(cfg: &AugmentConfig) -> Result<Self, PipelineError> {
         cfg.validate()?;
+        if cfg.mix.mode == crate::config::MixupMode::Batch && cfg.mix.batch_size == 0 {
+            return Err(crate::error::ConfigError::Invalid(
+                "mix.mode = \"batch\" needs mix.batch_size, the images that share one lam \
+                 (a training config sets it to data.batch_size)"
+                    .into(),
+            )
+            .into());
+        }
         let ra = match cfg.rand_augment() {
             Some(spec) => Some(RandAugment::parse(spec).map_err(|e| {
                 crate::error::ConfigError::Invalid(format!("auto_augment = '{spec}': {e}"))
@@ -225,9 +233,9 @@ impl ViewBuilder {
     }
 
     /// Mixes the two un-mixed views of a pair in place.
-    pub fn mix(&self, a: &mut [f32], b: &mut [f32], mix: &MixParams) {
+    pub fn mix(&self, a: &mut [f32], b: &mut [f32], mix: &PairMix) {
         let s = self.cfg.input_size;
-        apply_pair(a, b, s, s, mix);
+        apply_pair_mix(a, b, s, s, mix);
     }
 }
 
@@ -253,7 +261,8 @@ pub struct SlotView {
 }
 
 /// Builds both views of pair `pair` into `out_a`, `out_b` (slots 2k, 2k+1) and returns
-/// their labels `(label_a, label_b)` and the pair's lam.
+/// their records' info and each view's lam (`[slot 2k, slot 2k+1]`; equal unless
+/// `mix.mode = "elem"`).
 pub fn build_pair_into(
     source: &dyn RecordSource,
     plan: &EpochPlan,
@@ -261,7 +270,7 @@ pub fn build_pair_into(
     pair: usize,
     out_a: &mut [f32],
     out_b: &mut [f32],
-) -> Result<(RecordInfo, RecordInfo, f32), PipelineError> {
+) -> Result<(RecordInfo, RecordInfo, [f32; 2]), PipelineError> {
     let (sa, sb) = (2 * pair, 2 * pair + 1);
     let (ia, ib) = (plan.sample(sa) as usize, plan.sample(sb) as usize);
     let info_a = source.info(ia)?;
@@ -270,7 +279,7 @@ pub fn build_pair_into(
     sample_view_from_source(source, builder, ib, info_b, plan.slot_seed(sb), out_b)?;
     let mix = plan.pair_mix(pair, builder.config());
     builder.mix(out_a, out_b, &mix);
-    Ok((info_a, info_b, mix.lam))
+    Ok((info_a, info_b, mix.lams()))
 }
 
 /// The un-mixed view of record `index` for a slot seed: the crop is drawn from the stored
@@ -317,12 +326,13 @@ pub fn build_slot_view(
     let mut a = vec![0f32; n];
     let mut b = vec![0f32; n];
     let pair = slot / 2;
-    let (info_a, info_b, lam) = build_pair_into(source, plan, builder, pair, &mut a, &mut b)?;
+    let (info_a, info_b, lams) = build_pair_into(source, plan, builder, pair, &mut a, &mut b)?;
     let (data, own, other) = if slot.is_multiple_of(2) {
         (a, info_a, info_b)
     } else {
         (b, info_b, info_a)
     };
+    let lam = lams[slot & 1];
     let hash = view_hash(&data);
     Ok(SlotView {
         epoch: plan.epoch(),

@@ -38,8 +38,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub num_classes: Option<usize>,
     /// Eval crop fraction: the shorter side is resized to floor(size / crop_pct), then
-    /// centre-cropped (timm's crop_pct). Default: the run's eval_crop_pct (1 for
-    /// random_crop_pad runs, DeiT's no-resize small-image eval), else the model's timm
+    /// centre-cropped (timm's crop_pct). Default: the run's eval_crop_pct (as its
+    /// config.toml records it), else the model's timm
     /// pretrained config: 0.9 for DeiT (1.0 at 384 px), 0.95 for ResNet-18..152, 0.875 to
     /// 0.965 for RegNetY, 0.875 for resnet_small/resnet_tiny. The official DeiT main.py
     /// evaluates at 0.875.

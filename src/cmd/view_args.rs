@@ -26,6 +26,12 @@ pub struct ViewArgs {
     /// Probability of CutMix when both are on.
     #[arg(long)]
     pub mixup_switch_prob: Option<f64>,
+    /// How Mixup/CutMix parameters are shared (timm's Mixup mode): batch (one lam and
+    /// box per batch of augment.mix.batch_size images, default data.batch_size; image i
+    /// mixed with image B-1-i: main.py's), pair (one per pair; the default) or elem (one
+    /// per image).
+    #[arg(long, value_name = "MODE")]
+    pub mixup_mode: Option<String>,
     /// Random erasing probability.
     #[arg(long)]
     pub reprob: Option<f64>,
@@ -73,6 +79,7 @@ impl ViewArgs {
             cutmix: self.cutmix,
             mixup_prob: self.mixup_prob,
             mixup_switch_prob: self.mixup_switch_prob,
+            mixup_mode: self.mixup_mode.clone(),
             reprob: self.reprob,
             aa: self.aa.clone(),
             repeated_aug: match (self.repeated_aug, self.no_repeated_aug) {

@@ -50,6 +50,35 @@ struct OpenShard {
     index: Mmap,
 }
 
+/// Bytes a sequential pass ([`ShardSet::verify_all`]) reads before it hands the data
+/// pages behind it back to the kernel.
+pub const RELEASE_EVERY_BYTES: usize = 32 << 20;
+
+impl OpenShard {
+    /// Drops this process's resident pages of bytes `range` of the data file
+    /// (`madvise(MADV_DONTNEED)`), so they stop counting in its RSS; a later read faults
+    /// them in again, from the page cache or the disk. Best effort: an error only leaves
+    /// the pages resident.
+    fn release(&self, range: std::ops::Range<usize>) {
+        let end = range.end.min(self.data.len());
+        if range.start >= end {
+            return;
+        }
+        #[cfg(unix)]
+        // SAFETY: the map is a read-only shared map of a file that is never modified in
+        // place (see `map_file`): after MADV_DONTNEED a read of a dropped page faults in
+        // the same bytes from the file, so any slice borrowed from the map, even one being
+        // read by another thread, keeps its contents.
+        let _ = unsafe {
+            self.data.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                range.start,
+                end - range.start,
+            )
+        };
+    }
+}
+
 /// An opened split directory (e.g. `SHARDS/train`).
 pub struct ShardSet {
     dir: PathBuf,
@@ -408,14 +437,27 @@ impl ShardSet {
         Ok(r)
     }
 
+    /// Drops the resident pages of every mapped data file from this process's RSS
+    /// (`madvise(MADV_DONTNEED)`; later reads fault them in again from the page cache or
+    /// the disk). For jobs that read records in random order (the teacher cache's epoch
+    /// pass) and must keep their RSS bounded.
+    pub fn release_resident(&self) {
+        for shard in &self.shards {
+            shard.release(0..shard.data.len());
+        }
+    }
+
     /// Re-check every record's checksum and recompute every shard digest and the fingerprint.
-    /// `progress` is called with the number of records checked so far.
+    /// `progress` is called with the number of records checked so far. A sequential pass:
+    /// the data pages behind it are handed back every [`RELEASE_EVERY_BYTES`], so its RSS
+    /// stays bounded whatever the size of the set.
     pub fn verify_all(&self, mut progress: impl FnMut(usize)) -> VerifyReport {
         let mut report = VerifyReport::default();
         let mut digests = Vec::with_capacity(self.shards.len());
         for (s, info) in self.manifest.shards.iter().enumerate() {
             let start = self.starts[s];
             let mut hasher = blake3::Hasher::new();
+            let mut released = 0usize;
             for i in start..start + info.records as usize {
                 match self.verify_record(i) {
                     Ok(_) => {}
@@ -424,9 +466,15 @@ impl ShardSet {
                 // Hash whatever the index points at, so the digest reflects the data as it is.
                 if let Ok(e) = self.entry(i) {
                     e.hash_into(&mut hasher, self.bytes_of(i, &e));
+                    let end = (e.offset + e.length) as usize;
+                    if end >= released + RELEASE_EVERY_BYTES {
+                        self.shards[s].release(released..end);
+                        released = end;
+                    }
                 }
                 progress(i + 1);
             }
+            self.shards[s].release(0..self.shards[s].data.len());
             let digest = hasher.finalize().to_hex().to_string();
             if digest != info.digest {
                 report.bad_shards.push(format!(

@@ -2,12 +2,12 @@
 //! the shorter side to `floor(size / crop_pct)` with Pillow's filter (bit for bit, see
 //! [`super::pillow_resize`]), centre crop `size`, normalize.
 //!
-//! One rule for every input size. Small-image configs (crop mode `random_crop_pad`,
-//! DeiT's `resize_im = False` for inputs of 32 px or less, where `main.py` does no eval
-//! resize) take `crop_pct = 1`: the image's shorter side is resized to the input size
-//! (nothing happens to an image that already has it) and the centre cropped. Any other
-//! config, whatever its size, uses its `eval_crop_pct` (a 32 px run at 0.875 resizes to
-//! 36 and crops 32, as timm does).
+//! One rule for every input size: the config's `eval_crop_pct`, as written (a 32 px run
+//! at 0.875 resizes to 36 and crops 32, as timm does). Small-image configs (crop mode
+//! `random_crop_pad`, DeiT's `resize_im = False` for inputs of 32 px or less, where
+//! `main.py` does no eval resize) get `eval_crop_pct = 1` when they do not state one
+//! ([`crate::crop_rule`]): the image's shorter side is resized to the input size (nothing
+//! happens to an image that already has it) and the centre cropped.
 
 use image::RgbImage;
 
@@ -54,15 +54,12 @@ pub struct EvalTransform {
 
 impl EvalTransform {
     /// The eval transform a training config implies: its input size, its
-    /// `eval_crop_pct` (1 for small-image configs, see the module doc) and bicubic.
+    /// `eval_crop_pct` as written (so a run's `config.toml` says what its eval did) and
+    /// bicubic.
     pub fn from_config(cfg: &AugmentConfig) -> Self {
         EvalTransform {
             size: cfg.input_size,
-            crop_pct: if cfg.is_small_image() {
-                1.0
-            } else {
-                cfg.eval_crop_pct
-            },
+            crop_pct: cfg.eval_crop_pct,
             filter: PilFilter::Bicubic,
         }
     }
@@ -177,8 +174,11 @@ mod tests {
         assert_eq!(EvalTransform::from_config(&cfg).resize_side(), 36);
         let img = RgbImage::from_fn(50, 40, |x, y| image::Rgb([x as u8 * 5, y as u8 * 6, 7]));
         assert_eq!(eval_image(&img, &cfg).unwrap().dimensions(), (32, 32));
-        // DeiT's small-image path (no eval resize in main.py) is crop_pct 1.
+        // The crop mode does not change the eval crop: eval_crop_pct is used as written.
         cfg.crop.mode = crate::config::CropMode::RandomCropPad;
+        assert_eq!(EvalTransform::from_config(&cfg).resize_side(), 36);
+        // DeiT's small-image path (no eval resize in main.py) is crop_pct 1.
+        let cfg = AugmentConfig::small_image(32);
         let t = EvalTransform::from_config(&cfg);
         assert_eq!((t.crop_pct, t.resize_side()), (1.0, 32));
         let exact = RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8, y as u8, 9]));

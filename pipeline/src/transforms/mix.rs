@@ -1,6 +1,8 @@
-//! Mixup / CutMix of one pair of views, timm `Mixup` in "pair" mode: each pair has its own
-//! lam, mode and box, applied symmetrically (a' = lam*a + (1-lam)*b, b' = lam*b + (1-lam)*a;
-//! CutMix swaps the box between the two). Targets are smoothed one-hots mixed by lam.
+//! Mixup / CutMix of one pair of views, timm `Mixup`. In "pair" and "batch" modes both
+//! views share a lam, mode and box, applied symmetrically (a' = lam*a + (1-lam)*b,
+//! b' = lam*b + (1-lam)*a; CutMix swaps the box between the two): [`PairMix::Shared`].
+//! In "elem" mode each view has its own and is mixed with the other's un-mixed pixels
+//! (timm `_mix_elem`): [`PairMix::PerView`]. Targets are smoothed one-hots mixed by lam.
 
 use rand_chacha::ChaCha8Rng;
 
@@ -49,6 +51,33 @@ impl MixParams {
         lam: 1.0,
         cut_box: None,
     };
+}
+
+/// How the two views of a pair are mixed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PairMix {
+    /// Both views with the same parameters, symmetrically (modes pair and batch).
+    Shared(MixParams),
+    /// Each view with its own parameters and the other's un-mixed pixels (mode elem).
+    PerView([MixParams; 2]),
+}
+
+impl PairMix {
+    /// The weight of each view's own label: `[lam of slot 2k, lam of slot 2k+1]`.
+    pub fn lams(&self) -> [f32; 2] {
+        match self {
+            PairMix::Shared(p) => [p.lam, p.lam],
+            PairMix::PerView([a, b]) => [a.lam, b.lam],
+        }
+    }
+
+    /// The parameters of view `i` (0 = slot 2k, 1 = slot 2k+1).
+    pub fn view(&self, i: usize) -> MixParams {
+        match self {
+            PairMix::Shared(p) => *p,
+            PairMix::PerView(v) => v[i & 1],
+        }
+    }
 }
 
 /// timm `rand_bbox` with the centre given: r = sqrt(1 - lam) and cut = int(side * r) in
@@ -147,6 +176,50 @@ pub fn apply_pair(a: &mut [f32], b: &mut [f32], h: u32, w: u32, p: &MixParams) {
     }
 }
 
+/// Mixes a pair of normalized CHW views (3 x `h` x `w`) in place as `mix` says.
+pub fn apply_pair_mix(a: &mut [f32], b: &mut [f32], h: u32, w: u32, mix: &PairMix) {
+    match mix {
+        PairMix::Shared(p) => apply_pair(a, b, h, w, p),
+        PairMix::PerView([pa, pb]) => {
+            if pa.mode == MixMode::None {
+                apply_one(b, a, h, w, pb);
+            } else if pb.mode == MixMode::None {
+                apply_one(a, b, h, w, pa);
+            } else {
+                let a_orig = a.to_vec();
+                apply_one(a, b, h, w, pa);
+                apply_one(b, &a_orig, h, w, pb);
+            }
+        }
+    }
+}
+
+/// Mixes `dst` with its partner's un-mixed view `other` (timm `_mix_elem` for one
+/// element): Mixup `dst = lam*dst + (1-lam)*other`, CutMix copies the box from `other`.
+pub fn apply_one(dst: &mut [f32], other: &[f32], h: u32, w: u32, p: &MixParams) {
+    match p.mode {
+        MixMode::None => {}
+        MixMode::Mixup => {
+            let lam = p.lam;
+            let oml = 1.0f32 - lam;
+            for (x, &y) in dst.iter_mut().zip(other) {
+                *x = *x * lam + y * oml;
+            }
+        }
+        MixMode::Cutmix => {
+            let Some(cb) = p.cut_box else { return };
+            let (h, w) = (h as usize, w as usize);
+            for c in 0..3 {
+                for y in cb.y0 as usize..cb.y1 as usize {
+                    let s = (c * h + y) * w;
+                    let r = s + cb.x0 as usize..s + cb.x1 as usize;
+                    dst[r.clone()].copy_from_slice(&other[r]);
+                }
+            }
+        }
+    }
+}
+
 /// Writes the mixed, smoothed target of one slot into `out` (length `num_classes`):
 /// off = eps / C, on = 1 - eps + off (f64, stored f32 as torch), then
 /// `y_a * lam + y_b * (1 - lam)` in f32 (timm `mixup_target`).
@@ -201,6 +274,44 @@ mod tests {
         apply_pair(&mut a, &mut b, 2, 2, &p);
         assert!(a.iter().all(|&v| v == 2.5));
         assert!(b.iter().all(|&v| v == 1.5));
+    }
+
+    #[test]
+    fn h23b_elem_mixes_each_view_with_the_others_original() {
+        let a0: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let b0: Vec<f32> = (0..12).map(|i| 100.0 + i as f32).collect();
+        let up = MixParams {
+            mode: MixMode::Mixup,
+            lam: 0.25,
+            cut_box: None,
+        };
+        let cut = MixParams {
+            mode: MixMode::Cutmix,
+            lam: 0.75,
+            cut_box: Some(CutBox {
+                y0: 0,
+                y1: 1,
+                x0: 1,
+                x1: 2,
+            }),
+        };
+        let (mut a, mut b) = (a0.clone(), b0.clone());
+        let mix = PairMix::PerView([up, cut]);
+        apply_pair_mix(&mut a, &mut b, 2, 2, &mix);
+        assert_eq!(mix.lams(), [0.25, 0.75]);
+        for k in 0..12 {
+            // a: Mixup with b's original; b: CutMix box (row 0, column 1 of every channel)
+            // from a's original, not from the mixed a.
+            assert_eq!(a[k], a0[k] * 0.25 + b0[k] * 0.75);
+            let in_box = k % 4 == 1;
+            assert_eq!(b[k], if in_box { a0[k] } else { b0[k] }, "{k}");
+        }
+        // Shared is the symmetric pair mix.
+        let (mut a, mut b) = (a0.clone(), b0.clone());
+        apply_pair_mix(&mut a, &mut b, 2, 2, &PairMix::Shared(up));
+        let (mut c, mut d) = (a0.clone(), b0.clone());
+        apply_pair(&mut c, &mut d, 2, 2, &up);
+        assert_eq!((a, b), (c, d));
     }
 
     #[test]

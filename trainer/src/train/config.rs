@@ -8,7 +8,8 @@
 
 use crate::models::{Arch, DeitConfig, ModelSpec, Precision};
 use anyhow::{bail, Context, Result};
-use pipeline::config::{AugmentConfig, PlanConfig};
+use pipeline::config::{AugmentConfig, MixupMode, PlanConfig};
+use pipeline::crop_rule::{apply_mode_defaults, cifar_rule, ExplicitKeys};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -449,6 +450,10 @@ pub struct TrainConfig {
     pub ema: EmaConfig,
     /// Run control.
     pub run: RunConfig,
+    /// Which crop keys the TOML, a `--set` or a flag stated (not serialized; decides
+    /// whether `main.py`'s CIFAR rule may set the crop, see [`pipeline::crop_rule`]).
+    #[serde(skip)]
+    pub explicit_keys: ExplicitKeys,
 }
 
 /// Command-line overrides, named as the official DeiT `main.py` flags. `None` keeps the
@@ -495,6 +500,8 @@ pub struct Overrides {
     pub mixup_prob: Option<f64>,
     /// `--mixup-switch-prob`
     pub mixup_switch_prob: Option<f64>,
+    /// `--mixup-mode` (batch, pair, elem)
+    pub mixup_mode: Option<String>,
     /// `--reprob`
     pub reprob: Option<f64>,
     /// `--aa`
@@ -551,12 +558,18 @@ impl TrainConfig {
     /// Parse TOML (every field optional; missing ones take the default) and validate.
     pub fn from_toml(text: &str) -> Result<Self> {
         let table: toml::Table = toml::from_str(text).context("training config")?;
-        if let Some(bad) = non_finite(&toml::Value::Table(table)) {
+        if let Some(bad) = non_finite(&toml::Value::Table(table.clone())) {
             bail!(
                 "training config: {bad} is not a finite number (no field may be NaN or infinite)"
             );
         }
+        let explicit_keys = match table.get("augment") {
+            Some(toml::Value::Table(augment)) => ExplicitKeys::from_augment_table(augment),
+            _ => ExplicitKeys::default(),
+        };
         let mut cfg: TrainConfig = toml::from_str(text).context("training config")?;
+        cfg.explicit_keys = explicit_keys;
+        apply_mode_defaults(&mut cfg.augment, &explicit_keys);
         cfg.normalize();
         cfg.validate()?;
         Ok(cfg)
@@ -604,7 +617,7 @@ impl TrainConfig {
         if o.finetune.is_some() {
             self.model.finetune = o.finetune.clone();
         }
-        let timm: [(&str, Option<String>); 12] = [
+        let timm: [(&str, Option<String>); 13] = [
             ("input-size", o.input_size.map(|v| v.to_string())),
             ("smoothing", o.smoothing.map(|v| v.to_string())),
             ("mixup", o.mixup.map(|v| v.to_string())),
@@ -614,6 +627,7 @@ impl TrainConfig {
                 "mixup-switch-prob",
                 o.mixup_switch_prob.map(|v| v.to_string()),
             ),
+            ("mixup-mode", o.mixup_mode.clone()),
             ("reprob", o.reprob.map(|v| v.to_string())),
             ("aa", o.aa.clone()),
             ("remode", o.remode.clone()),
@@ -621,6 +635,9 @@ impl TrainConfig {
             ("train-interpolation", o.train_interpolation.clone()),
             ("eval-crop-ratio", o.eval_crop_ratio.map(|v| v.to_string())),
         ];
+        if o.eval_crop_ratio.is_some() {
+            self.explicit_keys.eval_crop_pct = true;
+        }
         for (key, value) in timm {
             if let Some(v) = value {
                 self.augment
@@ -653,6 +670,14 @@ impl TrainConfig {
         set(&mut self.run.precision, &o.precision);
         for kv in &o.set {
             self.set_path(kv)?;
+        }
+        // `--input-size` set the size only; main.py's CIFAR rule where neither the config
+        // nor a `--set` states the crop, written into the config and logged once.
+        if o.input_size.is_some() {
+            if let Some(line) = cifar_rule(&mut self.augment, &self.explicit_keys) {
+                tracing::info!("{line}");
+                self.explicit_keys = ExplicitKeys::ALL;
+            }
         }
         self.normalize();
         if let Some(cj) = o.color_jitter {
@@ -696,7 +721,10 @@ impl TrainConfig {
             .as_object_mut()
             .with_context(|| format!("--set '{assignment}': '{path}' is not in a section"))?;
         table.insert(last.to_string(), value);
+        let mut explicit_keys = self.explicit_keys;
+        explicit_keys.mark_set_path(path);
         *self = serde_json::from_value(root).with_context(|| format!("--set '{assignment}'"))?;
+        self.explicit_keys = explicit_keys;
         self.normalize();
         Ok(())
     }
@@ -706,6 +734,15 @@ impl TrainConfig {
     fn normalize(&mut self) {
         if self.augment.auto_augment.is_none() {
             self.augment.auto_augment = Some("none".into());
+        }
+        // Batch-mode Mixup: one lam per `data.batch_size` images (timm: per loader batch)
+        // unless stated; 0 (unset) in the other modes.
+        let mix = &mut self.augment.mix;
+        if !self.explicit_keys.mix_batch_size || mix.batch_size == 0 {
+            mix.batch_size = match mix.mode {
+                MixupMode::Batch => u32::try_from(self.data.batch_size).unwrap_or(u32::MAX),
+                _ => 0,
+            };
         }
     }
 
@@ -923,6 +960,82 @@ mod tests {
         assert_eq!(c.schedule.epochs, 300);
         let back = TrainConfig::from_toml(&c.to_toml().unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    /// What a run does with its crop: the training crop mode and the eval transform its
+    /// loaders build, from the resolved config and from the run's `config.toml` (what
+    /// `eval`, `predict` and a resume read back).
+    fn ran(cfg: &TrainConfig) -> (pipeline::config::CropMode, f64) {
+        let builder = pipeline::view::ViewBuilder::new(&cfg.augment).unwrap();
+        let eval = builder.eval_transform();
+        assert_eq!(eval.size, cfg.augment.input_size);
+        (builder.config().crop.mode, eval.crop_pct)
+    }
+
+    #[test]
+    fn h23b_input_size_never_rewrites_a_stated_crop() {
+        use pipeline::config::CropMode::{self, RandomCropPad, RandomResizedCrop};
+        let size = |n: u32| Overrides {
+            input_size: Some(n),
+            ..Overrides::default()
+        };
+        let resolve = |toml: Option<&str>, o: &Overrides| {
+            let mut c = match toml {
+                Some(t) => TrainConfig::from_toml(t).unwrap(),
+                None => TrainConfig::default(),
+            };
+            c.apply(o).unwrap();
+            c
+        };
+        let tiny = include_str!("../../../configs/deit_tiny.toml");
+        let pad_only = "[augment]\ninput_size = 32\n[augment.crop]\nmode = \"random_crop_pad\"\n";
+        let cases: [(Option<&str>, Overrides, CropMode, f64); 5] = [
+            // The recipe states random_resized_crop and 0.875: the flag changes the size.
+            (Some(tiny), size(32), RandomResizedCrop, 0.875),
+            // Flags alone: main.py's CIFAR rule, recorded.
+            (None, size(32), RandomCropPad, 1.0),
+            // ... unless the eval crop is stated by its flag.
+            (
+                None,
+                Overrides {
+                    eval_crop_ratio: Some(0.9),
+                    ..size(24)
+                },
+                RandomCropPad,
+                0.9,
+            ),
+            // A stated random_crop_pad stays at any size, with its whole-image eval.
+            (Some(pad_only), size(48), RandomCropPad, 1.0),
+            // A --set of the crop mode is stated too.
+            (
+                None,
+                Overrides {
+                    set: vec!["augment.crop.mode=\"random_resized_crop\"".into()],
+                    ..size(32)
+                },
+                RandomResizedCrop,
+                0.875,
+            ),
+        ];
+        for (i, (toml, o, mode, crop)) in cases.into_iter().enumerate() {
+            let c = resolve(toml, &o);
+            assert_eq!(c.augment.input_size, o.input_size.unwrap(), "case {i}");
+            assert_eq!(
+                (c.augment.crop.mode, c.augment.eval_crop_pct),
+                (mode, crop),
+                "case {i}"
+            );
+            // The config says what runs ...
+            assert_eq!(ran(&c), (mode, crop), "case {i}");
+            // ... and so does the run's config.toml, read back.
+            let back = TrainConfig::from_toml(&c.to_toml().unwrap()).unwrap();
+            assert_eq!(back.augment, c.augment, "case {i}");
+            assert_eq!(ran(&back), (mode, crop), "case {i}");
+            // Resuming from it with the same flag changes nothing.
+            let mut again = back.clone();
+            again.apply(&o).unwrap();
+            assert_eq!(again.augment, c.augment, "case {i}");
+        }
     }
 
     #[test]

@@ -495,6 +495,12 @@ pub fn train_with(
         );
     }
 
+    if primary {
+        if let Some(line) = mix_batch_note(&cfg.augment.mix, cfg.data.batch_size, world) {
+            tracing::warn!("{line}");
+        }
+    }
+
     // Teacher.
     let epochs = cfg.schedule.total_epochs();
     let binding = data_binding(&fingerprint, &cfg.augment, seed, &cfg.plan, num_classes);
@@ -1102,4 +1108,25 @@ impl Window {
         *self = Window::new();
         rec
     }
+}
+
+/// Batch-mode Mixup shares one lam among `mix.batch_size` consecutive plan slots; a
+/// rank's pass of `batch` images covers `batch * world` of them (pairs go round-robin to
+/// ranks), so it has one lam only when `mix.batch_size` is a multiple of that. The line
+/// to log when it is not.
+pub fn mix_batch_note(
+    mix: &pipeline::config::MixConfig,
+    batch: usize,
+    world: usize,
+) -> Option<String> {
+    let per_lam = mix.pairs_per_lam()? as usize * 2;
+    let pass = batch * world;
+    (!per_lam.is_multiple_of(pass)).then(|| {
+        format!(
+            "mix.mode = \"batch\" with augment.mix.batch_size = {per_lam}: a pass of {batch} \
+             images x {world} ranks covers {pass} plan slots, so a batch may mix with more \
+             than one lam; for one lam per batch set augment.mix.batch_size to a multiple \
+             of {pass} (in the teacher cache's config too)"
+        )
+    })
 }
