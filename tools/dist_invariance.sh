@@ -9,10 +9,17 @@
 # this with DEVICE=cuda where 2+ GPUs are lent.
 #
 #   BIN=target/release/deit-pipe DEVICE=cpu NP=2 OUT=/tmp/dpinv tools/dist_invariance.sh
+#   EPOCHS=30 ... tools/dist_invariance.sh     (a longer run, bound 2e-4)
 #
-# Prints "max |w_1 - w_NP| = X" and exits 0 when X < BOUND (default 1e-6 on CPU, 1e-4 on
-# CUDA, where cuBLAS may pick other kernels for another batch size). Needs python3 with
-# numpy (the weights are read from the safetensors files directly).
+# Prints "max |w_1 - w_NP| = X" and exits 0 when X < BOUND. The default bound is for what
+# this script runs (2 epochs, 12 steps, 64 synthetic images): 1e-6 on CPU (measured 8e-9:
+# only the order of the float sums differs), 1e-4 on CUDA (cuBLAS may pick other kernels
+# for another batch size). The difference grows with the run, since AdamW turns a rounding
+# difference in a small gradient into a difference in a step of size lr and the steps add
+# up: a realistic run (held-out-like data, hard distillation, Mixup/CutMix, drop path,
+# many more steps) measured 6-9e-5 for 2 and 3 ranks (issue 24). Longer runs (EPOCHS) get
+# a bound that allows for it: 2e-4 beyond 2 epochs. Needs python3 with numpy (the
+# weights are read from the safetensors files directly).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release/deit-pipe}
@@ -20,7 +27,9 @@ DEVICE=${DEVICE:-cpu}
 NP=${NP:-2}
 OUT=${OUT:-$(mktemp -d)}
 PY=${PYTHON:-python3}
-if [ "$DEVICE" = cpu ]; then BOUND=${BOUND:-1e-6}; else BOUND=${BOUND:-1e-4}; fi
+EPOCHS=${EPOCHS:-2}
+if [ "$EPOCHS" -gt 2 ]; then BOUND=${BOUND:-2e-4}
+elif [ "$DEVICE" = cpu ]; then BOUND=${BOUND:-1e-6}; else BOUND=${BOUND:-1e-4}; fi
 mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
@@ -29,7 +38,7 @@ export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy
 "$BIN" --quiet shard --max-side 40 --format raw --input "$OUT/folder" --out "$OUT/shards"
 student() { # OUT_DIR BATCH
     echo train --config "$ROOT/configs/small_image.toml" --data "$OUT/shards" --out "$1" \
-        --epochs 2 --warmup-epochs 1 --batch-size "$2" --drop-path 0.25 \
+        --epochs "$EPOCHS" --warmup-epochs 1 --batch-size "$2" --drop-path 0.25 \
         --set model.depth=2 --set model.embed_dim=48 --set plan.repeats=3 \
         --device "$DEVICE" --precision f32 --quiet
 }

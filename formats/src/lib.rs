@@ -3,5 +3,7 @@
 pub mod atomic;
 #[cfg(feature = "parquet")]
 pub mod cache_schema;
+#[cfg(unix)]
+pub mod lock;
 pub mod open;
 pub mod shard;

@@ -43,6 +43,11 @@ pub struct Slot {
     pub seed: u64,
 }
 
+/// The Mixup/CutMix partner of a slot: the other slot of its pair (`slot ^ 1`).
+pub fn partner_slot(slot: u32) -> u32 {
+    slot ^ 1
+}
+
 /// The plan of one epoch.
 #[derive(Clone, Debug)]
 pub struct EpochPlan {
@@ -160,7 +165,7 @@ impl EpochPlan {
         Slot {
             slot: slot as u32,
             sample: self.samples[slot],
-            partner: (slot ^ 1) as u32,
+            partner: partner_slot(slot as u32),
             seed: self.slot_seed(slot),
         }
     }

@@ -4,6 +4,7 @@ pub mod bench_loader;
 pub mod bench_model;
 pub mod bench_shard;
 pub mod cache_inspect;
+pub mod cache_summary;
 pub mod eval;
 pub mod inspect;
 pub mod model_args;

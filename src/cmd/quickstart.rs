@@ -76,6 +76,9 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--classes must be at least 2, got {}", args.classes);
     }
     let work = &args.work;
+    // One quickstart per work folder (its stages lock their own folders too).
+    let _lock = formats::lock::OutputLock::acquire(work, formats::lock::LOCK_FILE)
+        .with_context(|| format!("--work {}", work.display()))?;
     std::fs::create_dir_all(work.join("configs"))
         .with_context(|| format!("creating {}", work.display()))?;
     let student_cfg = work.join("configs/small_image.toml");

@@ -4,7 +4,7 @@
 use crate::progress;
 use anyhow::{bail, Context};
 use formats::shard::Encoding;
-use pipeline::ingest::inputs::{read_list, SplitInput};
+use pipeline::ingest::inputs::{empty_classes, read_list, refuse_empty_classes, SplitInput};
 use pipeline::ingest::job::{shard_split, JobConfig, ABORT_AFTER_ENV};
 use pipeline::ingest::process::{IngestOptions, DEFAULT_MAX_PIXELS, DEFAULT_RESTART_MCUS};
 use pipeline::ingest::val_labels::{onto_train_classes, scan_input};
@@ -61,6 +61,13 @@ pub struct Args {
     /// to val/). Classes are train/'s class folders, matched by name.
     #[arg(long, requires = "input")]
     pub val_labels: Option<PathBuf>,
+    /// Keep class folders of train/ (or of the first split present) that hold no file, as
+    /// classes without images. Without it such folders are refused, as torchvision's
+    /// ImageFolder refuses them; they are never dropped, since dropping one would renumber
+    /// every later class's label id (val/ and other tools read ids from the sorted folder
+    /// names). A val/ class folder may always be empty.
+    #[arg(long, requires = "input")]
+    pub allow_empty_classes: bool,
     /// List file of `path<TAB>label` lines (relative paths from the list's folder). A
     /// split other than `train`, written where OUT/train exists, takes train's class list:
     /// labels map by class name, or else integer labels are ids into train's classes.
@@ -118,6 +125,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             for n in notes {
                 tracing::info!("{n}");
             }
+            if let Some(first) = splits.first() {
+                if args.allow_empty_classes {
+                    let empty = empty_classes(first);
+                    if !empty.is_empty() {
+                        tracing::warn!(
+                            "{} of {} classes of {:?} have no file; kept as classes without \
+                             images (--allow-empty-classes)",
+                            empty.len(),
+                            first.classes.len(),
+                            first.name
+                        );
+                    }
+                } else {
+                    refuse_empty_classes(root, first)
+                        .with_context(|| format!("reading input tree {}", root.display()))?;
+                }
+            }
             (splits, "imagefolder")
         }
         (None, Some(list)) => (vec![list_split(list, &args.split, &args.out)?], "list"),
@@ -160,6 +184,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         input_kind: kind.to_string(),
         abort_after,
     };
+    // One writer per split folder, every split locked before any is written.
+    let mut _locks = Vec::with_capacity(splits.len());
+    for split in &splits {
+        let dir = args.out.join(&split.name);
+        _locks.push(
+            formats::lock::OutputLock::acquire(&dir, formats::lock::LOCK_FILE).with_context(
+                || format!("--out {} (split {:?})", args.out.display(), split.name),
+            )?,
+        );
+    }
     let mut empty = Vec::new();
     for split in &splits {
         let dir = args.out.join(&split.name);

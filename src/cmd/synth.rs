@@ -37,6 +37,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         val_per_class: args.val_per_class,
         seed: args.seed,
     };
+    // One writer per output folder.
+    let _lock = formats::lock::OutputLock::acquire(&args.out, formats::lock::LOCK_FILE)
+        .with_context(|| format!("--out {}", args.out.display()))?;
     let total = cfg.classes * (cfg.train_per_class + cfg.val_per_class);
     let bar = progress::bar(total as u64, "synth", "img");
     let mut builder = rayon::ThreadPoolBuilder::new();

@@ -77,23 +77,29 @@ pub fn run(args: Args) -> Result<()> {
         crate::dist::Transport::Host
     };
     let comm = crate::dist::join(transport)?;
-    let (part, label) = match comm.world() {
-        1 => (
-            PartSpec::parse(&args.part).context("--part")?,
-            String::new(),
-        ),
+    let part = match comm.world() {
+        1 => PartSpec::parse(&args.part).context("--part")?,
         world => {
             if args.part != "1/1" {
                 anyhow::bail!(
-                    "--part {} with {world} MPI ranks: the ranks already split every epoch                      (rank r writes part r+1 of {world}); use one or the other",
+                    "--part {} with {world} MPI ranks: the ranks already split every epoch \
+                     (rank r writes part r+1 of {world}); use one or the other",
                     args.part
                 );
             }
-            let part = PartSpec::new(comm.rank() as u32 + 1, world as u32)
-                .context("splitting the epochs over the MPI ranks")?;
-            (part, format!(" (rank {} of {world})", comm.rank()))
+            PartSpec::new(comm.rank() as u32 + 1, world as u32)
+                .context("splitting the epochs over the MPI ranks")?
         }
     };
+    // One writer per part of the cache: parts of one cache may be written at the same
+    // time (by MPI ranks or by separate `--part` jobs), the same part only once.
+    let lock_name = if part.count == 1 {
+        formats::lock::LOCK_FILE.to_string()
+    } else {
+        format!(".deit-pipe.part-{}-of-{}.lock", part.index, part.count)
+    };
+    let _lock = formats::lock::OutputLock::acquire(&args.out, &lock_name)
+        .with_context(|| format!("--out {} (part {part})", args.out.display()))?;
     let device = crate::dist::device_for_rank(&args.device, comm.as_ref());
     let mut config = TrainConfig::from_file(&args.config)?;
     config.apply(&args.view.add_to(Overrides::default()))?;
@@ -124,9 +130,12 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(b) = bar.0 {
         b.finish_and_clear();
     }
+    if comm.world() > 1 {
+        return sum_up_ranks(comm.as_ref(), &job, part, &report);
+    }
     let rate = report.rows as f64 / report.total_seconds.max(1e-9);
     eprintln!(
-        "teacher-cache {}{label}: wrote epochs {:?}, skipped (already finished) {:?}; {} views in \
+        "teacher-cache {}: wrote epochs {:?}, skipped (already finished) {:?}; {} views in \
          {:.2} s ({rate:.1} views/s): views {:.2} s, teacher forward {:.2} s ({:.1} views/s), \
          top-K + Parquet {:.2} s; overhead over the bare teacher {:.1}%",
         job.out.display(),
@@ -140,5 +149,51 @@ pub fn run(args: Args) -> Result<()> {
         report.rows_seconds,
         100.0 * report.overhead()
     );
+    Ok(())
+}
+
+/// The end of a job of several ranks: every rank waits for the others (under the file-I/O
+/// limit: a rank may still be writing its last part), sends its report to rank 0, and
+/// rank 0 prints one summary and checks that every part is in its `--out`.
+fn sum_up_ranks(
+    comm: &dyn trainer::dist::Collective,
+    job: &CacheJob,
+    part: PartSpec,
+    report: &cache::run::JobReport,
+) -> Result<()> {
+    use super::cache_summary::{absolute, summarize, RankReport};
+    comm.io_barrier()
+        .context("waiting for every rank to finish its parts")?;
+    let mine = RankReport {
+        rank: comm.rank(),
+        host: RankReport::this_host(),
+        out: absolute(&job.out)?,
+        part,
+        written: report.written.clone(),
+        skipped: report.skipped.clone(),
+        rows: report.rows,
+        seconds: report.total_seconds,
+        forward_seconds: report.forward_seconds,
+    };
+    let bytes = serde_json::to_vec(&mine).context("this rank's report")?;
+    let all = comm
+        .all_gather_bytes(&bytes)
+        .context("gathering the ranks' reports")?;
+    if !comm.is_primary() {
+        return Ok(());
+    }
+    let reports = all
+        .iter()
+        .enumerate()
+        .map(|(r, b)| {
+            serde_json::from_slice::<RankReport>(b)
+                .with_context(|| format!("rank {r}'s report is not a teacher-cache report"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let summary = summarize(&reports, job.epochs.clone(), |p| p.is_file())?;
+    match summary.complete {
+        true => eprintln!("{}", summary.text),
+        false => eprintln!("warning: {}", summary.text),
+    }
     Ok(())
 }

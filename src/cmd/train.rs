@@ -334,6 +334,19 @@ pub fn run(args: Args) -> Result<()> {
     let target = super::train_mainpy::resume_target(&args.resume, &args.out)?;
     super::train_mainpy::check_teacher(&args, &cfg)?;
     super::run_dir::claim(&args.out)?;
+    if let Some(id) = super::run_dir::run_id(&args.out) {
+        tracing::debug!("run folder {}: run id {id}", args.out.display());
+    }
+    // One writer per run folder: rank 0 (the only rank that writes it) holds the lock
+    // until training ends; every rank learns whether it got it.
+    let lock = if comm.is_primary() {
+        formats::lock::OutputLock::acquire(&args.out, formats::lock::LOCK_FILE)
+            .map(Some)
+            .with_context(|| format!("--out {}", args.out.display()))
+    } else {
+        Ok(None)
+    };
+    let _lock = trainer::dist::agree_ok(comm.as_ref(), lock, "to lock the run folder")?;
     let mut job = trainer::train::TrainJob::new(
         cfg,
         &args.data,

@@ -28,6 +28,7 @@ impl MpiWorld {
     /// same job as the launcher's environment.
     pub fn init(launch: &Launch) -> Result<Self> {
         end_with_the_launcher();
+        set_mpi_defaults();
         let Some((universe, _threading)) = mpi::initialize_with_threading(mpi::Threading::Funneled)
         else {
             bail!("MPI was already initialized in this process");
@@ -148,6 +149,32 @@ impl Collective for MpiWorld {
             .watch_for("a wait for rank 0's file I/O", self.io_timeout);
         self.world.barrier();
         Ok(())
+    }
+}
+
+/// Open MPI settings (MCA parameters) data-parallel training needs, as
+/// `(name, value, why)`: applied at start-up unless the user set them
+/// (`mpirun --mca NAME VALUE` and `-x OMPI_MCA_NAME=VALUE` both arrive as
+/// `OMPI_MCA_NAME` in the environment, which wins over these).
+pub const MCA_DEFAULTS: &[(&str, &str, &str)] = &[(
+    "OMPI_MCA_mpi_yield_when_idle",
+    "1",
+    "a rank waiting in a collective yields its core instead of busy-polling it: on CPU, \
+     ranks share cores with their own loader and compute threads and with the other ranks \
+     of the machine (measured in BENCHMARKS.md)",
+)];
+
+/// Sets [`MCA_DEFAULTS`] in this process's environment where the user did not, before
+/// `MPI_Init` reads them (Open MPI reads MCA parameters from the environment at
+/// initialization; other MPI libraries ignore these names).
+fn set_mpi_defaults() {
+    for (name, value, _) in MCA_DEFAULTS {
+        if std::env::var_os(name).is_none() {
+            // Called on the main thread before MPI starts and before this process reads
+            // its environment from other threads.
+            std::env::set_var(name, value);
+            tracing::debug!("MPI: {name}={value} (deit-pipe's default)");
+        }
     }
 }
 

@@ -69,6 +69,37 @@ pub trait Collective {
         Ok(())
     }
 
+    /// Every rank's `mine`, in rank order, on every rank (small records: per-rank
+    /// reports gathered for one summary). The default goes through
+    /// [`Collective::all_reduce_sum_f64`] (lengths) and
+    /// [`Collective::all_reduce_sum_f32`] (each rank adds its bytes into its own segment
+    /// of zeros, exact for byte values).
+    fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let (rank, world) = (self.rank(), self.world());
+        if world <= 1 {
+            return Ok(vec![mine.to_vec()]);
+        }
+        let mut lens = vec![0.0f64; world];
+        lens[rank] = mine.len() as f64;
+        self.all_reduce_sum_f64(&mut lens)
+            .context("gathering the lengths of the ranks' records")?;
+        let lens: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
+        let start: usize = lens[..rank].iter().sum();
+        let mut buf = vec![0.0f32; lens.iter().sum()];
+        for (slot, &b) in buf[start..start + mine.len()].iter_mut().zip(mine) {
+            *slot = f32::from(b);
+        }
+        self.all_reduce_sum_f32(&mut buf)
+            .context("gathering the ranks' records")?;
+        let mut out = Vec::with_capacity(world);
+        let mut at = 0;
+        for n in lens {
+            out.push(buf[at..at + n].iter().map(|&x| x as u8).collect());
+            at += n;
+        }
+        Ok(out)
+    }
+
     /// A barrier that waits as long as rank 0's file I/O may take (a checkpoint being
     /// written on a slow network filesystem): called right after rank 0 wrote files, so
     /// that the next collective's hang detector counts none of it. Transports with a
@@ -345,6 +376,23 @@ mod tests {
         };
         let err = mean_gradients(&comm, g, &params).unwrap_err().to_string();
         assert!(err.contains("different parameter sets"), "{err}");
+    }
+
+    #[test]
+    fn all_gather_bytes_puts_each_rank_in_its_place() {
+        // Rank 1 holds "xyz"; rank 0 (3 bytes "ab\xff") sees the other rank's
+        // contribution: its length in slot 1, its bytes after rank 0's segment.
+        let comm = TwoRanks {
+            rank: 1,
+            other_f32: RefCell::new(vec![vec![b'a' as f32, b'b' as f32, 255.0, 0.0, 0.0, 0.0]]),
+            other_f64: RefCell::new(vec![vec![3.0, 0.0]]),
+        };
+        let got = comm.all_gather_bytes(b"xyz").unwrap();
+        assert_eq!(got, vec![b"ab\xff".to_vec(), b"xyz".to_vec()]);
+        assert_eq!(
+            SingleProcess.all_gather_bytes(b"solo").unwrap(),
+            vec![b"solo".to_vec()]
+        );
     }
 
     #[test]

@@ -839,3 +839,117 @@ fn main_py_checkpoints_go_through_the_same_bounded_reader() {
     let err = format!("{:#}", MainPyCheckpoint::read(&path).unwrap_err());
     assert!(err.contains("has no param_groups"), "{err}");
 }
+
+/// Overwrites the field at `local` (local header) and `central` (central directory
+/// header) of every record named `name`, as a forger would.
+fn patch_field(zip: &mut [u8], name: &str, local: usize, central: usize, value: &[u8]) {
+    let n = name.as_bytes();
+    for at in 0..zip.len().saturating_sub(4) {
+        let sig = &zip[at..at + 4];
+        let (name_at, field_at) = if sig == b"PK\x03\x04" {
+            (at + 30, at + local)
+        } else if sig == b"PK\x01\x02" {
+            (at + 46, at + central)
+        } else {
+            continue;
+        };
+        if zip.get(name_at..name_at + n.len()) == Some(n) {
+            zip[field_at..field_at + value.len()].copy_from_slice(value);
+        }
+    }
+}
+
+/// Sets the declared uncompressed size of the records named `name`.
+fn patch_declared_size(zip: &mut [u8], name: &str, size: u32) {
+    patch_field(zip, name, 22, 24, &size.to_le_bytes());
+}
+
+#[test]
+fn deflated_zip_checkpoints_load_bounded() {
+    let pkl = state_dict_pickle(
+        &[
+            ("w", TensorSpec::f32("0", &[2, 3])),
+            ("b", TensorSpec::f32("1", &[1000])),
+        ],
+        false,
+    );
+    let storages = [
+        ("0", f32_bytes(&[0., 1., 2., 3., 4., 5.])),
+        ("1", f32_bytes(&[0.5; 1000])),
+    ];
+    let deflated = zip_checkpoint_with(zip::CompressionMethod::Deflated, "m", &pkl, &storages);
+    // Really compressed: 4 KiB of one value deflate to a few bytes.
+    assert!(deflated.len() < 2000, "{}", deflated.len());
+    let w = read_weights_bytes(&deflated, FILE, false).unwrap();
+    let stored = read_weights_bytes(&zip_checkpoint("m", &pkl, &storages), FILE, false).unwrap();
+    for name in ["w", "b"] {
+        assert_eq!(values(&w, name), values(&stored, name), "{name}");
+    }
+    assert_eq!(values(&w, "w"), [0., 1., 2., 3., 4., 5.]);
+
+    // A record that inflates past its declared size, or short of it.
+    let mut b = deflated.clone();
+    patch_declared_size(&mut b, "m/data.pkl", pkl.len() as u32 - 5);
+    let short = pkl.len() - 5;
+    assert_err(
+        &b,
+        &[&format!(
+            "record m/data.pkl holds more than {short} bytes, not the {short} it declares"
+        )],
+    );
+    let mut b = deflated.clone();
+    patch_declared_size(&mut b, "m/data.pkl", pkl.len() as u32 + 5);
+    let long = pkl.len() + 5;
+    assert_err(
+        &b,
+        &[&format!(
+            "record m/data.pkl holds {} bytes, not the {long} it declares",
+            pkl.len()
+        )],
+    );
+    // A declared size past the stated bound is refused before inflating.
+    let mut b = deflated.clone();
+    patch_declared_size(&mut b, "m/data.pkl", 3 << 30);
+    assert_err(
+        &b,
+        &["record m/data.pkl declares 3221225472 bytes (at most 1073741824 expected)"],
+    );
+    // A storage whose record inflates to more than the pickle declares for it.
+    let mut big = storages.clone();
+    big[1].1 = f32_bytes(&[0.5; 1001]);
+    let b = zip_checkpoint_with(zip::CompressionMethod::Deflated, "m", &pkl, &big);
+    assert_err(
+        &b,
+        &["storage \"1\" declares 1000 elements", "holds 4004 bytes"],
+    );
+    // Other methods are named.
+    let mut b = deflated.clone();
+    patch_field(&mut b, "m/data.pkl", 8, 10, &12u16.to_le_bytes()); // bzip2
+    assert_err(&b, &["record m/data.pkl is compressed with"]);
+}
+
+#[test]
+fn zip_checkpoints_with_a_name_twice_are_refused() {
+    // torch.load reads the first `m/data/0`, a last-wins reader the second: refused.
+    let pkl = state_dict_pickle(&[("w", TensorSpec::f32("0", &[2]))], false);
+    for method in [
+        zip::CompressionMethod::Stored,
+        zip::CompressionMethod::Deflated,
+    ] {
+        let mut b = zip_checkpoint_with(
+            method,
+            "m",
+            &pkl,
+            &[("0", f32_bytes(&[1., 2.])), ("9", f32_bytes(&[3., 4.]))],
+        );
+        assert!(read_weights_bytes(&b, FILE, false).is_ok());
+        // Rename m/data/9 to m/data/0 in both headers.
+        let (from, to) = (b"m/data/9", b"m/data/0");
+        for at in 0..b.len() - from.len() {
+            if &b[at..at + from.len()] == from {
+                b[at..at + to.len()].copy_from_slice(to);
+            }
+        }
+        assert_err(&b, &["two records of one name", "refused"]);
+    }
+}

@@ -16,6 +16,7 @@ use super::binding::{
     parse_file_name, CacheBinding, FileHeader, PartSpec, CACHE_FORMAT_VERSION, HEADER_KEY,
     MAX_EPOCH_SLOTS,
 };
+use super::docs::CLASS_NAMES_KEY;
 use super::error::{CacheError, Result};
 use super::guard::guarded;
 use super::integrity::{
@@ -114,8 +115,35 @@ fn header_of<R: parquet::file::reader::ChunkReader>(
         .and_then(|kv| kv.iter().find(|e| e.key == HEADER_KEY))
         .and_then(|e| e.value.clone())
         .ok_or_else(|| meta_err(path, format!("footer key `{HEADER_KEY}` missing")))?;
-    FileHeader::from_json(&json)
-        .map_err(|e| meta_err(path, format!("footer key `{HEADER_KEY}`: {e}")))
+    let header = FileHeader::from_json(&json)
+        .map_err(|e| meta_err(path, format!("footer key `{HEADER_KEY}`: {e}")))?;
+    let names = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|e| e.key == CLASS_NAMES_KEY))
+        .map(|e| e.value.clone().unwrap_or_default());
+    if let Some(names) = names {
+        check_class_names(&names, header.binding.num_classes).map_err(|reason| {
+            meta_err(path, format!("footer key `{CLASS_NAMES_KEY}`: {reason}"))
+        })?;
+    }
+    Ok(header)
+}
+
+/// The footer's class names (optional; the writer stores the data set's): a JSON list of
+/// 1 to C strings (C = `num_classes` of the binding: a model may have more outputs than
+/// the data set has classes).
+fn check_class_names(json: &str, num_classes: u32) -> std::result::Result<(), String> {
+    let names: Vec<String> =
+        serde_json::from_str(json).map_err(|e| format!("not a JSON list of strings: {e}"))?;
+    if names.is_empty() || names.len() > num_classes as usize {
+        return Err(format!(
+            "{} class names for a cache of {num_classes} classes (1 to {num_classes} expected)",
+            names.len()
+        ));
+    }
+    Ok(())
 }
 
 /// The byte ranges of the slot column chunks, in row-group order (panics on negative
@@ -231,6 +259,7 @@ pub fn verify_file(path: &Path) -> Result<FileHeader> {
         reader,
         buf: Vec::new().into_iter(),
         row: 0,
+        returned: 0,
         dataset_len: header.dataset_len,
     };
     while part.next_row(&header.binding)?.is_some() {}
@@ -743,6 +772,7 @@ impl TeacherCache {
                 reader,
                 buf: Vec::new().into_iter(),
                 row: 0,
+                returned: 0,
                 dataset_len: header.dataset_len,
             };
             if let Some(row) = part.next_row(&self.binding)? {
@@ -760,6 +790,7 @@ impl TeacherCache {
             heap,
             next_slot: 0,
             failed: false,
+            last_origin: None,
         })
     }
 }
@@ -770,6 +801,8 @@ struct PartStream {
     buf: std::vec::IntoIter<CachedTarget>,
     /// Rows of the file decoded so far (the next batch's first row).
     row: usize,
+    /// Rows of the file handed out so far.
+    returned: usize,
     /// Samples of the data set (bound of `sample` and `partner`).
     dataset_len: u32,
 }
@@ -812,6 +845,8 @@ pub struct EpochReader {
     heap: BinaryHeap<Reverse<(u32, usize)>>,
     next_slot: u32,
     failed: bool,
+    /// File and row (0-based, within the file) of the row returned last.
+    last_origin: Option<(PathBuf, usize)>,
 }
 
 impl EpochReader {
@@ -823,6 +858,12 @@ impl EpochReader {
     /// Slot count of the epoch (= number of rows this reader yields).
     pub fn epoch_slots(&self) -> u32 {
         self.epoch_slots
+    }
+
+    /// The file and row (0-based, within that file) of the row returned last, for
+    /// messages about a row's values.
+    pub fn last_row_origin(&self) -> Option<(&Path, usize)> {
+        self.last_origin.as_ref().map(|(p, r)| (p.as_path(), *r))
     }
 
     fn step(&mut self) -> Result<Option<CachedTarget>> {
@@ -847,6 +888,8 @@ impl EpochReader {
         *head = next;
         let path = part.path.clone();
         let row = row.ok_or_else(|| meta_err(&path, "reader lost its place"))?;
+        self.last_origin = Some((path.clone(), part.returned));
+        part.returned += 1;
         if slot != self.next_slot || row.epoch != self.epoch {
             return Err(CacheError::EpochIncomplete {
                 epoch: self.epoch,

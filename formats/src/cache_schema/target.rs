@@ -196,6 +196,21 @@ impl CacheRow {
                 "column `lse_gap`: lse - top1 is {lse_gap}, must be finite and >= 0"
             )));
         }
+        // What the values must be, not only their types (rounding: `from_logits`).
+        let max_gap = max_lse_gap(num_classes);
+        if f64::from(lse_gap) > max_gap {
+            return Err(bad(format!(
+                "column `lse_gap`: lse - top1 is {lse_gap}, above ln C = ln {num_classes} \
+                 (+ f16 rounding: at most {max_gap:.6}): no {num_classes} logits give it"
+            )));
+        }
+        let mass = min_topk_mass(lse_gap, &self.logit_gaps);
+        if mass > 1.0 + MASS_SLACK {
+            return Err(bad(format!(
+                "columns `logit_gaps`/`lse_gap`: the top-{k} probabilities exp(l_i - lse) sum \
+                 to at least {mass:.6} (after the f16 rounding allowance), more than 1"
+            )));
+        }
         if !(self.key.lam.is_finite() && (0.0..=1.0).contains(&self.key.lam)) {
             return Err(bad(format!(
                 "column `lam`: lam {} is not in [0, 1]",
@@ -204,6 +219,35 @@ impl CacheRow {
         }
         Ok(())
     }
+}
+
+/// f16 unit roundoff, `2^-11`: the relative error of one f16 rounding of a normal value.
+const F16_U: f64 = 1.0 / 2048.0;
+
+/// Absolute error allowance per stored f16 gap (subnormals: at most 3e-8, rounded up).
+const F16_ABS: f64 = 1e-7;
+
+/// Floating-point slack of the f64 sum of at most K probabilities.
+const MASS_SLACK: f64 = 1e-9;
+
+/// The largest stored `lse_gap` that C logits can give: `lse - l_0 <= ln C` (every term of
+/// the sum is at most `exp(0)`), plus one f16 rounding (relative `u`, taken as `2u`).
+pub fn max_lse_gap(num_classes: u32) -> f64 {
+    let ln_c = f64::from(num_classes.max(1)).ln();
+    ln_c * (1.0 + 2.0 * F16_U) + F16_ABS
+}
+
+/// A lower bound of the true top-K mass `sum_i exp(l_i - lse)` of a stored row: each stored
+/// gap `g'` (and `lse_gap` `L'`) is one f16 rounding of the true value, so the true value
+/// is at most `g' (1 + 2u) + 1e-7`, and each probability at least
+/// `exp(-(g' + L') (1 + 2u) - 2e-7)`. True rows have a mass of at most 1; a row whose
+/// lower bound exceeds 1 cannot come from any logits.
+pub fn min_topk_mass(lse_gap: f32, logit_gaps: &[f16]) -> f64 {
+    let l = f64::from(lse_gap);
+    std::iter::once(0.0)
+        .chain(logit_gaps.iter().map(|g| f64::from(g.to_f32())))
+        .map(|g| (-(g + l) * (1.0 + 2.0 * F16_U) - 2.0 * F16_ABS).exp())
+        .sum()
 }
 
 /// The teacher's softmax at temperature `tau`, rebuilt from the top-K and the LSE.

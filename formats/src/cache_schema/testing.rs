@@ -42,3 +42,19 @@ pub fn write_unchecked(dir: &Path, header: FileHeader, rows: &[CacheRow]) -> Res
     w.write_rows_unchecked(rows)?;
     w.finish()
 }
+
+/// As [`write_unchecked`], with extra footer keys stored as given (e.g. class names that
+/// are not JSON), sealed like any other file. Returns its path.
+pub fn write_unchecked_with_footer(
+    dir: &Path,
+    header: FileHeader,
+    rows: &[CacheRow],
+    footer: &[(&str, &str)],
+) -> Result<PathBuf> {
+    let mut w = CacheWriter::create_with(dir, header, WriterOptions::default())?;
+    for (k, v) in footer {
+        w.append_raw_metadata(k, v)?;
+    }
+    w.write_rows_unchecked(rows)?;
+    w.finish()
+}

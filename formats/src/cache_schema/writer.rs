@@ -129,6 +129,16 @@ impl CacheWriter {
         })
     }
 
+    /// Adds a footer key as is (tests only: `testing::write_unchecked_with_footer`).
+    pub(crate) fn append_raw_metadata(&mut self, key: &str, value: &str) -> Result<()> {
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| CacheError::InvalidParameter("metadata after finish".into()))?;
+        writer.append_key_value_metadata(KeyValue::new(key.to_string(), value.to_string()));
+        Ok(())
+    }
+
     /// Stores the class names (index = class id) in the footer under
     /// [`CLASS_NAMES_KEY`]; at most `num_classes` names (a model may have more outputs than
     /// the data set has classes).

@@ -75,50 +75,17 @@ pub fn check_jpeg(b: &[u8]) -> Result<u8, String> {
     }
 }
 
-fn format_name(f: ImageFormat) -> &'static str {
-    match f {
-        ImageFormat::Jpeg => "JPEG",
-        ImageFormat::Png => "PNG",
-        _ => f.extensions_str().first().copied().unwrap_or("unknown"),
-    }
-}
-
-/// Decode an input file's bytes to 8-bit RGB. Images with more than `max_pixels` pixels are
-/// refused from their header, before any pixel memory is allocated. `Err` holds a one-line
-/// reason suitable for the manifest's skip list.
+/// Decode an input file's bytes to 8-bit RGB. The file is first held to the decoder
+/// policy ([`super::policy::probe`]: pixel limit from the header, JPEG scan limit, PNG
+/// chunk bounds), before any pixel memory is allocated. `Err` holds a one-line reason
+/// suitable for the manifest's skip list.
 pub fn decode_input(bytes: &[u8], max_pixels: u64) -> Result<Decoded, String> {
-    if bytes.is_empty() {
-        return Err("empty file".into());
-    }
-    let format = image::guess_format(bytes)
-        .map_err(|_| "not an image (unrecognised file signature)".to_string())?;
-    if !matches!(format, ImageFormat::Jpeg | ImageFormat::Png) {
-        return Err(format!(
-            "unsupported image format {} (JPEG and PNG are read)",
-            format_name(format)
-        ));
-    }
-    let jpeg_components = if format == ImageFormat::Jpeg {
-        Some(check_jpeg(bytes)?)
-    } else {
-        None
-    };
-    // Dimensions first, without limits, so an oversized image is refused before any
-    // pixel memory is allocated, with a clear reason.
-    let mut probe = ImageReader::with_format(Cursor::new(bytes), format);
-    probe.no_limits();
-    let (w, h) = probe
-        .into_dimensions()
-        .map_err(|e| format!("cannot read {} header: {e}", format_name(format)))?;
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > max_pixels {
-        return Err(format!(
-            "{w}x{h} = {pixels} pixels exceeds the limit of {max_pixels} (decompression-bomb guard)"
-        ));
-    }
-    if w == 0 || h == 0 {
-        return Err(format!("empty image ({w}x{h})"));
-    }
+    let super::policy::Probe {
+        format,
+        width: w,
+        height: h,
+        jpeg_components,
+    } = super::policy::probe(bytes, max_pixels)?;
     if jpeg_components == Some(4) {
         // CMYK / YCCK: libjpeg plus Pillow's conversion (the image crate's differs from
         // Pillow's), before any `image` decoder is built.
@@ -137,9 +104,12 @@ pub fn decode_input(bytes: &[u8], max_pixels: u64) -> Result<Decoded, String> {
     // Room for a 16-bit RGBA image at the pixel limit.
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
     reader.limits(limits);
-    let decoder = reader
-        .into_decoder()
-        .map_err(|e| format!("cannot read {} header: {e}", format_name(format)))?;
+    let decoder = reader.into_decoder().map_err(|e| {
+        format!(
+            "cannot read {} header: {e}",
+            super::policy::format_name(format)
+        )
+    })?;
     // image reports CMYK JPEGs as RGB (it converts them): use the frame header instead.
     let source_color = match jpeg_components {
         Some(1) => ExtendedColorType::L8,
@@ -149,7 +119,7 @@ pub fn decode_input(bytes: &[u8], max_pixels: u64) -> Result<Decoded, String> {
         None => decoder.original_color_type(),
     };
     let img = image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| format!("cannot decode {}: {e}", format_name(format)))?;
+        .map_err(|e| format!("cannot decode {}: {e}", super::policy::format_name(format)))?;
     Ok(Decoded {
         rgb: img.into_rgb8(),
         format,

@@ -266,6 +266,48 @@ pub fn scan_root(root: &Path) -> Result<Vec<SplitInput>, IngestError> {
         .collect()
 }
 
+/// Class names of `split` that have no input file (hidden files aside), in label order.
+pub fn empty_classes(split: &SplitInput) -> Vec<&str> {
+    let mut count = vec![0usize; split.classes.len()];
+    for item in &split.items {
+        if let Some(c) = count.get_mut(item.label as usize) {
+            *c += 1;
+        }
+    }
+    split
+        .classes
+        .iter()
+        .zip(count)
+        .filter(|(_, n)| *n == 0)
+        .map(|(name, _)| name.as_str())
+        .collect()
+}
+
+/// Refuses, as torchvision's `ImageFolder` does (`Found no valid file for the classes
+/// ...`), a class-defining split (`train/`, or the first split present) with class folders
+/// that hold no file: they would become classes that no image teaches. The error names
+/// the first five empty folders and their count. Dropping them instead would renumber
+/// the label ids of every later class between this set and another split or tool that
+/// reads the same tree, so they are kept or refused, never dropped (`shard
+/// --allow-empty-classes` keeps them, as torchvision's `allow_empty=True`).
+pub fn refuse_empty_classes(root: &Path, split: &SplitInput) -> Result<(), IngestError> {
+    let empty = empty_classes(split);
+    if empty.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = empty.iter().take(5).map(|c| format!("{c:?}")).collect();
+    let more = if empty.len() > 5 { ", ..." } else { "" };
+    Err(IngestError::Layout(format!(
+        "{}: {} of {} class folders hold no file ({}{more}); torchvision's ImageFolder \
+         refuses this too. Remove the empty folders, or keep them as classes without \
+         images (their label ids unchanged) with --allow-empty-classes",
+        root.join(&split.name).display(),
+        empty.len(),
+        split.classes.len(),
+        shown.join(", ")
+    )))
+}
+
 /// Read a list file: one `path<TAB>label` per line (blank lines and `#` comments ignored).
 /// Relative paths are resolved against the list file's folder. Labels are either all
 /// non-negative integers below [`MAX_CLASSES`] (kept as ids; classes are named "0".."max")
@@ -530,6 +572,45 @@ mod tests {
                 s.skipped
             );
         }
+    }
+
+    #[test]
+    fn empty_class_folders_are_refused_by_name_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("train/a")).unwrap();
+        std::fs::write(dir.path().join("train/a/1.jpg"), b"x").unwrap();
+        for i in 0..7 {
+            std::fs::create_dir_all(dir.path().join(format!("train/e{i}"))).unwrap();
+        }
+        // Only a hidden file: still empty.
+        std::fs::write(dir.path().join("train/e0/.DS_Store"), b"x").unwrap();
+        let splits = scan_root(dir.path()).unwrap();
+        assert_eq!(splits[0].classes.len(), 8);
+        assert_eq!(
+            empty_classes(&splits[0]),
+            vec!["e0", "e1", "e2", "e3", "e4", "e5", "e6"]
+        );
+        let e = refuse_empty_classes(dir.path(), &splits[0])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "train: 7 of 8 class folders hold no file (\"e0\", \"e1\", \"e2\", \"e3\", \"e4\", ...)"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("--allow-empty-classes"), "{e}");
+        // A val split may leave classes empty (a subset): only the class-defining split is
+        // checked, and label ids stay train's.
+        std::fs::create_dir_all(dir.path().join("val/e3")).unwrap();
+        std::fs::write(dir.path().join("val/e3/v.jpg"), b"x").unwrap();
+        let splits = scan_root(dir.path()).unwrap();
+        assert_eq!(splits[1].items[0].label, 4);
+        for d in 0..7 {
+            std::fs::write(dir.path().join(format!("train/e{d}/f.jpg")), b"x").unwrap();
+        }
+        let splits = scan_root(dir.path()).unwrap();
+        refuse_empty_classes(dir.path(), &splits[0]).unwrap();
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`jpeg`]: JPEG records through libjpeg-turbo (full and region decode; the FFI).
 //! - [`open`]: image files as Pillow's `Image.open(f).convert("RGB")` gives them (the
 //!   pixels timm reads; `predict`'s decoder).
+//! - [`policy`]: the one decoder policy (pixels, JPEG scans, PNG chunk bounds) both input
+//!   decoders apply before decoding.
 //! - [`resize`]: shorter-side resize with antialiasing (Lanczos3 convolution).
 //! - [`encode`]: JPEG or zstd-compressed raw RGB.
 //! - [`process`]: one input file to one record (the per-image work of `deit-pipe shard`).
@@ -21,6 +23,7 @@ pub mod jpeg;
 pub mod jpeg_tiles;
 pub mod matv5;
 pub mod open;
+pub mod policy;
 pub mod process;
 pub mod resize;
 pub mod synth;

@@ -20,41 +20,17 @@ use image::{DynamicImage, ImageFormat, ImageReader, RgbImage};
 use crate::transforms::crop::CropRect;
 
 /// Decodes an image file's bytes to the 8-bit RGB pixels Pillow's
-/// `Image.open(f).convert("RGB")` gives. Images with more than `max_pixels` pixels are
-/// refused from their header. `Err` holds a one-line reason (the caller names the file).
+/// `Image.open(f).convert("RGB")` gives. The file is first held to the decoder policy
+/// `shard` applies too ([`super::policy::probe`]: pixel limit from the header, JPEG scan
+/// limit, PNG chunk bounds). `Err` holds a one-line reason (the caller names the file).
 pub fn decode_like_pillow(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, String> {
-    if bytes.is_empty() {
-        return Err("empty file".into());
-    }
-    let format = image::guess_format(bytes)
-        .map_err(|_| "not an image (unrecognised file signature)".to_string())?;
-    let kind = match format {
-        ImageFormat::Jpeg => "JPEG",
-        ImageFormat::Png => "PNG",
-        other => {
-            return Err(format!(
-                "unsupported image format {} (JPEG and PNG are read)",
-                other.extensions_str().first().copied().unwrap_or("unknown")
-            ))
-        }
-    };
-    if format == ImageFormat::Jpeg {
-        super::decode::check_jpeg(bytes)?;
-    }
-    let mut probe = ImageReader::with_format(Cursor::new(bytes), format);
-    probe.no_limits();
-    let (w, h) = probe
-        .into_dimensions()
-        .map_err(|e| format!("cannot read {kind} header: {e}"))?;
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > max_pixels {
-        return Err(format!(
-            "{w}x{h} = {pixels} pixels exceeds the limit of {max_pixels} (decompression-bomb guard)"
-        ));
-    }
-    if w == 0 || h == 0 {
-        return Err(format!("empty image ({w}x{h})"));
-    }
+    let super::policy::Probe {
+        format,
+        width: w,
+        height: h,
+        ..
+    } = super::policy::probe(bytes, max_pixels)?;
+    let kind = super::policy::format_name(format);
     if format == ImageFormat::Jpeg {
         if let Some(px) = super::jpeg::decode_region(bytes, (w, h), CropRect::whole(w, h))? {
             return RgbImage::from_raw(w, h, px)

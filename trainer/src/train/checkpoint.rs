@@ -7,8 +7,16 @@
 //!     optimizer.safetensors            AdamW moments and step count
 //!     ema.safetensors                  EMA weights (timm names), when EMA is on
 //!     state.json                       position in the epoch plan, best metric, config hash
+//!     digests.json                     BLAKE3 of every other file of the checkpoint
 //! RUN_DIR/last.json, RUN_DIR/best.json pointers to checkpoint directories
 //! ```
+//! `digests.json` is checked whenever a checkpoint is used: `--resume` checks every file,
+//! `eval`/`predict`/`--teacher`/`--finetune` the weights file they read; a file whose
+//! digest differs is refused, naming it. Checkpoints written before digests existed have
+//! no `digests.json`: they are used with a warning saying they could not be checked.
+//! A pointer's `dir` must be `checkpoints/NAME` (relative, no `..`, not a link): a pointer
+//! that leads out of the run folder is refused. `state.json`'s position is bounded by the
+//! schedule when training resumes (`train::loop`).
 //! Every safetensors file carries the metadata `format: pt` (Hugging Face loaders
 //! require it); the optimizer and EMA files name their own layout under
 //! `deit_pipe_format` (files from before that tag held it under `format`: still read).
@@ -40,6 +48,10 @@ pub const STATE_FILE: &str = "state.json";
 pub const LAST_POINTER: &str = "last.json";
 /// Pointer to the checkpoint with the best val top-1.
 pub const BEST_POINTER: &str = "best.json";
+/// BLAKE3 digests of a checkpoint's files.
+pub const DIGESTS_FILE: &str = "digests.json";
+/// `format` of [`DIGESTS_FILE`].
+const DIGESTS_FORMAT: &str = "deit-pipe-checkpoint-digests/blake3";
 const CHECKPOINT_DIR: &str = "checkpoints";
 
 /// The best evaluation so far.
@@ -100,7 +112,108 @@ pub struct Checkpoint {
     pub state: TrainState,
 }
 
+/// What [`DIGESTS_FILE`] holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Digests {
+    format: String,
+    /// File name -> BLAKE3 (hex) of its bytes.
+    files: std::collections::BTreeMap<String, String>,
+}
+
+/// BLAKE3 (hex) of a regular file's bytes.
+pub fn file_digest(path: &Path) -> Result<String> {
+    let mut f =
+        formats::open::open_regular(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = blake3::Hasher::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// The digests recorded in checkpoint directory `dir` (`None`: a checkpoint from before
+/// digests).
+fn read_digests(dir: &Path) -> Result<Option<Digests>> {
+    let path = dir.join(DIGESTS_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = formats::open::read_text(&path, formats::open::RUN_RECORD)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let d: Digests = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a checkpoint digest record", path.display()))?;
+    if d.format != DIGESTS_FORMAT {
+        bail!(
+            "{}: format {:?}, expected {DIGESTS_FORMAT:?}",
+            path.display(),
+            d.format
+        );
+    }
+    Ok(Some(d))
+}
+
+/// Checks file `name` of checkpoint directory `dir` against its recorded digest. A
+/// checkpoint without digests (written before them) passes with a warning.
+pub fn verify_checkpoint_file(dir: &Path, name: &str) -> Result<()> {
+    let path = dir.join(name);
+    let Some(d) = read_digests(dir)? else {
+        tracing::warn!(
+            "{}: checkpoint written before digests ({DIGESTS_FILE} missing); {name} is used \
+             without an integrity check",
+            dir.display()
+        );
+        return Ok(());
+    };
+    let Some(want) = d.files.get(name) else {
+        bail!(
+            "{}: no digest recorded for it in {}; refusing a file the checkpoint did not hold",
+            path.display(),
+            dir.join(DIGESTS_FILE).display()
+        );
+    };
+    let got = file_digest(&path)?;
+    if got != *want {
+        bail!(
+            "{}: BLAKE3 {got} differs from {want} recorded in {} when the checkpoint was \
+             written: the file is damaged or was changed; refusing it",
+            path.display(),
+            dir.join(DIGESTS_FILE).display()
+        );
+    }
+    Ok(())
+}
+
 impl Checkpoint {
+    /// Checks every file the checkpoint's digests name (what `--resume` reads). A
+    /// checkpoint without digests passes with a warning.
+    pub fn verify(&self) -> Result<()> {
+        let Some(d) = read_digests(&self.dir)? else {
+            tracing::warn!(
+                "{}: checkpoint written before digests ({DIGESTS_FILE} missing): resumed \
+                 without an integrity check",
+                self.dir.display()
+            );
+            return Ok(());
+        };
+        for name in [STATE_FILE, MODEL_FILE, OPTIMIZER_FILE] {
+            if !d.files.contains_key(name) {
+                bail!(
+                    "{}: names no digest for {name}",
+                    self.dir.join(DIGESTS_FILE).display()
+                );
+            }
+        }
+        if self.ema_path().exists() && !d.files.contains_key(EMA_FILE) {
+            bail!(
+                "{}: names no digest for {EMA_FILE}",
+                self.dir.join(DIGESTS_FILE).display()
+            );
+        }
+        for name in d.files.keys() {
+            verify_checkpoint_file(&self.dir, name)?;
+        }
+        Ok(())
+    }
+
     /// Read a checkpoint directory (its `state.json`).
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(STATE_FILE);
@@ -189,6 +302,22 @@ impl CheckpointStore {
         write_files(&tmp)?;
         let json = serde_json::to_string_pretty(state)?;
         write_synced(&tmp.join(STATE_FILE), json.as_bytes())?;
+        let mut files = std::collections::BTreeMap::new();
+        for entry in fs::read_dir(&tmp)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != DIGESTS_FILE && entry.file_type()?.is_file() {
+                files.insert(name, file_digest(&entry.path())?);
+            }
+        }
+        let digests = Digests {
+            format: DIGESTS_FORMAT.to_string(),
+            files,
+        };
+        write_synced(
+            &tmp.join(DIGESTS_FILE),
+            serde_json::to_string_pretty(&digests)?.as_bytes(),
+        )?;
         for entry in fs::read_dir(&tmp)? {
             let p = entry?.path();
             File::open(&p)
@@ -245,7 +374,31 @@ impl CheckpointStore {
             .with_context(|| format!("reading {}", path.display()))?;
         let ptr: Pointer = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a checkpoint pointer", path.display()))?;
-        Ok(Some(self.run_dir.join(ptr.dir)))
+        let rel = Path::new(&ptr.dir);
+        let parts: Vec<_> = rel.components().collect();
+        let confined = matches!(
+            parts.as_slice(),
+            [std::path::Component::Normal(a), std::path::Component::Normal(_)]
+                if *a == CHECKPOINT_DIR
+        );
+        if !confined {
+            bail!(
+                "{}: dir {:?} is not a checkpoint folder of this run ({CHECKPOINT_DIR}/NAME, \
+                 relative, without `..`); refusing to follow it out of {}",
+                path.display(),
+                ptr.dir,
+                self.run_dir.display()
+            );
+        }
+        let dir = self.run_dir.join(rel);
+        if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "{}: {} is a symbolic link; a checkpoint folder of the run must be a folder",
+                path.display(),
+                dir.display()
+            );
+        }
+        Ok(Some(dir))
     }
 
     /// Remove checkpoint directories that neither `last` nor `best` names.
@@ -287,6 +440,17 @@ impl CheckpointStore {
 /// directory to its model file; a run directory to its best checkpoint (else its last).
 /// `ema` picks the EMA weights of a checkpoint instead.
 pub fn resolve_weights(path: &Path, ema: bool) -> Result<PathBuf> {
+    let p = resolve_weights_unchecked(path, ema)?;
+    // Weights inside a checkpoint folder are checked against its digests.
+    if let (Some(dir), Some(name)) = (p.parent(), p.file_name()) {
+        if dir.join(STATE_FILE).is_file() || dir.join(DIGESTS_FILE).exists() {
+            verify_checkpoint_file(dir, &name.to_string_lossy())?;
+        }
+    }
+    Ok(p)
+}
+
+fn resolve_weights_unchecked(path: &Path, ema: bool) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
@@ -460,6 +624,88 @@ mod tests {
         assert_eq!(leftovers(&ck), 1);
         CheckpointStore::open(tmp.path()).unwrap();
         assert_eq!(leftovers(&ck), 0);
+    }
+
+    /// Issue 25: a flipped bit in a checkpoint's weights was resumed and evaluated silently.
+    #[test]
+    fn h25a_a_changed_checkpoint_file_is_refused_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path()).unwrap();
+        let dir = store
+            .save(&state(1, 10), true, |d| {
+                write_model(d, b"weights")?;
+                std::fs::write(d.join(OPTIMIZER_FILE), b"moments")?;
+                Ok(())
+            })
+            .unwrap();
+        let ck = store.last().unwrap().unwrap();
+        ck.verify().unwrap();
+        assert_eq!(
+            resolve_weights(tmp.path(), false).unwrap(),
+            dir.join(MODEL_FILE)
+        );
+        // One bit of the weights flipped.
+        std::fs::write(dir.join(MODEL_FILE), b"weightt").unwrap();
+        let e = format!("{:#}", ck.verify().unwrap_err());
+        assert!(
+            e.contains(&dir.join(MODEL_FILE).display().to_string()),
+            "{e}"
+        );
+        assert!(e.contains("differs"), "{e}");
+        for p in [tmp.path().to_path_buf(), dir.clone(), dir.join(MODEL_FILE)] {
+            let e = format!("{:#}", resolve_weights(&p, false).unwrap_err());
+            assert!(e.contains(MODEL_FILE) && e.contains("differs"), "{e}");
+        }
+        // The optimizer state is checked on resume too.
+        std::fs::write(dir.join(MODEL_FILE), b"weights").unwrap();
+        ck.verify().unwrap();
+        std::fs::write(dir.join(OPTIMIZER_FILE), b"moment$").unwrap();
+        let e = format!("{:#}", ck.verify().unwrap_err());
+        assert!(e.contains(OPTIMIZER_FILE), "{e}");
+        // A checkpoint from before digests is accepted (with a warning).
+        std::fs::remove_file(dir.join(DIGESTS_FILE)).unwrap();
+        ck.verify().unwrap();
+        resolve_weights(tmp.path(), false).unwrap();
+    }
+
+    /// Issue 25: a pointer naming a folder outside the run was followed.
+    #[test]
+    fn h25a_pointers_stay_inside_the_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        let store = CheckpointStore::open(&run).unwrap();
+        store
+            .save(&state(1, 10), true, |d| write_model(d, b"a"))
+            .unwrap();
+        // Another run's checkpoint, outside this one.
+        let other = CheckpointStore::open(&tmp.path().join("other")).unwrap();
+        let outside = other
+            .save(&state(2, 20), true, |d| write_model(d, b"b"))
+            .unwrap();
+        let rel_out = format!(
+            "../other/checkpoints/{}",
+            outside.file_name().unwrap().to_string_lossy()
+        );
+        for dir in [
+            outside.display().to_string(),
+            rel_out,
+            "checkpoints/../../other".into(),
+            "checkpoints".into(),
+        ] {
+            let json = serde_json::json!({"dir": dir, "epoch": 2, "global_step": 20});
+            std::fs::write(run.join(LAST_POINTER), json.to_string()).unwrap();
+            let e = format!("{:#}", store.last().unwrap_err());
+            assert!(
+                e.contains(LAST_POINTER) && e.contains("not a checkpoint folder"),
+                "{dir}: {e}"
+            );
+        }
+        // A checkpoint entry that is a link to the outside is refused too.
+        std::os::unix::fs::symlink(&outside, run.join("checkpoints/e0009-s000000090")).unwrap();
+        let json = serde_json::json!({"dir": "checkpoints/e0009-s000000090", "epoch": 9, "global_step": 90});
+        std::fs::write(run.join(LAST_POINTER), json.to_string()).unwrap();
+        let e = format!("{:#}", store.last().unwrap_err());
+        assert!(e.contains("symbolic link"), "{e}");
     }
 
     #[test]

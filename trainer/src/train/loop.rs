@@ -505,16 +505,14 @@ pub fn train_with(
         img_size,
         &device,
     )?;
-    // Rank 0 records the teacher; on a resume every rank compares with the record (a
-    // record being written by rank 0 appears whole: it is renamed into place).
-    let teacher_record = job.run_dir.join(super::teacher::TEACHER_FILE);
-    if primary || (resume_from.is_some() && teacher_record.is_file()) {
-        super::teacher::check_teacher_identity(
-            &job.run_dir,
-            teacher.identity().as_ref(),
-            resume_from.is_some(),
-        )?;
-    }
+    // Rank 0 records the teacher (or compares with the record on a resume); the other
+    // ranks compare their cache with rank 0's.
+    super::teacher::agree_on_teacher(
+        comm,
+        &job.run_dir,
+        teacher.identity().as_ref(),
+        resume_from.is_some(),
+    )?;
     let criterion = DistillationLoss {
         base: BaseCriterion::for_recipe(cfg.augment.mix.enabled(), cfg.augment.mix.label_smoothing),
         kind: match kind {
@@ -568,6 +566,17 @@ pub fn train_with(
             );
         }
         let skip = state.batch_in_epoch;
+        // A resumed position must lie inside the schedule: at most `total` micro-batches
+        // into this epoch (`open_run_dir` bounds the epoch).
+        if skip > total {
+            bail!(
+                "the checkpoint's state.json{} is not a position of this schedule: epoch \
+                 {epoch} batch {skip}, but an epoch has {total} batches here",
+                last_checkpoint
+                    .as_ref()
+                    .map_or(String::new(), |d| format!(" ({})", d.display()))
+            );
+        }
         progress.epoch_start(epoch, epochs, total, skip);
         let mut acc = GradAccumulator::new(cfg.data.accum_steps)?;
         let epoch_start = Instant::now();
@@ -907,6 +916,18 @@ fn open_run_dir(
         (false, None) => None,
     };
     if let Some(ck) = &resume_from {
+        let state_path = ck.dir.join(super::checkpoint::STATE_FILE);
+        let epochs = cfg.schedule.total_epochs();
+        if ck.state.epoch > epochs {
+            bail!(
+                "--resume: {} says epoch {}, past the schedule's {epochs} epochs: not a state \
+                 this run wrote",
+                state_path.display(),
+                ck.state.epoch
+            );
+        }
+        // Every file of the checkpoint against the digests written with it.
+        ck.verify().context("--resume")?;
         if config_path.is_file() {
             let saved = TrainConfig::from_file(&config_path)?;
             if let Some((field, was, now)) = saved.first_difference(cfg) {

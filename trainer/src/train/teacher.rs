@@ -327,6 +327,73 @@ pub fn check_teacher_identity(
     super::checkpoint::write_atomic(&path, json.as_bytes())
 }
 
+/// Every rank distils from rank 0's teacher. Rank 0 checks the run's record
+/// ([`check_teacher_identity`]: written on a fresh start, compared on `--resume`) and
+/// sends the identity of its cache to the other ranks, which compare their own cache's
+/// with it: their `--out` may not hold the record (node-local disks), and their
+/// `--teacher-targets` is their own copy. Any rank's failure stops every rank.
+pub fn agree_on_teacher(
+    comm: &dyn crate::dist::Collective,
+    run_dir: &Path,
+    identity: Option<&TeacherIdentity>,
+    resuming: bool,
+) -> Result<()> {
+    let primary = comm.is_primary();
+    let local = match primary {
+        true => check_teacher_identity(run_dir, identity, resuming),
+        false => Ok(()),
+    };
+    crate::dist::agree_ok(comm, local, "the check of the run's teacher record")?;
+    if comm.world() <= 1 {
+        return Ok(());
+    }
+    let mut bytes = match primary {
+        true => serde_json::to_vec(&identity).context("rank 0's teacher record")?,
+        false => Vec::new(),
+    };
+    comm.broadcast_bytes(&mut bytes)
+        .context("receiving rank 0's teacher")?;
+    let local = match primary {
+        true => Ok(()),
+        false => same_teacher_as_rank_zero(comm.rank(), &bytes, identity),
+    };
+    crate::dist::agree_ok(comm, local, "to distil from rank 0's teacher")
+}
+
+fn same_teacher_as_rank_zero(
+    rank: usize,
+    rank_zero: &[u8],
+    mine: Option<&TeacherIdentity>,
+) -> Result<()> {
+    let theirs: Option<TeacherIdentity> =
+        serde_json::from_slice(rank_zero).context("rank 0's teacher is not a teacher record")?;
+    let key = |t: &TeacherIdentity| {
+        (
+            t.teacher_arch.clone(),
+            t.teacher_weights_hash.clone(),
+            t.top_k,
+        )
+    };
+    match (theirs, mine) {
+        (None, None) => Ok(()),
+        (Some(t), Some(m)) if key(&t) == key(m) => Ok(()),
+        (Some(t), Some(m)) => bail!(
+            "rank {rank}: the teacher cache here holds targets of the teacher {m}, but rank 0's \
+             holds the teacher {t}; every machine needs a copy of the same cache (the --out \
+             of one teacher-cache job) at --teacher-targets"
+        ),
+        (t, m) => bail!(
+            "rank {rank}: {} here but {} on rank 0",
+            m.map_or("no teacher cache".to_string(), |m| format!(
+                "the teacher {m}"
+            )),
+            t.map_or("no teacher cache".to_string(), |t| format!(
+                "the teacher {t}"
+            ))
+        ),
+    }
+}
+
 impl CacheState {
     /// The cached rows of the batch's slots, checked against the views built here.
     fn rows_for(&mut self, batch: &Batch, allow_drift: bool) -> Result<Vec<CachedTarget>> {
@@ -363,13 +430,42 @@ impl CacheState {
                 }
                 break row;
             };
+            // Every key value against what this run's plan replays for the slot: the
+            // sample, the partner slot and the pair's mixing weight.
+            let origin = || match reader.last_row_origin() {
+                Some((path, r)) => format!(" ({} row {r})", path.display()),
+                None => String::new(),
+            };
             if row.sample != batch.samples[i] {
                 bail!(
-                    "teacher cache epoch {} slot {slot}: cached sample {} but this run's plan shows \
-                     sample {} (different plan)",
+                    "teacher cache epoch {} slot {slot}{}: cached sample {} but this run's plan \
+                     shows sample {} (different plan)",
                     batch.epoch,
+                    origin(),
                     row.sample,
                     batch.samples[i]
+                );
+            }
+            let partner = pipeline::plan::partner_slot(slot);
+            if row.partner != partner {
+                bail!(
+                    "teacher cache epoch {} slot {slot}{}: cached partner {} but this run's plan \
+                     pairs the slot with {partner}; refusing the cache",
+                    batch.epoch,
+                    origin(),
+                    row.partner
+                );
+            }
+            // Both sides draw lam from the same seed with the same code; 1e-6 allows a
+            // last-bit difference of another platform's libm.
+            if (row.lam - batch.lam[i]).abs() > 1e-6 || !row.lam.is_finite() {
+                bail!(
+                    "teacher cache epoch {} slot {slot}{}: cached lam {} but this run's plan \
+                     draws lam {} for the slot's pair; refusing the cache",
+                    batch.epoch,
+                    origin(),
+                    row.lam,
+                    batch.lam[i]
                 );
             }
             if row.view_hash != batch.view_hash[i] {
@@ -406,6 +502,28 @@ mod identity_tests {
     }
 
     #[test]
+    fn other_ranks_compare_their_cache_with_rank_zeros() {
+        let zero = serde_json::to_vec(&Some(id("aaaa"))).unwrap();
+        let mut elsewhere = id("aaaa");
+        elsewhere.cache = "/node-local/c".into();
+        same_teacher_as_rank_zero(1, &zero, Some(&elsewhere)).expect("same teacher");
+        let e = same_teacher_as_rank_zero(1, &zero, Some(&id("bbbb")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("rank 1: the teacher cache here holds targets of the teacher resnet_tiny (weights BLAKE3 bbbb")
+                && e.contains("rank 0's holds the teacher resnet_tiny (weights BLAKE3 aaaa"),
+            "{e}"
+        );
+        let e = same_teacher_as_rank_zero(1, &zero, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no teacher cache here but the teacher"), "{e}");
+        let none = serde_json::to_vec(&None::<TeacherIdentity>).unwrap();
+        same_teacher_as_rank_zero(1, &none, None).expect("no teacher anywhere");
+    }
+
+    #[test]
     fn resume_refuses_another_teacher_naming_both() {
         let dir = tempfile::tempdir().expect("tempdir");
         let run = dir.path();
@@ -435,5 +553,126 @@ mod identity_tests {
         // A fresh run without a cached teacher drops a stale record.
         check_teacher_identity(run, None, false).expect("no teacher");
         assert!(!run.join(TEACHER_FILE).exists());
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+    use formats::cache_schema::{testing, CacheRow, FileHeader, PartSpec, ViewKey};
+
+    /// A sealed one-file cache of 4 slots whose keys are `keys(slot)`.
+    fn cache(dir: &Path, keys: impl Fn(u32) -> ViewKey) -> std::path::PathBuf {
+        let mut b = data_binding(
+            "blake3:d",
+            &AugmentConfig::default(),
+            7,
+            &PlanConfig::default(),
+            3,
+        );
+        b.teacher_arch = "resnet_tiny".into();
+        b.teacher_weights_hash = "blake3:t".into();
+        b.top_k = 2;
+        let header = FileHeader {
+            binding: b,
+            epoch: 0,
+            part: PartSpec::WHOLE,
+            epoch_slots: 4,
+            dataset_len: 10,
+        };
+        let rows: Vec<CacheRow> = (0..4)
+            .map(|s| CacheRow::from_logits(keys(s), &[1.0, 0.5, s as f32], 2).unwrap())
+            .collect();
+        testing::write_unchecked(dir, header, &rows).unwrap()
+    }
+
+    /// The plan's answer for 4 slots: samples 3, 1, 4, 1 and pair lams 1.0 and 0.25.
+    fn batch() -> Batch {
+        Batch {
+            epoch: 0,
+            index: 0,
+            size: 1,
+            images: vec![0.0; 12],
+            slots: vec![0, 1, 2, 3],
+            samples: vec![3, 1, 4, 1],
+            label_a: vec![0; 4],
+            label_b: vec![0; 4],
+            lam: vec![1.0, 1.0, 0.25, 0.25],
+            view_hash: vec![10, 11, 12, 13],
+        }
+    }
+
+    fn plan_key(s: u32) -> ViewKey {
+        let b = batch();
+        ViewKey {
+            epoch: 0,
+            slot: s,
+            sample: b.samples[s as usize],
+            partner: s ^ 1,
+            lam: b.lam[s as usize],
+            view_hash: b.view_hash[s as usize],
+        }
+    }
+
+    fn rows_of(dir: &Path) -> Result<Vec<CachedTarget>> {
+        let mut src = TeacherSource::Cache(Box::new(CacheState {
+            cache: TeacherCache::open_for_inspect(dir)?,
+            reader: None,
+            next: None,
+            drift: 0,
+        }));
+        src.start_epoch(0, 4)?;
+        Ok(src.cached_rows(&batch(), false)?.unwrap_or_default())
+    }
+
+    /// Issue 25: a sealed cache whose `lam` or `partner` differs from the epoch plan was
+    /// trained on; it is refused naming epoch, slot, file and row.
+    #[test]
+    fn h25a_lam_and_partner_are_replayed_from_the_plan() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ok = tmp.path().join("ok");
+        cache(&ok, plan_key);
+        assert_eq!(rows_of(&ok).unwrap().len(), 4);
+        for (name, forge, what) in [
+            (
+                "lam",
+                (|s| ViewKey {
+                    lam: if s == 2 { 0.75 } else { plan_key(s).lam },
+                    ..plan_key(s)
+                }) as fn(u32) -> ViewKey,
+                "cached lam 0.75",
+            ),
+            (
+                "partner",
+                |s| ViewKey {
+                    partner: if s == 3 { 0 } else { s ^ 1 },
+                    ..plan_key(s)
+                },
+                "cached partner 0",
+            ),
+            (
+                "sample",
+                |s| ViewKey {
+                    sample: if s == 1 { 9 } else { plan_key(s).sample },
+                    ..plan_key(s)
+                },
+                "cached sample 9",
+            ),
+        ] {
+            let dir = tmp.path().join(name);
+            let file = cache(&dir, forge);
+            let e = format!("{:#}", rows_of(&dir).unwrap_err());
+            let row = match name {
+                "lam" => 2,
+                "partner" => 3,
+                _ => 1,
+            };
+            assert!(
+                e.contains(what)
+                    && e.contains(&format!("slot {row}"))
+                    && e.contains(&format!("{} row {row}", file.display())),
+                "{name}: {e}"
+            );
+        }
     }
 }

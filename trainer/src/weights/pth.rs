@@ -135,6 +135,14 @@ pub fn read_zip(bytes: &[u8], file: &str) -> Result<Extracted> {
 fn open_zip(bytes: &[u8], file: &str, storages: Storages) -> Result<Checkpoint> {
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .with_context(|| format!("{file}: not a readable zip archive"))?;
+    // torch reads the first record of a name and we would read the last: two readers, two
+    // models from one file. Refused instead.
+    if zip.has_duplicate_names() {
+        bail!(
+            "{file}: the zip archive holds two records of one name (torch would read the \
+             first, another reader the last): refused"
+        );
+    }
     let names: Vec<String> = zip
         .file_names_raw()
         .filter_map(|n| std::str::from_utf8(n).ok().map(str::to_string))
@@ -155,17 +163,18 @@ fn open_zip(bytes: &[u8], file: &str, storages: Storages) -> Result<Checkpoint> 
             pkls.len()
         ),
     };
+    let mut budget = formats::open::WEIGHTS.bytes;
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
     let order_name = format!("{prefix}byteorder");
     if names.contains(&order_name) {
-        let order = read_entry(&mut zip, &order_name, 16, file)?;
+        let order = read_entry(&mut zip, &order_name, 16, &mut budget, file)?;
         ensure!(
             order.as_slice() == b"little",
             "{file}: byte order {:?} (only little-endian checkpoints are read)",
             String::from_utf8_lossy(&order)
         );
     }
-    let pkl = read_entry(&mut zip, &pkl_name, bytes.len() as u64, file)?;
+    let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE, &mut budget, file)?;
     let (p, _) = pickle::unpickle(&pkl, 0, &Limits::default())
         .with_context(|| format!("{file}: record {pkl_name}"))?;
     let mut declared = declared_storages(&p, file)?;
@@ -188,7 +197,7 @@ fn open_zip(bytes: &[u8], file: &str, storages: Storages) -> Result<Checkpoint> 
             format!("{file}: storage {key:?} has no record {name} in the archive")
         })?;
         let got = zip
-            .by_index(idx)
+            .by_index_raw(idx)
             .with_context(|| format!("{file}: record {name}"))?
             .size();
         ensure!(
@@ -196,7 +205,7 @@ fn open_zip(bytes: &[u8], file: &str, storages: Storages) -> Result<Checkpoint> 
             "{file}: storage {key:?} declares {numel} elements of {dtype:?} ({want} bytes) \
              but its record {name} holds {got} bytes"
         );
-        let b = read_entry(&mut zip, &name, want, file)?;
+        let b = read_entry(&mut zip, &name, want, &mut budget, file)?;
         data.insert(key.clone(), b);
     }
     declared.retain(|k, _| data.contains_key(k));
@@ -333,32 +342,64 @@ fn storage_bytes(key: &str, dtype: RawDtype, numel: u64, file: &str) -> Result<u
         .with_context(|| format!("{file}: storage {key:?} declares {numel} elements"))
 }
 
-/// Reads a zip record of at most `max` bytes without trusting its declared size.
+/// Most bytes of a checkpoint's `data.pkl` record: a ViT-g state dict's pickle is under
+/// 1 MiB, so 1 GiB is a bound on a forged size, not on a real file.
+const MAX_PICKLE: u64 = 1 << 30;
+
+/// Reads a zip record of at most `max` bytes, stored or deflate-compressed (what
+/// `torch.save` writes, and zip tools re-packing a checkpoint), without trusting its
+/// declared size: a stored record must hold exactly its declared size; a deflated one must
+/// inflate to exactly its declared size, and inflation stops one byte past it. Every
+/// record's bytes also come out of `budget` (the weights-file limit,
+/// [`formats::open::WEIGHTS`]), so a deflate bomb cannot exceed what a stored file of the
+/// largest allowed size could hold.
 fn read_entry(
     zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
     name: &str,
     max: u64,
+    budget: &mut u64,
     file: &str,
 ) -> Result<Vec<u8>> {
     let idx = zip
         .index_for_name(name)
         .with_context(|| format!("{file}: no record {name}"))?;
     let f = zip
-        .by_index(idx)
+        .by_index_raw(idx)
         .with_context(|| format!("{file}: record {name}"))?;
     let size = f.size();
+    let method = f.compression();
     ensure!(
         size <= max,
         "{file}: record {name} declares {size} bytes (at most {max} expected)"
     );
+    ensure!(
+        size <= *budget,
+        "{file}: record {name} declares {size} bytes, past the {} bytes all records of a \
+         checkpoint may inflate to (the weights-file limit)",
+        formats::open::WEIGHTS.bytes
+    );
+    *budget -= size;
     let mut out = Vec::new();
-    f.take(size)
-        .read_to_end(&mut out)
-        .with_context(|| format!("{file}: reading record {name}"))?;
+    let got = match method {
+        zip::CompressionMethod::Stored => f.take(size).read_to_end(&mut out),
+        zip::CompressionMethod::Deflated => flate2::read::DeflateDecoder::new(f)
+            .take(size + 1)
+            .read_to_end(&mut out),
+        other => bail!(
+            "{file}: record {name} is compressed with {other} (stored and deflated records \
+             are read, as torch.load reads them)"
+        ),
+    };
+    got.with_context(|| format!("{file}: reading record {name} ({method})"))?;
     ensure!(
         out.len() as u64 == size,
-        "{file}: record {name} holds {} bytes, not the {size} it declares",
-        out.len()
+        "{file}: record {name} holds {}{} bytes, not the {size} it declares",
+        if out.len() as u64 > size {
+            "more than "
+        } else {
+            ""
+        },
+        out.len().min(size as usize)
     );
     Ok(out)
 }

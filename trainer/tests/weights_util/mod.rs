@@ -159,9 +159,19 @@ pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// torch's zip archive: `prefix/data.pkl`, `prefix/byteorder`, `prefix/data/KEY`...,
 /// `prefix/version`, stored (uncompressed) as torch writes them.
 pub fn zip_checkpoint(prefix: &str, pkl: &[u8], storages: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    zip_checkpoint_with(zip::CompressionMethod::Stored, prefix, pkl, storages)
+}
+
+/// [`zip_checkpoint`] with every record written with `method` (deflate: what zip tools
+/// write when they re-pack a checkpoint).
+pub fn zip_checkpoint_with(
+    method: zip::CompressionMethod,
+    prefix: &str,
+    pkl: &[u8],
+    storages: &[(&str, Vec<u8>)],
+) -> Vec<u8> {
     let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(method);
     let mut add = |name: String, data: &[u8]| {
         z.start_file(name, opts).unwrap();
         z.write_all(data).unwrap();
