@@ -142,6 +142,22 @@ def test_binding_records_the_teacher(data, py_cache):
         )
 
 
+def test_one_writer_per_cache_part(data, tmp_path):
+    kw = dict(shards=data, config=CONFIG, seed=0, epochs=[0], top_k=2, teacher_id="t",
+              batch_size=8)
+    out = tmp_path / "c"
+    w = deit_pipe.TeacherCacheWriter(out, **kw)
+    with pytest.raises(deit_pipe.DeitPipeError, match=f"already in use by pid {os.getpid()}"):
+        deit_pipe.TeacherCacheWriter(out, **kw)
+    # Other parts of the same cache may be written at the same time.
+    deit_pipe.TeacherCacheWriter(out, part=(1, 2), **kw)
+    for v in w:
+        w.put(v, np.zeros((len(v), CLASSES), np.float32))
+    assert len(w.finish()) == 1
+    # A finished writer lets go of the part: a new writer resumes (nothing left to do).
+    assert deit_pipe.TeacherCacheWriter(out, **kw).skipped_epochs == [0]
+
+
 def test_writer_protocol_errors(data, tmp_path):
     w = deit_pipe.TeacherCacheWriter(
         tmp_path / "c", shards=data, config=CONFIG, seed=0, epochs=[0], top_k=2,
