@@ -23,6 +23,17 @@ use std::path::{Path, PathBuf};
 /// whole teacher cache).
 pub const LOCK_FILE: &str = ".deit-pipe.lock";
 
+/// Lock file of part `index` of `count` of a teacher cache: parts of one cache may be
+/// written at the same time (by MPI ranks or by separate `--part` jobs), the same part
+/// only once. A whole cache (1 of 1) takes [`LOCK_FILE`].
+pub fn cache_part_lock_name(index: u32, count: u32) -> String {
+    if count == 1 {
+        LOCK_FILE.to_string()
+    } else {
+        format!(".deit-pipe.part-{index}-of-{count}.lock")
+    }
+}
+
 /// Bytes of a lock file read to name its holder.
 const HOLDER_BYTES: u64 = 4096;
 

@@ -194,6 +194,10 @@ class TeacherCacheWriter:
     Iterate it for the views ``train`` will see, in order, and ``put`` each batch's
     logits (N, C) before taking the next; ``finish()`` at the end. An epoch's file is
     finished as soon as its last views are put; a new writer skips finished epochs.
+    Like ``teacher-cache``, a writer holds its part's lock on ``out`` from its creation
+    until a successful ``finish()`` (or until it is garbage-collected): a second writer of
+    the same part is refused with "already in use by pid N"; other parts may be written
+    at the same time.
     """
 
     def __init__(

@@ -448,6 +448,9 @@ pub struct WriterCore {
     pending: Option<Vec<ViewKey>>,
     written: Vec<PathBuf>,
     skipped: Vec<u32>,
+    /// This part's writer lock on `out`, as `teacher-cache` takes it: held from `open`
+    /// until a successful `finish` (or until the writer is dropped).
+    lock: Option<formats::lock::OutputLock>,
 }
 
 impl WriterCore {
@@ -470,6 +473,11 @@ impl WriterCore {
             bail!("epochs is empty");
         }
         let part = PartSpec::new(spec.part.0, spec.part.1).context("part")?;
+        let lock = formats::lock::OutputLock::acquire(
+            &spec.out,
+            &formats::lock::cache_part_lock_name(part.index, part.count),
+        )
+        .with_context(|| format!("cache {} (part {part})", spec.out.display()))?;
         let src = cache::run::open_data(&spec.shards)?;
         let classes = cache::binding::num_classes(&cfg, src.num_classes())?;
         let (arch, weights) = split_teacher_id(&spec.teacher_id)?;
@@ -525,6 +533,7 @@ impl WriterCore {
             pending: None,
             written: Vec::new(),
             skipped,
+            lock: Some(lock),
         })
     }
 
@@ -708,6 +717,7 @@ impl WriterCore {
                  writer to the end; finished epochs are kept and a new writer resumes)"
             );
         }
+        self.lock = None;
         Ok(self.written.clone())
     }
 }

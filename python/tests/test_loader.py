@@ -142,6 +142,22 @@ def test_binding_records_the_teacher(data, py_cache):
         )
 
 
+def test_one_writer_per_cache_part(data, tmp_path):
+    kw = dict(shards=data, config=CONFIG, seed=0, epochs=[0], top_k=2, teacher_id="t",
+              batch_size=8)
+    out = tmp_path / "c"
+    w = deit_pipe.TeacherCacheWriter(out, **kw)
+    with pytest.raises(deit_pipe.DeitPipeError, match=f"already in use by pid {os.getpid()}"):
+        deit_pipe.TeacherCacheWriter(out, **kw)
+    # Other parts of the same cache may be written at the same time.
+    deit_pipe.TeacherCacheWriter(out, part=(1, 2), **kw)
+    for v in w:
+        w.put(v, np.zeros((len(v), CLASSES), np.float32))
+    assert len(w.finish()) == 1
+    # A finished writer lets go of the part: a new writer resumes (nothing left to do).
+    assert deit_pipe.TeacherCacheWriter(out, **kw).skipped_epochs == [0]
+
+
 def test_writer_protocol_errors(data, tmp_path):
     w = deit_pipe.TeacherCacheWriter(
         tmp_path / "c", shards=data, config=CONFIG, seed=0, epochs=[0], top_k=2,
@@ -253,8 +269,32 @@ except KeyboardInterrupt:
 def test_arrays_own_rust_buffers_without_copy(data):
     b = next(iter(loader(data)))
     img = b["images"]
-    # A reshaped view of the 1-D array that owns the Rust buffer (no copy was made).
-    assert not img.flags.owndata and img.base is not None
+    # A view of the Rust buffer (no copy was made): numpy does not own the data, the
+    # base object that does is the pooled image buffer.
+    assert not img.flags.owndata and type(img.base).__name__ == "_ImageBuffer"
     assert img.flags.c_contiguous and img.flags.writeable
-    flat = img.base
-    assert flat.ndim == 1 and np.shares_memory(flat, img)
+    t = b["targets"]
+    assert not t.flags.owndata and np.shares_memory(t.base, t)
+
+
+def test_image_buffers_return_to_the_pool_when_python_lets_go(data):
+    import gc
+
+    from deit_pipe import _native
+
+    ld = loader(data)
+    ld.set_epoch(0)
+    batches = list(ld)
+    gc.collect()
+    before = _native._batch_pool_len()
+    keep = 6  # pipeline::batch_pool::BATCH_POOL_KEEP
+    n = len(batches)
+    assert n > 0 and before < keep
+    views = [b["images"][0] for b in batches]  # a view keeps its batch's buffer alive
+    del batches
+    gc.collect()
+    # No buffer comes back while a view of its batch lives.
+    assert _native._batch_pool_len() == before
+    del views
+    gc.collect()
+    assert _native._batch_pool_len() == min(before + n, keep)

@@ -93,11 +93,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     // One writer per part of the cache: parts of one cache may be written at the same
     // time (by MPI ranks or by separate `--part` jobs), the same part only once.
-    let lock_name = if part.count == 1 {
-        formats::lock::LOCK_FILE.to_string()
-    } else {
-        format!(".deit-pipe.part-{}-of-{}.lock", part.index, part.count)
-    };
+    let lock_name = formats::lock::cache_part_lock_name(part.index, part.count);
     let _lock = formats::lock::OutputLock::acquire(&args.out, &lock_name)
         .with_context(|| format!("--out {} (part {part})", args.out.display()))?;
     let device = crate::dist::device_for_rank(&args.device, comm.as_ref());
