@@ -109,7 +109,7 @@ fn lock_holder(dir: &Path) -> Option<u32> {
 /// Two `train` on one `--out`: the second is refused naming the first's pid and writes
 /// nothing; after the first is killed with SIGKILL, its lock blocks nobody.
 #[test]
-fn h25a_a_second_train_on_one_out_is_refused_and_a_killed_holder_frees_it() {
+fn a_second_train_on_one_out_is_refused_and_a_killed_holder_frees_it() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, shards) = data(tmp.path());
     let out = tmp.path().join("run");
@@ -159,7 +159,7 @@ fn h25a_a_second_train_on_one_out_is_refused_and_a_killed_holder_frees_it() {
 /// `teacher-cache` (per part) and `shard` (per split) refuse a folder another process
 /// holds, naming its pid; another part of the same cache is not blocked by the lock.
 #[test]
-fn h25a_teacher_cache_and_shard_refuse_a_held_output() {
+fn teacher_cache_and_shard_refuse_a_held_output() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let me = std::process::id();
@@ -219,7 +219,7 @@ fn h25a_teacher_cache_and_shard_refuse_a_held_output() {
 
 /// A `.deit-pipe-run` marker of any content no longer lets `train` write into a folder.
 #[test]
-fn h25a_a_forged_run_marker_does_not_open_a_users_folder() {
+fn a_forged_run_marker_does_not_open_a_users_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let user = tmp.path().join("user");
     std::fs::create_dir(&user).unwrap();
@@ -250,7 +250,7 @@ fn last_checkpoint(run: &Path) -> PathBuf {
 /// "resumed" doing nothing), a `last.json` that points out of the run (refused). A
 /// checkpoint without digests (written before them) is used with a warning.
 #[test]
-fn h25a_changed_checkpoints_are_refused_naming_the_file() {
+fn changed_checkpoints_are_refused_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, shards) = data(tmp.path());
     let out = tmp.path().join("run");

@@ -186,7 +186,7 @@ fn rows_are_the_teachers_answers_on_the_pipelines_views() {
 /// while the teacher runs; its rows must be those of building, running and writing each
 /// batch in turn, bit for bit, across batch and epoch boundaries.
 #[test]
-fn h23b_overlapped_rows_equal_the_sequential_order() {
+fn overlapped_rows_equal_the_sequential_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut j = job(dir.path(), 0..3, PartSpec::WHOLE);
     // 3 pairs a batch: 10 pairs an epoch make batches of 3, 3, 3 and 1.

@@ -172,7 +172,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn h25a_a_second_lock_is_refused_naming_the_holder_and_freed_on_drop() {
+    fn a_second_lock_is_refused_naming_the_holder_and_freed_on_drop() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("out");
         let held = OutputLock::acquire(&dir, LOCK_FILE).unwrap();
@@ -203,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn h25a_a_linked_or_special_lock_file_is_refused() {
+    fn a_linked_or_special_lock_file_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("victim");
         std::fs::write(&target, "keep").unwrap();

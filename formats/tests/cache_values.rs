@@ -93,7 +93,7 @@ fn read_all(dir: &Path, b: &CacheBinding) -> Result<usize, String> {
 /// edges included: all logits equal (`lse_gap = ln C` exactly), K = C (the top-K mass is
 /// 1), one dominant logit, a wide spread (tiny probabilities), C = 1.
 #[test]
-fn h25a_rows_from_real_logits_pass_the_value_bounds() {
+fn rows_from_real_logits_pass_the_value_bounds() {
     for &(k, c) in &[
         (1, 1),
         (1, 2),
@@ -121,7 +121,7 @@ fn h25a_rows_from_real_logits_pass_the_value_bounds() {
 
 /// `lse_gap` above ln C, re-sealed: refused naming file, row and column.
 #[test]
-fn h25a_lse_gap_above_ln_c_is_refused_by_row() {
+fn lse_gap_above_ln_c_is_refused_by_row() {
     let tmp = tempfile::tempdir().unwrap();
     let b = binding(3, 10);
     let mut rows = genuine(&b, 8);
@@ -148,7 +148,7 @@ fn h25a_lse_gap_above_ln_c_is_refused_by_row() {
 
 /// Top-K probabilities that sum past 1 (gaps too small for the stored lse), re-sealed.
 #[test]
-fn h25a_topk_probabilities_summing_past_one_are_refused_by_row() {
+fn topk_probabilities_summing_past_one_are_refused_by_row() {
     let tmp = tempfile::tempdir().unwrap();
     let b = binding(4, 10);
     let mut rows = genuine(&b, 8);
@@ -180,7 +180,7 @@ fn h25a_topk_probabilities_summing_past_one_are_refused_by_row() {
 
 /// Footer class names that are not JSON, or more names than classes, re-sealed.
 #[test]
-fn h25a_footer_class_names_must_be_a_json_list_of_at_most_c_names() {
+fn footer_class_names_must_be_a_json_list_of_at_most_c_names() {
     let b = binding(2, 3);
     let rows = genuine(&b, 4);
     for (value, why) in [

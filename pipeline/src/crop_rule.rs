@@ -114,7 +114,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn h23b_rule_only_for_unset_mode() {
+    fn rule_only_for_unset_mode() {
         let t: toml::Table = toml::from_str("[crop]\nmode = \"random_resized_crop\"\n").unwrap();
         let explicit = ExplicitKeys::from_augment_table(&t);
         assert!(explicit.crop_mode && !explicit.eval_crop_pct);

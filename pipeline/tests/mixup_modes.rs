@@ -84,7 +84,7 @@ fn per_slot(a: &AugmentConfig, batch: usize, world: usize) -> HashMap<u32, (f32,
 }
 
 #[test]
-fn h23b_batch_mode_is_timms_one_lam_and_box_per_batch_flipped_partner() {
+fn batch_mode_is_timms_one_lam_and_box_per_batch_flipped_partner() {
     let bsz = 16usize;
     let a = aug(MixupMode::Batch, bsz as u32);
     let p = plan(2);
@@ -130,7 +130,7 @@ fn h23b_batch_mode_is_timms_one_lam_and_box_per_batch_flipped_partner() {
 }
 
 #[test]
-fn h23b_elem_mode_one_lam_per_image_flipped_partner() {
+fn elem_mode_one_lam_per_image_flipped_partner() {
     let a = aug(MixupMode::Elem, 0);
     let p = plan(2);
     let mut differ = 0;
@@ -154,7 +154,7 @@ fn h23b_elem_mode_one_lam_per_image_flipped_partner() {
 }
 
 #[test]
-fn h23b_pair_mode_keeps_its_layout_and_lams() {
+fn pair_mode_keeps_its_layout_and_lams() {
     let a = aug(MixupMode::Pair, 0);
     let p = plan(2);
     for b in batches(&a, 8, 0, 1, 2) {
@@ -170,7 +170,7 @@ fn h23b_pair_mode_keeps_its_layout_and_lams() {
 }
 
 #[test]
-fn h23b_every_mode_is_a_function_of_seed_epoch_and_slot() {
+fn every_mode_is_a_function_of_seed_epoch_and_slot() {
     for mode in [MixupMode::Batch, MixupMode::Pair, MixupMode::Elem] {
         // Batch mode: one lam per 16 plan slots, so one per batch on 1 rank of 16 and on
         // 2 ranks of 8 alike.
@@ -191,7 +191,7 @@ fn h23b_every_mode_is_a_function_of_seed_epoch_and_slot() {
 }
 
 #[test]
-fn h23b_mode_is_part_of_the_fingerprint() {
+fn mode_is_part_of_the_fingerprint() {
     let hashes: Vec<u64> = [
         aug(MixupMode::Pair, 0),
         aug(MixupMode::Elem, 0),

@@ -293,7 +293,7 @@ mod tests {
 
     /// Issue 25: a marker file of any content used to let `train` overwrite the folder.
     #[test]
-    fn h25a_a_forged_marker_is_refused_naming_it_and_the_users_files_stay() {
+    fn a_forged_marker_is_refused_naming_it_and_the_users_files_stay() {
         let tmp = tempfile::tempdir().unwrap();
         for forged in [
             "",

@@ -277,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn h23b_elem_mixes_each_view_with_the_others_original() {
+    fn elem_mixes_each_view_with_the_others_original() {
         let a0: Vec<f32> = (0..12).map(|i| i as f32).collect();
         let b0: Vec<f32> = (0..12).map(|i| 100.0 + i as f32).collect();
         let up = MixParams {

@@ -628,7 +628,7 @@ mod tests {
 
     /// Issue 25: a flipped bit in a checkpoint's weights was resumed and evaluated silently.
     #[test]
-    fn h25a_a_changed_checkpoint_file_is_refused_naming_it() {
+    fn a_changed_checkpoint_file_is_refused_naming_it() {
         let tmp = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(tmp.path()).unwrap();
         let dir = store
@@ -670,7 +670,7 @@ mod tests {
 
     /// Issue 25: a pointer naming a folder outside the run was followed.
     #[test]
-    fn h25a_pointers_stay_inside_the_run() {
+    fn pointers_stay_inside_the_run() {
         let tmp = tempfile::tempdir().unwrap();
         let run = tmp.path().join("run");
         let store = CheckpointStore::open(&run).unwrap();

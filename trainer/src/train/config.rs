@@ -973,7 +973,7 @@ mod tests {
     }
 
     #[test]
-    fn h23b_input_size_never_rewrites_a_stated_crop() {
+    fn input_size_never_rewrites_a_stated_crop() {
         use pipeline::config::CropMode::{self, RandomCropPad, RandomResizedCrop};
         let size = |n: u32| Overrides {
             input_size: Some(n),

@@ -628,7 +628,7 @@ mod replay_tests {
     /// Issue 25: a sealed cache whose `lam` or `partner` differs from the epoch plan was
     /// trained on; it is refused naming epoch, slot, file and row.
     #[test]
-    fn h25a_lam_and_partner_are_replayed_from_the_plan() {
+    fn lam_and_partner_are_replayed_from_the_plan() {
         let tmp = tempfile::tempdir().unwrap();
         let ok = tmp.path().join("ok");
         cache(&ok, plan_key);
