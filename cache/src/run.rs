@@ -246,41 +246,35 @@ pub fn run(job: &CacheJob, progress: &mut dyn JobProgress) -> Result<JobReport> 
 
     progress.start(total);
     let pairs_per_batch = job.batch_size.div_ceil(2).max(1);
-    // Every batch of every epoch, in the order the rows are written: (epoch's index in
-    // `todo`, its pairs).
-    let batches: Vec<(usize, Vec<usize>)> = todo
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (_, _, slots))| {
-            let pairs: Vec<usize> = (slots.start / 2..slots.end / 2).collect();
-            let chunks: Vec<Vec<usize>> = pairs
-                .chunks(pairs_per_batch)
-                .map(<[usize]>::to_vec)
-                .collect();
-            chunks.into_iter().map(move |c| (i, c))
-        })
-        .collect();
     // A producer thread builds the views of the next batches (at most VIEW_QUEUE ready
     // ahead) while this thread runs the teacher and writes rows: the same batches in the
     // same order as one after the other, so the same rows, bit for bit.
     let size = builder.size() as usize;
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<ReadyViews>>(VIEW_QUEUE);
-        let (src, todo, builder, batches) = (&src, &todo, &builder, &batches);
+        let (src, todo, builder) = (&src, &todo, &builder);
         scope.spawn(move || {
-            for (i, pairs) in batches {
-                let (epoch, plan, _) = &todo[*i];
-                let t = Instant::now();
-                let ready =
-                    build_views(src, plan, builder, *epoch, pairs).map(|(keys, data)| ReadyViews {
-                        keys,
-                        data,
-                        seconds: t.elapsed().as_secs_f64(),
-                    });
-                let failed = ready.is_err();
-                // A closed channel: the consumer stopped (its error is the job's).
-                if tx.send(ready).is_err() || failed {
-                    break;
+            // Every batch of every epoch in the order the rows are written, each batch's
+            // pairs made when it is built (an up-front list of all pairs would hold
+            // epochs x pairs indices: gigabytes for 300 ImageNet epochs).
+            for (epoch, plan, slots) in todo {
+                let (first, end) = (slots.start / 2, slots.end / 2);
+                for start in (first..end).step_by(pairs_per_batch) {
+                    let pairs: Vec<usize> = (start..end.min(start + pairs_per_batch)).collect();
+                    let t = Instant::now();
+                    let ready =
+                        build_views(src, plan, builder, *epoch, &pairs).map(|(keys, data)| {
+                            ReadyViews {
+                                keys,
+                                data,
+                                seconds: t.elapsed().as_secs_f64(),
+                            }
+                        });
+                    let failed = ready.is_err();
+                    // A closed channel: the consumer stopped (its error is the job's).
+                    if tx.send(ready).is_err() || failed {
+                        return;
+                    }
                 }
             }
         });
