@@ -33,6 +33,21 @@ pub struct CutBox {
     pub x1: u32,
 }
 
+impl CutBox {
+    /// The box's row segments in a CHW view of 3 x `h` x `w` (every channel), as index
+    /// ranges into the flat view.
+    fn row_ranges(self, h: u32, w: u32) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let (h, w) = (h as usize, w as usize);
+        let (x0, x1) = (self.x0 as usize, self.x1 as usize);
+        (0..3).flat_map(move |c| {
+            (self.y0 as usize..self.y1 as usize).map(move |y| {
+                let s = (c * h + y) * w;
+                s + x0..s + x1
+            })
+        })
+    }
+}
+
 /// The mixing parameters of a pair of slots.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MixParams {
@@ -164,13 +179,8 @@ pub fn apply_pair(a: &mut [f32], b: &mut [f32], h: u32, w: u32, p: &MixParams) {
         }
         MixMode::Cutmix => {
             let Some(cb) = p.cut_box else { return };
-            let (h, w) = (h as usize, w as usize);
-            for c in 0..3 {
-                for y in cb.y0 as usize..cb.y1 as usize {
-                    let s = (c * h + y) * w;
-                    let r = s + cb.x0 as usize..s + cb.x1 as usize;
-                    a[r.clone()].swap_with_slice(&mut b[r]);
-                }
+            for r in cb.row_ranges(h, w) {
+                a[r.clone()].swap_with_slice(&mut b[r]);
             }
         }
     }
@@ -208,13 +218,8 @@ pub fn apply_one(dst: &mut [f32], other: &[f32], h: u32, w: u32, p: &MixParams) 
         }
         MixMode::Cutmix => {
             let Some(cb) = p.cut_box else { return };
-            let (h, w) = (h as usize, w as usize);
-            for c in 0..3 {
-                for y in cb.y0 as usize..cb.y1 as usize {
-                    let s = (c * h + y) * w;
-                    let r = s + cb.x0 as usize..s + cb.x1 as usize;
-                    dst[r.clone()].copy_from_slice(&other[r]);
-                }
+            for r in cb.row_ranges(h, w) {
+                dst[r.clone()].copy_from_slice(&other[r]);
             }
         }
     }
