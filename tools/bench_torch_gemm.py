@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch's CPU matmul on the matrix products of a DeiT train step: the counterpart of
-`cargo bench -p trainer --bench gemm_shapes` (same shapes, layouts and order).
+`cargo bench -p kernels --bench gemm_shapes` (same shapes, layouts and order).
 
     python tools/bench_torch_gemm.py --threads 2
 

@@ -9,10 +9,11 @@
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
+use kernels::fused;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
-use trainer::models::{self, layers::fused, Arch, DeitConfig, ForwardCtx, ModelSpec};
+use trainer::models::{self, Arch, DeitConfig, ForwardCtx, ModelSpec};
 use trainer::train::config::PrecisionMode;
 use trainer::train::run::select_device;
 use trainer::weights::{self, LoadOptions};

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 mod common;
 use common::{fixtures, small_resnet};
 
+use kernels::fused;
 use trainer::models::{
-    self, layers::fused, Arch, DeitConfig, ForwardCtx, ModelSpec, RegNetConfig, ResNetBlock,
-    ResNetConfig,
+    self, Arch, DeitConfig, ForwardCtx, ModelSpec, RegNetConfig, ResNetBlock, ResNetConfig,
 };
 use trainer::weights::{self, LoadOptions};
 

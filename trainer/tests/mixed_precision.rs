@@ -26,9 +26,10 @@ use std::collections::BTreeMap;
 mod common;
 use common::small_resnet;
 
+use kernels::fused;
 use trainer::grads::NamedGrads;
 use trainer::models::{
-    self, layers::fused, Classifier, DeitConfig, ForwardCtx, ModelSpec, Precision, ResNetBlock,
+    self, Classifier, DeitConfig, ForwardCtx, ModelSpec, Precision, ResNetBlock,
 };
 use trainer::optim::{AdamW, AdamWConfig};
 use trainer::weights::{self, LoadOptions};

@@ -114,12 +114,12 @@ fn deit_plain_matches_timm() {
 
 #[test]
 fn deit_composite_and_fused_paths_agree_with_timm() {
-    models::layers::fused::set_enabled(false);
+    kernels::fused::set_enabled(false);
     let spec = small_deit(true);
     let (_vm, model) = load(&spec, "deit_distilled_small");
     let io = io("deit_distilled_small");
     let out = model.forward(&io["x"], &ForwardCtx::eval()).unwrap();
-    models::layers::fused::set_enabled(true);
+    kernels::fused::set_enabled(true);
     assert_close("composite path", &out.cls, &io["logits"]);
 }
 

@@ -13,12 +13,12 @@
 //! model, op for op.
 
 use super::layers::{
-    attention, fused, matmul_bias_in, residual_drop_path, softmax_last_dim, DropPathRng, LayerNorm,
-    Linear,
+    matmul_bias_in, residual_drop_path, softmax_last_dim, DropPathRng, LayerNorm, Linear,
 };
 use super::{DeitConfig, ForwardCtx, ModelOutput, ModelSpec};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use kernels::{attention, fused};
 
 const LN_EPS: f64 = 1e-6;
 

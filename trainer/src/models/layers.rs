@@ -1,19 +1,13 @@
 //! Differentiable building blocks. candle's fused `softmax_last_dim` and `LayerNorm`
 //! drop gradients silently (see PLATFORM.md), so everything here either is written
 //! with differentiable tensor ops, or is a fused CPU kernel with its own backward
-//! ([`crate::models::layers::fused`]).
+//! ([`kernels::fused`]).
 
 use candle_core::{DType, Module, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
+use kernels::{conv_gemm, fused, fused_bn, linear_op};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-
-pub mod attention;
-pub mod conv_gemm;
-pub mod fused;
-pub mod fused_bn;
-pub mod linear_op;
-pub mod sgemm;
 
 /// Fully connected layer `y = x W^T + b`, weight `[out, in]` (timm / PyTorch layout).
 /// Inputs of any rank are flattened to 2-D for one GEMM (no broadcast of the weight).

@@ -1,8 +1,8 @@
 //! GEMM throughput on the matrix products of a DeiT train step: candle's CPU matmul (the
-//! `gemm` crate) and ours (`trainer::models::layers::sgemm`, what our layers run), to
-//! compare with PyTorch's on the same shapes (`python tools/bench_torch_gemm.py`, same
-//! thread count). Plain timing loop, no harness:
-//! `RAYON_NUM_THREADS=2 cargo bench -p trainer --bench gemm_shapes`.
+//! `gemm` crate) and ours (`kernels::sgemm`, what our layers run), to compare with
+//! PyTorch's on the same shapes (`python tools/bench_torch_gemm.py`, same thread count).
+//! Plain timing loop, no harness:
+//! `RAYON_NUM_THREADS=2 cargo bench -p kernels --bench gemm_shapes`.
 //!
 //! Each linear layer `y = x·Wᵀ` (x: M x K, W: N x K) appears three times in a train step:
 //! forward, input gradient `dx = dy·W` and weight gradient `dW = dyᵀ·x`; each is timed
@@ -14,8 +14,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use kernels::sgemm::{self, Operand};
 use rayon::prelude::*;
-use trainer::models::layers::sgemm::{self, Operand};
 
 /// One product (or a batch of equal ones): candle's operands, and the same data as
 /// [`sgemm`] reads it.

@@ -8,7 +8,7 @@
 //! products of a DeiT train step on this 2-core machine against PyTorch's 152-153, 1.3-1.5x
 //! slower on the weight gradients (`dyᵀ·x`, a transposed operand and a long `k`) and on
 //! the 192x192 products, and 2x slower on attention's small per-head products
-//! (`cargo bench -p trainer --bench gemm_shapes` against `tools/bench_torch_gemm.py`,
+//! (`cargo bench -p kernels --bench gemm_shapes` against `tools/bench_torch_gemm.py`,
 //! BENCHMARKS.md). With the matrix products at two thirds of a train step, that gap was
 //! most of what separated our step from PyTorch's. No maintained crate we can take offers
 //! a faster f32 GEMM without a system BLAS. This one runs the same products at 206-212

@@ -239,7 +239,7 @@ pub fn batch_norm_train(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::layers::fused::max_abs_diff;
+    use crate::fused::max_abs_diff;
     use candle_core::{Device, Var};
 
     /// The fused op equals train-mode BatchNorm written with candle ops (forward, batch

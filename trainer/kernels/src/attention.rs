@@ -8,7 +8,7 @@
 //! scale pass, two batched matmuls and a transposing copy of the output, and its backward
 //! as the same again plus its gradient bookkeeping. Its batched matmul hands each small
 //! per-head product (198x64x198 for DeiT-Ti at 224) to gemm's own threading, where it ran
-//! at 61-67 GFLOP/s against torch's 125-141 (`cargo bench -p trainer --bench gemm_shapes`,
+//! at 61-67 GFLOP/s against torch's 125-141 (`cargo bench -p kernels --bench gemm_shapes`,
 //! BENCHMARKS.md). Here the (image, head) pairs run in parallel on rayon's threads, each
 //! product single-threaded on strided views of the operands (no copies). In training
 //! (`train`, and `qkv` tracks a gradient) the forward keeps the attention matrices (B·H·N·N
@@ -302,7 +302,7 @@ impl CustomOp2 for AttentionBwd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::layers::fused::max_abs_diff;
+    use crate::fused::max_abs_diff;
     use candle_core::{DType, Device, Var, D};
 
     /// candle's composite attention (the path other devices take), for comparison.

@@ -300,7 +300,7 @@ impl CustomOp2 for WeightGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::layers::fused::max_abs_diff;
+    use crate::fused::max_abs_diff;
     use candle_core::{Device, Var};
 
     #[test]

@@ -5,8 +5,8 @@
 //! pass over memory, several of them single-threaded reductions over broadcast
 //! dimensions in backward); here each is one pass forward and one pass backward,
 //! parallel over rows with rayon. Other devices or dtypes use the composite
-//! tensor-op versions in [`super`]. [`set_enabled`] switches them off (tests compare
-//! both paths; benchmarks measure both).
+//! tensor-op versions in trainer's `models::layers`. [`set_enabled`] switches them off
+//! (tests compare both paths; benchmarks measure both).
 
 // Index loops over several equally long rows read clearer than zipped iterators here.
 #![allow(clippy::needless_range_loop)]

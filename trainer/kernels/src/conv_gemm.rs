@@ -562,7 +562,7 @@ impl CustomOp2 for ConvGradWeight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::layers::fused::max_abs_diff;
+    use crate::fused::max_abs_diff;
     use candle_core::{Device, Var};
 
     /// Forward and both gradients equal candle's direct `conv2d` (the reference) for

@@ -1,0 +1,18 @@
+//! CPU compute kernels for deit-pipe's models: our f32 GEMM ([`sgemm`]), the
+//! convolution as im2col + GEMM ([`conv_gemm`]), the linear layer as one product
+//! ([`linear_op`]), DeiT's attention ([`attention`]), and fused element-wise, norm and
+//! softmax ops ([`fused`], [`fused_bn`]), each a candle `CustomOp` with a hand-written
+//! backward. CPU and f32 only; [`fused::enabled`] tells a caller when to use them,
+//! [`fused::set_enabled`] switches them off so tests and benchmarks can compare them
+//! with candle's composite ops.
+//!
+//! It must not hold model structure (layers, parameters, `VarBuilder`s: that is
+//! `trainer::models`), read or write weights or any file, or hold training logic, and it
+//! depends on none of deit-pipe's other crates.
+
+pub mod attention;
+pub mod conv_gemm;
+pub mod fused;
+pub mod fused_bn;
+pub mod linear_op;
+pub mod sgemm;
