@@ -1,5 +1,13 @@
 //! The `deit-pipe` command line: shard datasets, cache teacher targets, train and
 //! evaluate DeiT students. Each subcommand lives in its own module under `cmd/`.
+//!
+//! Its one job is to wire the crates together: parse flags (named as DeiT's `main.py`
+//! names them), resolve configs, start the processes of a data-parallel job, draw
+//! progress, print results and turn every error into one clear line (no user input may
+//! print a backtrace). It must not hold the algorithms: records and cache files belong
+//! to `formats`, decoding and augmentation to `pipeline`, models and training to
+//! `trainer`, teacher runs to `cache`; a subcommand turns its flags into their inputs and
+//! their results into output.
 
 mod alloc;
 mod boundary;

@@ -5,67 +5,11 @@
 use formats::shard::layout::{ENTRY_LEN, INDEX_HEADER_LEN};
 use formats::shard::{Manifest, ShardSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_deit-pipe"));
-    c.arg("--quiet");
-    c.env_remove(pipeline::ingest::job::ABORT_AFTER_ENV);
-    // Every case here must stay backtrace-free even when backtraces are asked for.
-    c.env("RUST_BACKTRACE", "1").env("RUST_LIB_BACKTRACE", "1");
-    c
-}
+mod common;
 
-/// Run with a deadline: a hang fails the test instead of blocking it.
-fn run(args: &[&str]) -> Output {
-    let mut child = bin()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            panic!("deit-pipe {args:?} hung (killed after 120 s)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "deit-pipe {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Exit 1 with a one-line `error:` first and no backtrace; returns stdout and stderr.
-fn run_err(args: &[&str]) -> (String, String) {
-    let o = run(args);
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "{args:?}: {stdout}\n{stderr}");
-    assert!(stderr.contains("error: "), "{args:?}: {stderr}");
-    assert!(
-        !stderr.to_lowercase().contains("backtrace") && !stderr.contains("panicked"),
-        "{args:?} printed a backtrace or panic: {stderr}"
-    );
-    (stdout, stderr)
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use common::hostile::{p, run, run_err, run_err_with_stdout, run_ok};
 
 /// A small ImageFolder set (2 classes, 3 train + 1 val each).
 fn synth(dir: &Path) {
@@ -134,7 +78,7 @@ fn split_names_never_leave_out() {
     let out = tmp.path().join("out");
     let abs = tmp.path().join("elsewhere");
     for split in ["../x", "a/b", "..", "", abs.to_str().unwrap()] {
-        let (_, stderr) = run_err(&[
+        let stderr = run_err(&[
             "shard",
             "--list",
             p(&list),
@@ -191,7 +135,7 @@ fn list_files_with_huge_mixed_or_repeated_labels_are_refused_by_line() {
     for (rows, want) in cases {
         write_list(&list, &rows);
         let start = Instant::now();
-        let (_, stderr) = run_err(&["shard", "--list", p(&list), "--out", p(&out)]);
+        let stderr = run_err(&["shard", "--list", p(&list), "--out", p(&out)]);
         assert!(stderr.contains(&want), "{want}: {stderr}");
         assert!(start.elapsed() < Duration::from_secs(30));
     }
@@ -239,7 +183,7 @@ fn verify_fails_when_a_split_has_no_manifest() {
     let root = shards(tmp.path());
     run_ok(&["inspect", p(&root), "--verify"]);
     std::fs::remove_file(root.join("val/manifest.json")).unwrap();
-    let (stdout, stderr) = run_err(&["inspect", p(&root), "--verify"]);
+    let (stdout, stderr) = run_err_with_stdout(&["inspect", p(&root), "--verify"]);
     assert!(
         stdout.contains("BAD") && stdout.contains("no manifest.json"),
         "{stdout}"
@@ -265,7 +209,7 @@ fn manifests_that_disagree_with_the_index_or_the_folder_are_refused() {
     m.counts_per_class[0] += 1;
     m.counts_per_class[1] -= 1;
     std::fs::write(&mpath, m.to_json()).unwrap();
-    let (_, stderr) = run_err(&["inspect", p(&train)]);
+    let stderr = run_err(&["inspect", p(&train)]);
     assert!(
         stderr.contains("counts_per_class[0]") && stderr.contains("the index holds 3"),
         "{stderr}"
@@ -274,7 +218,7 @@ fn manifests_that_disagree_with_the_index_or_the_folder_are_refused() {
     // A split folder renamed (or a manifest copied into another split's folder).
     let renamed = root.join("renamed");
     std::fs::rename(&train, &renamed).unwrap();
-    let (_, stderr) = run_err(&["inspect", p(&renamed)]);
+    let stderr = run_err(&["inspect", p(&renamed)]);
     assert!(
         stderr.contains("`split` is \"train\" but the folder is named \"renamed\""),
         "{stderr}"
@@ -308,7 +252,7 @@ fn inspect_escapes_names_and_dump_stays_under_out() {
     );
     // --dump would name a file after "../../evil": refused, nothing written outside --out.
     let dump = tmp.path().join("a/b/dump");
-    let (_, stderr) = run_err(&["inspect", p(&data), "--dump", "3", "--out", p(&dump)]);
+    let stderr = run_err(&["inspect", p(&data), "--dump", "3", "--out", p(&dump)]);
     assert!(
         stderr.contains("class name \"../../evil\" cannot be used as a file or folder name"),
         "{stderr}"
@@ -327,7 +271,7 @@ fn train_refuses_an_out_folder_that_is_not_a_run() {
     std::fs::create_dir(&user).unwrap();
     std::fs::write(user.join("config.toml"), "mine = true\n").unwrap();
     std::fs::write(user.join("metrics.jsonl"), "{\"mine\": 1}\n").unwrap();
-    let (_, stderr) = run_err(&["train", "--data", p(tmp.path()), "--out", p(&user)]);
+    let stderr = run_err(&["train", "--data", p(tmp.path()), "--out", p(&user)]);
     assert!(
         stderr.contains("is not empty and is not a deit-pipe run")
             && stderr.contains("config.toml, metrics.jsonl"),
@@ -401,7 +345,7 @@ fn train_stops_on_damaged_records_with_their_names() {
         b[at as usize] ^= 0x08;
     }
     std::fs::write(&data, b).unwrap();
-    let (_, stderr) = run_err(&train_args(&root, &tmp.path().join("run1")));
+    let stderr = run_err(&train_args(&root, &tmp.path().join("run1")));
     assert!(
         stderr.contains("checksum mismatch") && stderr.contains("shard-00000.bin"),
         "{stderr}"
@@ -412,7 +356,7 @@ fn train_stops_on_damaged_records_with_their_names() {
         e[28..32].copy_from_slice(&65536u32.to_le_bytes());
         e[32..36].copy_from_slice(&65536u32.to_le_bytes());
     });
-    let (_, stderr) = run_err(&train_args(&root, &tmp.path().join("run2")));
+    let stderr = run_err(&train_args(&root, &tmp.path().join("run2")));
     assert!(
         stderr.contains("65536x65536") && stderr.contains("exceeds the set's limit"),
         "{stderr}"
@@ -427,7 +371,7 @@ fn clean_errors_never_print_a_backtrace() {
     let tmp = tempfile::tempdir().unwrap();
     let list = tmp.path().join("l.tsv");
     std::fs::write(&list, "a.jpg\t1\nb.jpg\tcat\n").unwrap();
-    let (_, stderr) = run_err(&["shard", "--list", p(&list), "--out", p(tmp.path())]);
+    let stderr = run_err(&["shard", "--list", p(&list), "--out", p(tmp.path())]);
     assert!(stderr.lines().count() <= 4, "{stderr}");
 }
 
@@ -479,7 +423,7 @@ fn with_special(path: &Path, fifo: bool, f: impl FnOnce()) {
 /// `run_err` that also requires the message to name `name` and call it a special file.
 #[cfg(unix)]
 fn refused_special(args: &[&str], name: &str) {
-    let (_, stderr) = run_err(args);
+    let stderr = run_err(args);
     assert!(
         stderr.contains(name) && stderr.contains("not a regular file"),
         "{args:?}: {stderr}"
@@ -598,7 +542,7 @@ fn model_sizes_and_non_finite_values_are_refused_by_field() {
         for one in set.split(' ') {
             a.extend(["--set", one]);
         }
-        let (_, stderr) = run_err(&a);
+        let stderr = run_err(&a);
         assert!(!out.join("metrics.jsonl").exists());
         stderr
     };
@@ -625,7 +569,7 @@ fn model_sizes_and_non_finite_values_are_refused_by_field() {
     }
     let cfg = tmp.path().join("nan.toml");
     std::fs::write(&cfg, "[optim]\nclip_grad = nan\n").unwrap();
-    let (_, e) = run_err(&[
+    let e = run_err(&[
         "train",
         "--config",
         p(&cfg),

@@ -6,63 +6,11 @@
 
 use formats::shard::Manifest;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
-fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deit-pipe"))
-        .arg("--quiet")
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .env("RUST_LIB_BACKTRACE", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            let o = child.wait_with_output().unwrap();
-            let stderr = String::from_utf8_lossy(&o.stderr);
-            assert!(
-                !stderr.contains("stack backtrace")
-                    && !stderr.contains("panicked at")
-                    && !stderr.to_lowercase().contains("backtrace"),
-                "{args:?} printed a backtrace or a panic: {stderr}"
-            );
-            return o;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            panic!("deit-pipe {args:?} hung (killed after 120 s)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+mod common;
 
-fn run_ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Exit 1 with an `error:` line; returns stderr.
-fn run_err(args: &[&str]) -> String {
-    let o = run(args);
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "{args:?}: {stderr}");
-    assert!(stderr.contains("error: "), "{args:?}: {stderr}");
-    stderr
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use common::hostile::{p, run, run_err, run_ok};
 
 fn synth(dir: &Path) {
     run_ok(&[

@@ -4,50 +4,12 @@
 //! position, a pointer out of the run). Every refusal is exit 1 with the file named.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_deit-pipe");
+mod common;
 
-fn bin() -> Command {
-    let mut c = Command::new(BIN);
-    c.arg("--quiet").env("RUST_BACKTRACE", "1");
-    c.env_remove("DEIT_PIPE_STALL_AT_STEP");
-    c.env_remove("DEIT_PIPE_ABORT_AT_STEP");
-    c
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().unwrap()
-}
-
-fn run_ok(args: &[&str]) -> Output {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "deit-pipe {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-/// Exit 1, an `error:` line, no backtrace; returns stderr.
-fn run_err(args: &[&str]) -> String {
-    let o = run(args);
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "{args:?}: {stderr}");
-    assert!(stderr.contains("error: "), "{stderr}");
-    assert!(
-        !stderr.contains("panicked") && !stderr.to_lowercase().contains("backtrace"),
-        "{stderr}"
-    );
-    stderr
-}
+use common::hostile::{bin, p, run_err, run_ok, run_ok_output};
 
 /// Synth (2 classes, 3 train + 1 val each) and raw 40 px shards; (folder, shards).
 fn data(tmp: &Path) -> (PathBuf, PathBuf) {
@@ -312,7 +274,7 @@ fn changed_checkpoints_are_refused_naming_the_file() {
 
     // Written before digests: used, with a warning that says so.
     std::fs::remove_file(ck.join("digests.json")).unwrap();
-    let o = run_ok(&resume_ro);
+    let o = run_ok_output(&resume_ro);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("without an integrity check"), "{stderr}");
 }

@@ -309,7 +309,8 @@ fn finetune_drops_the_head_and_resamples_pos_embed() {
     assert_eq!(b["head.weight"].dims(), &[4, 24]);
     let qkv = "blocks.0.attn.qkv.weight";
     assert!(max_abs_diff(&a[qkv], &b[qkv]) < 1e-6);
-    let want = trainer::train::finetune::resample_pos_embed_mainpy(&a["pos_embed"], 2, 6).unwrap();
+    let want =
+        trainer::train::mainpy::finetune::resample_pos_embed_mainpy(&a["pos_embed"], 2, 6).unwrap();
     assert!(max_abs_diff(&b["pos_embed"], &want) < 1e-6);
     // The recipe records where the weights came from.
     let cfg = std::fs::read_to_string(ft.join("config.toml")).unwrap();

@@ -2,6 +2,13 @@
 //! (eval mode, in batches) and write the answers as Parquet through
 //! `formats::cache_schema`.
 //!
+//! Its one job is to produce cache files. It uses all three of our other crates
+//! (`formats` for the file schema, `pipeline` for the views, `trainer` for the teacher
+//! model and the data binding) and none of them uses it: the trainer reads cached targets
+//! through the schema in `formats`, never through this crate. It must not define its own
+//! file layout, augmentation or plan: what it writes is bound by fingerprints to the views
+//! `pipeline` rebuilds, so anything computed here differently would break the match.
+//!
 //! - [`run::CacheJob`] / [`run::run`]: `deit-pipe teacher-cache`, resumable and splittable
 //!   into parts (`--part i/N`).
 //! - [`binding`]: the cache binding of a job, built with the trainer's own

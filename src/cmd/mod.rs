@@ -16,7 +16,6 @@ pub mod shard;
 pub mod synth;
 pub mod teacher_cache;
 pub mod train;
-pub mod train_mainpy;
 pub mod view_args;
 
 /// Parses a count that must be at least 1 (`--top`, `--batch`, `--threads`): 0 is refused

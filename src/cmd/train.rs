@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
 use trainer::train::config::{DistillationType, Overrides, PrecisionMode, TrainConfig};
+use trainer::train::mainpy::{self, ResumeTarget};
 
 /// Arguments of `deit-pipe train`.
 #[derive(ClapArgs, Debug)]
@@ -188,8 +189,8 @@ impl Args {
     /// Whether to continue the --out run from its last checkpoint.
     pub fn resume_run(&self) -> bool {
         matches!(
-            super::train_mainpy::resume_target(&self.resume, &self.out),
-            Ok(super::train_mainpy::ResumeTarget::RunDir)
+            mainpy::resume_target(&self.resume, &self.out),
+            Ok(ResumeTarget::RunDir)
         )
     }
 
@@ -204,7 +205,7 @@ impl Args {
             (None, false) => TrainConfig::default(),
         };
         let mut o = self.overrides();
-        super::train_mainpy::add_overrides(self, &mut o)?;
+        self.add_mainpy_overrides(&mut o)?;
         cfg.apply(&o)?;
         let set_multiple = self
             .view
@@ -215,6 +216,29 @@ impl Args {
             mainpy_sampler(&mut cfg);
         }
         Ok(cfg)
+    }
+
+    /// Check `--opt` and `--sched`, and fill the override of `--opt-betas`.
+    fn add_mainpy_overrides(&self, o: &mut Overrides) -> Result<()> {
+        if let Some(name) = &self.opt {
+            mainpy::check_opt(name)?;
+        }
+        if let Some(name) = &self.sched {
+            mainpy::check_sched(name)?;
+        }
+        if let Some(b) = &self.opt_betas {
+            o.opt_betas = Some(mainpy::opt_betas(b)?);
+        }
+        let target = mainpy::resume_target(&self.resume, &self.out)?;
+        mainpy::check_resume_finetune(&target, self.finetune.as_deref())
+    }
+
+    /// `--teacher` / `--teacher-targets` given with `--distillation none`, or naming a
+    /// path that does not exist, is an error (a teacher only in the config file is a
+    /// warning).
+    fn check_teacher(&self, cfg: &TrainConfig) -> Result<()> {
+        let from_flags = self.teacher.is_some() || self.teacher_targets.is_some();
+        mainpy::check_teacher(cfg, from_flags)
     }
 }
 
@@ -331,8 +355,8 @@ pub fn run(args: Args) -> Result<()> {
     };
     let comm = crate::dist::join(transport)?;
     cfg.run.device = crate::dist::device_for_rank(&cfg.run.device, comm.as_ref());
-    let target = super::train_mainpy::resume_target(&args.resume, &args.out)?;
-    super::train_mainpy::check_teacher(&args, &cfg)?;
+    let target = mainpy::resume_target(&args.resume, &args.out)?;
+    args.check_teacher(&cfg)?;
     super::run_dir::claim(&args.out)?;
     if let Some(id) = super::run_dir::run_id(&args.out) {
         tracing::debug!("run folder {}: run id {id}", args.out.display());
@@ -347,13 +371,9 @@ pub fn run(args: Args) -> Result<()> {
         Ok(None)
     };
     let _lock = trainer::dist::agree_ok(comm.as_ref(), lock, "to lock the run folder")?;
-    let mut job = trainer::train::TrainJob::new(
-        cfg,
-        &args.data,
-        &args.out,
-        target == super::train_mainpy::ResumeTarget::RunDir,
-    );
-    if let super::train_mainpy::ResumeTarget::MainPy(p) = target {
+    let mut job =
+        trainer::train::TrainJob::new(cfg, &args.data, &args.out, target == ResumeTarget::RunDir);
+    if let ResumeTarget::MainPy(p) = target {
         job.start_from = Some(p);
     }
     job.tensorboard = args.tensorboard;

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use trainer::ema::ModelEma;
 use trainer::models::{DeitConfig, ModelSpec};
 use trainer::optim::{AdamW, AdamWConfig};
-use trainer::train::finetune::{prepare, resample_pos_embed_mainpy};
-use trainer::train::mainpy_resume::MainPyCheckpoint;
+use trainer::train::mainpy::finetune::{prepare, resample_pos_embed_mainpy};
+use trainer::train::mainpy::MainPyCheckpoint;
 use trainer::weights::{build_model, LoadOptions};
 
 fn fixture(name: &str) -> PathBuf {

@@ -740,7 +740,7 @@ fn odd_paths_and_unknown_bytes_are_clean_errors() {
 
 #[test]
 fn main_py_checkpoints_go_through_the_same_bounded_reader() {
-    use trainer::train::mainpy_resume::MainPyCheckpoint;
+    use trainer::train::mainpy::MainPyCheckpoint;
     // {'model': {'w': tensor}, 'optimizer': {'state': {0: {'exp_avg': a 2^33-element
     // tensor}}, 'param_groups': []}, 'epoch': 3}: the optimizer's storage is checked
     // against the file before anything is allocated, as the weights' are.

@@ -3,7 +3,7 @@
 //! [`DESCRIPTION_KEY`]), how to rebuild the teacher's probabilities ([`DOC_KEY`]), what
 //! each hash of the binding is ([`HASHES_KEY`]) and the class names ([`CLASS_NAMES_KEY`]).
 
-use super::schema::col;
+use super::col;
 
 /// Arrow field metadata key holding a column's description.
 pub const DESCRIPTION_KEY: &str = "description";

@@ -17,6 +17,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use super::col;
 use super::error::{CacheError, Result};
 
 /// Footer key of the checksums.
@@ -311,6 +312,17 @@ fn compare_slots(path: &Path, actual: String, footer: &VerifiedFooter) -> Result
         ));
     }
     Ok(())
+}
+
+/// The byte ranges of the slot column chunks, in row-group order (panics on negative
+/// offsets in the metadata: call inside [`guarded`](super::guard::guarded)).
+pub(crate) fn slot_ranges(meta: &parquet::file::metadata::ParquetMetaData) -> Vec<(u64, u64)> {
+    meta.row_groups()
+        .iter()
+        .flat_map(|rg| rg.columns().iter())
+        .filter(|c| c.column_path().parts().first().map(String::as_str) == Some(col::SLOT))
+        .map(|c| c.byte_range())
+        .collect()
 }
 
 /// Computes the digests of a just-written file (holding the placeholder) and patches

@@ -18,6 +18,7 @@
 //! Layout and encodings: `docs/ARCHITECTURE.md`, "Teacher cache".
 
 mod binding;
+pub mod col;
 mod docs;
 mod error;
 mod guard;
@@ -38,7 +39,7 @@ pub use docs::{column_description, CLASS_NAMES_KEY, DESCRIPTION_KEY, DOC_KEY, HA
 pub use error::{CacheError, Result};
 pub use integrity::INTEGRITY_KEY;
 pub use reader::{read_file_header, verify_file, CacheEpoch, CacheFile, EpochReader, TeacherCache};
-pub use schema::{arrow_schema, col, IdWidth};
+pub use schema::{arrow_schema, IdWidth};
 pub use summary::{CacheSummary, EpochSummary, LabelAgreement};
 pub use target::{soft_distribution, CacheRow, CachedTarget, ViewKey};
 pub use writer::{CacheWriter, WriterOptions, PARTIAL_SUFFIX};

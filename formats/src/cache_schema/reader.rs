@@ -16,13 +16,15 @@ use super::binding::{
     parse_file_name, CacheBinding, FileHeader, PartSpec, CACHE_FORMAT_VERSION, HEADER_KEY,
     MAX_EPOCH_SLOTS,
 };
+use super::col;
 use super::docs::CLASS_NAMES_KEY;
 use super::error::{CacheError, Result};
 use super::guard::guarded;
 use super::integrity::{
-    check_footer, check_slots, check_slots_in, check_whole, FooterCheck, VerifiedFooter,
+    check_footer, check_slots, check_slots_in, check_whole, slot_ranges, FooterCheck,
+    VerifiedFooter,
 };
-use super::schema::{arrow_schema, batch_to_targets, col};
+use super::schema::{arrow_schema, batch_to_targets};
 use super::target::CachedTarget;
 use super::writer::PARTIAL_SUFFIX;
 
@@ -144,17 +146,6 @@ fn check_class_names(json: &str, num_classes: u32) -> std::result::Result<(), St
         ));
     }
     Ok(())
-}
-
-/// The byte ranges of the slot column chunks, in row-group order (panics on negative
-/// offsets in the metadata: call inside [`guarded`]).
-pub(crate) fn slot_ranges(meta: &parquet::file::metadata::ParquetMetaData) -> Vec<(u64, u64)> {
-    meta.row_groups()
-        .iter()
-        .flat_map(|rg| rg.columns().iter())
-        .filter(|c| c.column_path().parts().first().map(String::as_str) == Some(col::SLOT))
-        .map(|c| c.byte_range())
-        .collect()
 }
 
 /// Refuses a header of another format version.

@@ -30,7 +30,9 @@ pub fn reseal(path: &Path) -> Result<()> {
                 source,
             })
     })?;
-    let slot_ranges = guarded(path, "the footer", || Ok(super::reader::slot_ranges(&meta)))?;
+    let slot_ranges = guarded(path, "the footer", || {
+        Ok(super::integrity::slot_ranges(&meta))
+    })?;
     super::integrity::reset_placeholder(path, bytes)?;
     super::integrity::seal(path, &slot_ranges).map(drop)
 }

@@ -12,7 +12,7 @@ use parquet::file::metadata::KeyValue;
 use super::binding::{file_name, FileHeader, CACHE_FORMAT_VERSION, HEADER_KEY, MAX_EPOCH_SLOTS};
 use super::docs::{doc_text, hashes_json, CLASS_NAMES_KEY, DOC_KEY, HASHES_KEY};
 use super::error::{CacheError, Result};
-use super::integrity::{placeholder, seal, INTEGRITY_KEY};
+use super::integrity::{placeholder, seal, slot_ranges, INTEGRITY_KEY};
 use super::schema::{arrow_schema, rows_to_batch, writer_properties};
 use super::target::CacheRow;
 
@@ -268,7 +268,7 @@ impl CacheWriter {
             .parse_and_finish(&file)
             .map_err(pq)?;
         drop(file);
-        let slot_ranges = super::reader::slot_ranges(&meta);
+        let slot_ranges = slot_ranges(&meta);
         let file = seal(&temp, &slot_ranges)?;
         file.sync_all().map_err(io(&temp))?;
         drop(file);

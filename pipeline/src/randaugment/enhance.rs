@@ -13,14 +13,8 @@
 //!   (kernel entries divided by 13 in f32, rows summed bottom row first, `+ 0.5` folded into
 //!   the start value, clipped and truncated); the one-pixel border keeps its input values.
 
+use super::blend::blend;
 use image::RgbImage;
-
-/// One blended byte, exactly as Pillow's `ImagingBlend`.
-#[inline(always)]
-pub(super) fn blend(degenerate: u8, value: u8, factor: f32) -> u8 {
-    let d = degenerate as i32;
-    (d as f32 + factor * (value as i32 - d) as f32) as u8
-}
 
 /// A 256-entry table of `blend(d, v, factor)` over `v` for a constant degenerate `d`.
 fn blend_lut(degenerate: u8, factor: f32) -> [u8; 256] {
@@ -175,18 +169,6 @@ fn sharpness_row(above: &[u8], row: &[u8], below: &[u8], out: &mut [u8], f: f32)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn blend_matches_pillow_formula() {
-        // factor 1.9, d = 100, v = 200: 100 + 1.9 * 100 = 290 -> 255
-        assert_eq!(blend(100, 200, 1.9), 255);
-        // factor 1.9, d = 200, v = 100: 200 - 190 = 10
-        assert_eq!(blend(200, 100, 1.9), 10);
-        // truncation: 0 + 0.73 * 3 = 2.19 -> 2
-        assert_eq!(blend(0, 3, 0.73), 2);
-        assert_eq!(blend(7, 9, 0.0), 7);
-        assert_eq!(blend(7, 9, 1.0), 9);
-    }
 
     #[test]
     fn luma_of_gray_is_gray() {

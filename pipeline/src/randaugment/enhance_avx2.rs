@@ -331,7 +331,7 @@ pub(super) fn sharpness(buf: &mut [u8], stride: usize, f: f32) {
             ss += tb;
             ss += tap1(&f_row, k, K5);
             ss += t_above[k];
-            out[k] = super::enhance::blend(ss as u8, f_row[k] as u8, f);
+            out[k] = super::blend::blend(ss as u8, f_row[k] as u8, f);
         }
         t1.rotate_left(1);
         std::mem::swap(&mut f_row, &mut f_below);

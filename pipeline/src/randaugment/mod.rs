@@ -63,6 +63,7 @@
 mod axis_avx2;
 #[cfg(target_arch = "x86_64")]
 mod bicubic_avx2;
+mod blend;
 pub mod config;
 pub mod enhance;
 #[cfg(target_arch = "x86_64")]

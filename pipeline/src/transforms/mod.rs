@@ -12,6 +12,7 @@ pub mod mix;
 pub mod normalize;
 pub mod pillow_resize;
 pub mod randaugment_hook;
+pub mod rect;
 pub mod resize;
 
 /// Python's `int(round(x))` for the non-negative values the samplers produce:

@@ -12,7 +12,7 @@ use fast_image_resize::images::{CroppedImage, Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 
-use super::crop::CropRect;
+use super::rect::CropRect;
 use crate::config::Interpolation;
 use crate::error::PipelineError;
 

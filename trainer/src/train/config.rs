@@ -43,7 +43,7 @@ pub struct ModelConfig {
     /// Fine-tune from these weights as DeiT's `main.py --finetune` does: a head whose
     /// class count differs is dropped (kept at its init), the position embedding is
     /// resampled to this model's grid (bicubic, extra tokens kept); see
-    /// [`super::finetune`]. Not written when unset.
+    /// [`super::mainpy::finetune`]. Not written when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finetune: Option<PathBuf>,
 }
@@ -545,7 +545,7 @@ pub struct Overrides {
     /// `--eval-crop-ratio` (DeiT; timm `--crop-pct`)
     pub eval_crop_ratio: Option<f64>,
     /// `--color-jitter`: checked against the recipe, see
-    /// [`super::mainpy_flags::check_color_jitter`] (the augmentation has no colour
+    /// [`super::mainpy::check_color_jitter`] (the augmentation has no colour
     /// jitter of its own).
     pub color_jitter: Option<f64>,
     /// `--finetune PATH`
@@ -681,7 +681,7 @@ impl TrainConfig {
         }
         self.normalize();
         if let Some(cj) = o.color_jitter {
-            super::mainpy_flags::check_color_jitter(cj, &self.augment)?;
+            super::mainpy::check_color_jitter(cj, &self.augment)?;
         }
         self.validate()
     }

@@ -63,7 +63,7 @@ pub struct TrainJob {
     /// for tests of the data-parallel waits only.
     pub slow_checkpoint: Option<std::time::Duration>,
     /// Start a new run from a DeiT `main.py` checkpoint (`train --resume FILE.pth`):
-    /// weights, AdamW state, EMA and next epoch ([`super::mainpy_resume`]).
+    /// weights, AdamW state, EMA and next epoch ([`super::mainpy::resume`]).
     pub start_from: Option<PathBuf>,
     /// Also write TensorBoard event files under `RUN_DIR/tb` (`--tensorboard`).
     pub tensorboard: bool,
@@ -348,7 +348,7 @@ pub fn train_with(
     models::init_weights(&spec, &varmap, seed)?;
     // Rank 0 alone reads the files the weights come from; the others receive them
     // (`dist_start::share_state` below).
-    let initial = (|| -> Result<Option<super::mainpy_resume::MainPyCheckpoint>> {
+    let initial = (|| -> Result<Option<super::mainpy::MainPyCheckpoint>> {
         if !primary || resume_from.is_some() {
             return Ok(None);
         }
@@ -359,11 +359,11 @@ pub fn train_with(
             load_into(&varmap, &spec, p, &opts)?;
         }
         if let Some(p) = &cfg.model.finetune {
-            super::finetune::load_finetune(&varmap, &spec, p)?;
+            super::mainpy::load_finetune(&varmap, &spec, p)?;
         }
         match &job.start_from {
             Some(p) => {
-                let ck = super::mainpy_resume::MainPyCheckpoint::read(p)?;
+                let ck = super::mainpy::MainPyCheckpoint::read(p)?;
                 ck.load_model(&varmap, &spec)?;
                 Ok(Some(ck))
             }
@@ -473,7 +473,7 @@ pub fn train_with(
         None
     };
     let mut log_txt = if primary {
-        Some(super::mainpy_log::MainPyLog::open(
+        Some(super::mainpy::MainPyLog::open(
             &job.run_dir,
             models::param_count(&varmap),
             resume_from.as_ref().map(|c| c.state.epoch),

@@ -6,10 +6,7 @@ pub mod config;
 pub mod dist_start;
 pub mod eval;
 pub mod eval_job;
-pub mod finetune;
-pub mod mainpy_flags;
-pub mod mainpy_log;
-pub mod mainpy_resume;
+pub mod mainpy;
 pub mod metrics;
 pub mod model_source;
 #[path = "loop.rs"]

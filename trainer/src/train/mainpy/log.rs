@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::metrics::EpochRecord;
+use crate::train::metrics::EpochRecord;
 
 /// File name of the main.py-style log inside a run directory.
 pub const LOG_TXT: &str = "log.txt";
@@ -74,7 +74,7 @@ impl MainPyLog {
                         kept.push('\n');
                     }
                 }
-                super::checkpoint::write_atomic(&path, kept.as_bytes())?;
+                crate::train::checkpoint::write_atomic(&path, kept.as_bytes())?;
             }
             Some(_) => {}
         }

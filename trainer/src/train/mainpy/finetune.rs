@@ -164,7 +164,7 @@ pub fn prepare(
 
 /// Load `path` into `varmap` (built for `spec`) as `main.py --finetune` does.
 pub fn load_finetune(varmap: &VarMap, spec: &ModelSpec, path: &Path) -> Result<LoadReport> {
-    let file = super::checkpoint::resolve_weights(path, false)
+    let file = crate::train::checkpoint::resolve_weights(path, false)
         .with_context(|| format!("--finetune {}", path.display()))?;
     let mut tensors =
         read_state_dict(&file).with_context(|| format!("--finetune {}", file.display()))?;

@@ -1,11 +1,74 @@
 //! DeiT `main.py` flags that the recipe has no field for, checked so that a value this
 //! trainer would not honour is refused with the reason instead of being ignored:
 //! `--opt`, `--sched`, `--color-jitter`, and the teacher flags (`--teacher` with
-//! `--distillation none`, a teacher path that does not exist).
+//! `--distillation none`, a teacher path that does not exist); and what `--resume [PATH]`
+//! names (this run, or a main.py `checkpoint.pth`).
 
-use super::config::{DistillationType, TrainConfig};
+use crate::train::config::{DistillationType, TrainConfig};
 use anyhow::{bail, Result};
 use pipeline::config::AugmentConfig;
+use std::path::{Path, PathBuf};
+
+/// What `--resume` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResumeTarget {
+    /// No `--resume`: a new run.
+    None,
+    /// Continue the `--out` run directory from its last checkpoint.
+    RunDir,
+    /// Start `--out` from a main.py checkpoint file.
+    MainPy(PathBuf),
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Decide what `--resume` means: alone, or naming the `--out` directory (or a file or
+/// directory inside it, e.g. its checkpoint), the run continues; a file elsewhere is read
+/// as a main.py checkpoint; anything else is an error that says what is accepted.
+pub fn resume_target(resume: &Option<Option<PathBuf>>, out: &Path) -> Result<ResumeTarget> {
+    let path = match resume {
+        None => return Ok(ResumeTarget::None),
+        Some(None) => return Ok(ResumeTarget::RunDir),
+        Some(Some(p)) => p,
+    };
+    if path
+        .ancestors()
+        .any(|a| !a.as_os_str().is_empty() && same_dir(a, out))
+    {
+        return Ok(ResumeTarget::RunDir);
+    }
+    if path.is_file() {
+        return Ok(ResumeTarget::MainPy(path.clone()));
+    }
+    if !path.exists() {
+        bail!("--resume {}: no such file or directory", path.display());
+    }
+    bail!(
+        "--resume {}: a directory other than --out {}. To continue a deit-pipe run, pass its \
+         directory as --out with --resume; to start from a main.py checkpoint, name the \
+         file (e.g. output_dir/checkpoint.pth)",
+        path.display(),
+        out.display()
+    )
+}
+
+/// `--resume FILE.pth` (a main.py checkpoint) with `--finetune PATH` is an error: both
+/// name the starting weights.
+pub fn check_resume_finetune(target: &ResumeTarget, finetune: Option<&Path>) -> Result<()> {
+    if let (ResumeTarget::MainPy(p), Some(f)) = (target, finetune) {
+        bail!(
+            "--resume {} starts from that checkpoint's weights and --finetune {} from              others: give one (a plain --resume of this run may repeat --finetune)",
+            p.display(),
+            f.display()
+        );
+    }
+    Ok(())
+}
 
 /// `--opt NAME`: the trainer implements AdamW (`torch.optim.AdamW`, what timm's
 /// `create_optimizer` builds for main.py's default `adamw`); any other name is refused.
@@ -118,6 +181,40 @@ pub fn check_teacher(cfg: &TrainConfig, from_flags: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_names_the_run_or_a_main_py_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("run");
+        std::fs::create_dir_all(out.join("checkpoints")).unwrap();
+        let pth = tmp.path().join("checkpoint.pth");
+        std::fs::write(&pth, b"x").unwrap();
+        assert_eq!(resume_target(&None, &out).unwrap(), ResumeTarget::None);
+        assert_eq!(
+            resume_target(&Some(None), &out).unwrap(),
+            ResumeTarget::RunDir
+        );
+        assert_eq!(
+            resume_target(&Some(Some(out.clone())), &out).unwrap(),
+            ResumeTarget::RunDir
+        );
+        assert_eq!(
+            resume_target(&Some(Some(out.join("checkpoints"))), &out).unwrap(),
+            ResumeTarget::RunDir
+        );
+        assert_eq!(
+            resume_target(&Some(Some(pth.clone())), &out).unwrap(),
+            ResumeTarget::MainPy(pth)
+        );
+        let e = resume_target(&Some(Some(tmp.path().join("nope"))), &out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such file"), "{e}");
+        let e = resume_target(&Some(Some(tmp.path().to_path_buf())), &out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--out"), "{e}");
+    }
 
     #[test]
     fn opt_and_sched_accept_what_is_implemented_only() {
