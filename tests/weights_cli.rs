@@ -1,7 +1,7 @@
 //! Damaged and hostile weight files through the binary (issue 19): `predict` ends with
 //! exit status 1 and an error naming the file and the field, never a panic (101), an
 //! abort (134) or a signal. The byte-level cases live in
-//! `trainer/tests/weights_hostile.rs`; this checks the exit path.
+//! `formats/tests/weights_hostile.rs`; this checks the exit path.
 
 use std::path::Path;
 use std::process::Command;

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Checkpoints in every layout torch.save writes, made without torch, for the weights
-reader's tests (trainer/tests/weights_hostile.rs, torch_layout_fixtures_load_to_the_same_values).
+reader's tests (formats/tests/weights_hostile.rs, torch_layout_fixtures_load_to_the_same_values).
 
-    python3 tools/make_weights_fixtures.py        # -> trainer/tests/fixtures/weights/
+    python3 tools/make_weights_fixtures.py        # -> formats/tests/fixtures/weights/
 
 torch is not needed: this script reproduces torch's byte layout with the standard
 `pickle` module, which is what torch.save itself uses (torch/serialization.py). Stand-in
@@ -43,7 +43,7 @@ import sys
 import types
 import zipfile
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "trainer", "tests", "fixtures", "weights")
+OUT = os.path.join(os.path.dirname(__file__), "..", "formats", "tests", "fixtures", "weights")
 
 # --- stand-ins carrying torch's names -------------------------------------------------
 torch = types.ModuleType("torch")

@@ -63,7 +63,7 @@ pub fn read(
         .with_context(|| format!("reading {}", path.display()))?;
     // our own check first: duplicate JSON keys and bad byte ranges refused, by name
     let metadata: HashMap<String, String> =
-        crate::weights::check_safetensors_header(&bytes, &path.display().to_string())?
+        formats::weights::check_safetensors_header(&bytes, &path.display().to_string())?
             .into_iter()
             .collect();
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)

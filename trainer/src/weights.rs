@@ -1,6 +1,7 @@
-//! Weights I/O with timm key names: read `.safetensors` and PyTorch `.pth` / `.pt` /
-//! `.bin` checkpoints (a bare state dict or `{'model': ...}` / `{'state_dict': ...}`
-//! as the official DeiT files hold), check them against the model (a missing, extra
+//! Weights I/O with timm key names: turn the `.safetensors` and PyTorch `.pth` / `.pt` /
+//! `.bin` checkpoints that `formats::weights` reads (a bare state dict or
+//! `{'model': ...}` / `{'state_dict': ...}` as the official DeiT files hold) into
+//! tensors, check them against the model (a missing, extra
 //! or mis-shaped tensor is an error naming it, unless `partial`), resample
 //! `pos_embed` to a new image size as timm does, and save safetensors timm loads.
 
@@ -35,11 +36,6 @@ pub struct LoadReport {
     pub ignored_entries: Vec<String>,
 }
 
-pub(crate) mod pickle;
-pub(crate) mod pth;
-mod raw;
-mod st;
-
 /// What a weights file held: its tensors, and what was ignored in it.
 #[derive(Debug, Clone, Default)]
 pub struct WeightsFile {
@@ -52,9 +48,6 @@ pub struct WeightsFile {
     pub ignored: Vec<String>,
 }
 
-/// The first bytes of a zip archive (the format of `torch.save` since torch 1.6).
-const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
-
 /// Reads every tensor of a checkpoint as f32 on the CPU, keyed by timm names
 /// (`module.` prefixes of DataParallel checkpoints are stripped,
 /// `num_batches_tracked` counters dropped). See [`read_weights`].
@@ -62,96 +55,42 @@ pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     Ok(read_weights(path)?.tensors)
 }
 
-/// Reads a weights file: `.safetensors`, or a PyTorch checkpoint (the zip archive of
-/// torch 1.6 and later, or the legacy pickle stream of older versions; a bare state dict
-/// or `{'model': ...}` / `{'state_dict': ...}`). The format is told by the file's first
-/// bytes (a `.safetensors` name is always read as safetensors). Nothing in a pickle is
-/// executed; tensors with NaN or infinite values are refused, naming the tensor.
+/// Reads a weights file (`formats::weights::read_weights`: `.safetensors`, or a PyTorch
+/// checkpoint, told by the file's first bytes; nothing in a pickle is executed, tensors
+/// with NaN or infinite values are refused, naming the tensor) into CPU tensors, and
+/// logs each ignored entry as a warning.
 pub fn read_weights(path: &Path) -> Result<WeightsFile> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("weights file {} cannot be read", path.display()))?;
-    if !meta.is_file() {
-        bail!("weights file {} is not a regular file", path.display());
-    }
-    let bytes = formats::open::read_bounded(path, formats::open::WEIGHTS)
-        .with_context(|| format!("reading weights file {}", path.display()))?;
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let w = read_weights_bytes(&bytes, &path.display().to_string(), ext == "safetensors")?;
+    let host = formats::weights::read_weights(path)?;
+    let w = to_tensors(host, &path.display().to_string())?;
     for line in &w.ignored {
         tracing::warn!("{line}");
     }
     Ok(w)
 }
 
-/// [`read_weights`] on bytes in memory; `file` names them in errors. `safetensors`
-/// forces that format; otherwise it is told by the first bytes. Never panics, whatever
-/// the bytes (fuzzed in `tests/weights_fuzz.rs`).
+/// [`read_weights`] on bytes in memory (`formats::weights::read_weights_bytes`); `file`
+/// names them in errors. `safetensors` forces that format; otherwise it is told by the
+/// first bytes. Never panics, whatever the bytes (the readers are fuzzed in
+/// `formats/tests/weights_fuzz.rs`).
 pub fn read_weights_bytes(bytes: &[u8], file: &str, safetensors: bool) -> Result<WeightsFile> {
-    let (raw, ignored) =
-        if safetensors || (!bytes.starts_with(ZIP_MAGIC) && looks_safetensors(bytes)) {
-            (st::read(bytes, file)?, Vec::new())
-        } else if bytes.starts_with(ZIP_MAGIC) {
-            let e = pth::read_zip(bytes, file)?;
-            (e.tensors, e.ignored)
-        } else if bytes.first() == Some(&0x80) {
-            let e = pth::read_legacy(bytes, file)?;
-            (e.tensors, e.ignored)
-        } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
-            bail!("{file}: a tar-format checkpoint of torch < 0.1.10, which is not read");
-        } else {
-            bail!(
-                "{file} is neither a safetensors file nor a PyTorch checkpoint (a zip archive or \
-             a legacy pickle stream)"
-            );
-        };
+    to_tensors(
+        formats::weights::read_weights_bytes(bytes, file, safetensors)?,
+        file,
+    )
+}
+
+/// The host arrays of a weights file as f32 tensors on the CPU; `file` names it in errors.
+fn to_tensors(host: formats::weights::WeightsFile, file: &str) -> Result<WeightsFile> {
     let mut tensors = BTreeMap::new();
-    for t in raw {
-        let name = t
-            .name
-            .strip_prefix("module.")
-            .unwrap_or(&t.name)
-            .to_string();
-        if name.ends_with("num_batches_tracked") {
-            continue;
-        }
-        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-            bail!(
-                "{file}: tensor {name} holds a non-finite value ({} at element {i}): refused",
-                t.data[i]
-            );
-        }
+    for (name, t) in host.tensors {
         let tensor = Tensor::from_vec(t.data, t.shape.as_slice(), &Device::Cpu)
             .with_context(|| format!("{file}: tensor {name}"))?;
-        if tensors.insert(name.clone(), tensor).is_some() {
-            bail!("{file}: tensor {name} appears twice (with and without a `module.` prefix)");
-        }
+        tensors.insert(name, tensor);
     }
-    if tensors.is_empty() {
-        bail!("{file}: no tensors found");
-    }
-    Ok(WeightsFile { tensors, ignored })
-}
-
-/// Whether `bytes` start like a safetensors file (a plausible header length, then `{`).
-fn looks_safetensors(bytes: &[u8]) -> bool {
-    if bytes.len() < 9 {
-        return false;
-    }
-    let mut n = [0u8; 8];
-    n.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(n) <= (bytes.len() - 8) as u64 && bytes[8] == b'{'
-}
-
-/// Checks the header of a safetensors file held in `bytes` (length against the file,
-/// JSON without duplicate keys, every tensor's byte range) and returns its
-/// `__metadata__`; `file` names it in errors. For readers that hand the bytes to
-/// candle afterwards.
-pub fn check_safetensors_header(bytes: &[u8], file: &str) -> Result<BTreeMap<String, String>> {
-    Ok(st::check_header(bytes, file)?.metadata)
+    Ok(WeightsFile {
+        tensors,
+        ignored: host.ignored,
+    })
 }
 
 /// Copies `tensors` into the variables of `varmap` (built for `spec`).

@@ -241,7 +241,7 @@ fn decode(
     state: &mut TrainState,
     device: &Device,
 ) -> Result<()> {
-    let meta = crate::weights::check_safetensors_header(bytes, "rank 0's state")?;
+    let meta = formats::weights::check_safetensors_header(bytes, "rank 0's state")?;
     let tensors =
         candle_core::safetensors::load_buffer(bytes, device).context("reading rank 0's state")?;
     let get_meta = |k: &str| {

@@ -7,7 +7,7 @@
 //! and `args` are not used.
 //!
 //! The file is read through the project's own checkpoint reader
-//! (`weights::pth::Checkpoint`: the bounded unpickler that never runs code, every size
+//! (`formats::weights::pth::Checkpoint`: the bounded unpickler that never runs code, every size
 //! checked against the file before allocating, zip or legacy format); this module walks
 //! what the state-dict reader does not: `optimizer`'s nested, integer-keyed state,
 //! `model_ema` and `epoch`.
@@ -21,12 +21,12 @@
 
 use crate::models::{Arch, ModelSpec};
 use crate::optim::{no_weight_decay, AdamW};
-use crate::weights::pickle::{Obj, Value};
-use crate::weights::pth::{Checkpoint, RawTensor};
 use crate::weights::{load_state_dict_into, LoadOptions};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
+use formats::weights::pickle::{Obj, Value};
+use formats::weights::pth::{Checkpoint, RawTensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -77,7 +77,7 @@ struct Node<'a> {
 }
 
 impl<'a> Node<'a> {
-    fn pickle(&self) -> &'a crate::weights::pickle::Pickle {
+    fn pickle(&self) -> &'a formats::weights::pickle::Pickle {
         &self.ck.pickle
     }
     /// The (key, value) items of a dict.

@@ -6,14 +6,16 @@
 //! The normal test run tries `WEIGHTS_FUZZ_CASES` inputs per target (default 2000,
 //! well under a second); BENCHMARKS.md ("Fuzzing: weights readers") records the 100k run:
 //!
-//!     WEIGHTS_FUZZ_CASES=100000 cargo test --release -p trainer --test weights_fuzz
+//!     WEIGHTS_FUZZ_CASES=100000 cargo test --release -p formats --features weights --test weights_fuzz
+
+#![cfg(feature = "weights")]
 
 mod weights_util;
 
+use formats::weights::read_weights_bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::cell::Cell;
-use trainer::weights::read_weights_bytes;
 use weights_util::*;
 
 fn cases() -> u32 {

@@ -163,7 +163,7 @@ fn open_zip(bytes: &[u8], file: &str, storages: Storages) -> Result<Checkpoint> 
             pkls.len()
         ),
     };
-    let mut budget = formats::open::WEIGHTS.bytes;
+    let mut budget = crate::open::WEIGHTS.bytes;
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
     let order_name = format!("{prefix}byteorder");
     if names.contains(&order_name) {
@@ -351,7 +351,7 @@ const MAX_PICKLE: u64 = 1 << 30;
 /// declared size: a stored record must hold exactly its declared size; a deflated one must
 /// inflate to exactly its declared size, and inflation stops one byte past it. Every
 /// record's bytes also come out of `budget` (the weights-file limit,
-/// [`formats::open::WEIGHTS`]), so a deflate bomb cannot exceed what a stored file of the
+/// [`crate::open::WEIGHTS`]), so a deflate bomb cannot exceed what a stored file of the
 /// largest allowed size could hold.
 fn read_entry(
     zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
@@ -376,7 +376,7 @@ fn read_entry(
         size <= *budget,
         "{file}: record {name} declares {size} bytes, past the {} bytes all records of a \
          checkpoint may inflate to (the weights-file limit)",
-        formats::open::WEIGHTS.bytes
+        crate::open::WEIGHTS.bytes
     );
     *budget -= size;
     let mut out = Vec::new();
