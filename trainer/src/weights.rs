@@ -68,17 +68,6 @@ pub fn read_weights(path: &Path) -> Result<WeightsFile> {
     Ok(w)
 }
 
-/// [`read_weights`] on bytes in memory (`formats::weights::read_weights_bytes`); `file`
-/// names them in errors. `safetensors` forces that format; otherwise it is told by the
-/// first bytes. Never panics, whatever the bytes (the readers are fuzzed in
-/// `formats/tests/weights_fuzz.rs`).
-pub fn read_weights_bytes(bytes: &[u8], file: &str, safetensors: bool) -> Result<WeightsFile> {
-    to_tensors(
-        formats::weights::read_weights_bytes(bytes, file, safetensors)?,
-        file,
-    )
-}
-
 /// The host arrays of a weights file as f32 tensors on the CPU; `file` names it in errors.
 fn to_tensors(host: formats::weights::WeightsFile, file: &str) -> Result<WeightsFile> {
     let mut tensors = BTreeMap::new();

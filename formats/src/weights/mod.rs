@@ -75,14 +75,10 @@ pub fn read_weights_bytes(bytes: &[u8], file: &str, safetensors: bool) -> Result
         };
     let mut tensors = BTreeMap::new();
     for t in raw {
-        let name = t
-            .name
-            .strip_prefix("module.")
-            .unwrap_or(&t.name)
-            .to_string();
-        if name.ends_with("num_batches_tracked") {
+        let Some(name) = state_dict_key(&t.name) else {
             continue;
-        }
+        };
+        let name = name.to_string();
         if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
             bail!(
                 "{file}: tensor {name} holds a non-finite value ({} at element {i}): refused",
@@ -102,6 +98,14 @@ pub fn read_weights_bytes(bytes: &[u8], file: &str, safetensors: bool) -> Result
         bail!("{file}: no tensors found");
     }
     Ok(WeightsFile { tensors, ignored })
+}
+
+/// The name a state-dict entry is loaded under, or `None` for an entry that is skipped:
+/// DDP's `module.` prefix is dropped, and BatchNorm's `num_batches_tracked` counters (which
+/// no model here keeps) are skipped. One rule for weight files and main.py checkpoints.
+pub fn state_dict_key(name: &str) -> Option<&str> {
+    let name = name.strip_prefix("module.").unwrap_or(name);
+    (!name.ends_with("num_batches_tracked")).then_some(name)
 }
 
 /// Whether `bytes` start like a safetensors file (a plausible header length, then `{`).

@@ -139,14 +139,10 @@ impl<'a> Node<'a> {
             .with_context(|| what.to_string())?;
         let mut out = BTreeMap::new();
         for t in e.tensors {
-            let name = t
-                .name
-                .strip_prefix("module.")
-                .unwrap_or(&t.name)
-                .to_string();
-            if name.ends_with("num_batches_tracked") {
+            let Some(name) = formats::weights::state_dict_key(&t.name) else {
                 continue;
-            }
+            };
+            let name = name.to_string();
             let w = format!("{what}[{name:?}]");
             out.insert(name, raw_tensor(t, &w)?);
         }
