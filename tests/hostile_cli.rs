@@ -9,29 +9,12 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::hostile::{p, run, run_err, run_err_with_stdout, run_ok};
-
-/// A small ImageFolder set (2 classes, 3 train + 1 val each).
-fn synth(dir: &Path) {
-    run_ok(&[
-        "synth",
-        "--out",
-        p(dir),
-        "--classes",
-        "2",
-        "--train-per-class",
-        "3",
-        "--val-per-class",
-        "1",
-        "--seed",
-        "3",
-    ]);
-}
+use common::hostile::{p, run, run_err, run_err_with_stdout, run_ok, synth_two_classes};
 
 /// Synth + shard (raw records, max side 40); returns the shard root.
 fn shards(tmp: &Path) -> PathBuf {
     let folder = tmp.join("folder");
-    synth(&folder);
+    synth_two_classes(&folder, 3, 3);
     let out = tmp.join("shards");
     run_ok(&[
         "shard",
@@ -71,7 +54,7 @@ fn write_list(path: &Path, rows: &[(&Path, &str)]) {
 fn split_names_never_leave_out() {
     let tmp = tempfile::tempdir().unwrap();
     let folder = tmp.path().join("folder");
-    synth(&folder);
+    synth_two_classes(&folder, 3, 3);
     let imgs = images(&folder);
     let list = tmp.path().join("list.tsv");
     write_list(&list, &[(&imgs[0], "0"), (&imgs[1], "1")]);
@@ -111,7 +94,7 @@ fn split_names_never_leave_out() {
 fn list_files_with_huge_mixed_or_repeated_labels_are_refused_by_line() {
     let tmp = tempfile::tempdir().unwrap();
     let folder = tmp.path().join("folder");
-    synth(&folder);
+    synth_two_classes(&folder, 3, 3);
     let imgs = images(&folder);
     let list = tmp.path().join("list.tsv");
     let out = tmp.path().join("out");
@@ -148,7 +131,7 @@ fn fifos_device_links_and_link_cycles_are_skipped_and_listed() {
     use std::os::unix::fs::symlink;
     let tmp = tempfile::tempdir().unwrap();
     let folder = tmp.path().join("folder");
-    synth(&folder);
+    synth_two_classes(&folder, 3, 3);
     let class = images(&folder)[0].parent().unwrap().to_path_buf();
     let fifo = class.join("x.jpg");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
@@ -229,7 +212,7 @@ fn manifests_that_disagree_with_the_index_or_the_folder_are_refused() {
 fn inspect_escapes_names_and_dump_stays_under_out() {
     let tmp = tempfile::tempdir().unwrap();
     let folder = tmp.path().join("folder");
-    synth(&folder);
+    synth_two_classes(&folder, 3, 3);
     let imgs = images(&folder);
     let list = tmp.path().join("list.tsv");
     write_list(

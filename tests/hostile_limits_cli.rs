@@ -10,23 +10,7 @@ use std::process::Output;
 
 mod common;
 
-use common::hostile::{p, run, run_err, run_ok};
-
-fn synth(dir: &Path) {
-    run_ok(&[
-        "synth",
-        "--out",
-        p(dir),
-        "--classes",
-        "2",
-        "--train-per-class",
-        "2",
-        "--val-per-class",
-        "1",
-        "--seed",
-        "4",
-    ]);
-}
+use common::hostile::{p, run, run_err, run_ok, synth_two_classes};
 
 /// `predict` flags for the committed 32 px DeiT fixture (bare weights, heads given).
 fn predict_args(weights_dir: &Path) -> Vec<String> {
@@ -53,7 +37,7 @@ fn predict(weights_dir: &Path, image: &Path) -> Output {
 fn empty_class_folders_are_refused_by_name_or_kept_with_their_ids() {
     let tmp = tempfile::tempdir().unwrap();
     let folder = tmp.path().join("folder");
-    synth(&folder);
+    synth_two_classes(&folder, 2, 4);
     // 10,000 empty class folders sorted before the two real ones.
     for i in 0..10_000 {
         std::fs::create_dir(folder.join(format!("train/a{i:05}"))).unwrap();
@@ -180,7 +164,7 @@ fn progressive_jpeg(bands: u8) -> Vec<u8> {
 /// An ImageFolder of two classes holding `files` plus one ordinary image each.
 fn folder_with(tmp: &Path, files: &[(&str, &[u8])]) -> PathBuf {
     let folder = tmp.join("folder");
-    synth(&folder);
+    synth_two_classes(&folder, 2, 4);
     for (name, bytes) in files {
         std::fs::write(folder.join("train").join(name), bytes).unwrap();
     }
@@ -196,20 +180,20 @@ fn skip_reasons(split: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_png_profile_inflating_to_3_gib_is_refused_by_shard_and_predict() {
+/// Shards a two-class folder holding `cases` (case `i` in class `i`, beside the ordinary
+/// images) and checks that exactly the failing case is skipped, its reason containing
+/// `reason`; then runs `predict` on each case's file alone: the passing one is classified,
+/// the failing one refused (exit 1) with its file named and `reason` said.
+fn refused_by_shard_and_predict(cases: [(&str, &[u8], bool); 2], reason: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let bomb = png_with_profile(3 << 10);
-    assert!(bomb.len() < 8 << 20, "{}", bomb.len()); // a few MB on disk
-    let ok = png_with_profile(1);
     let classes = synth_class_names();
-    let folder = folder_with(
-        tmp.path(),
-        &[
-            (&format!("{}/bomb.png", classes[0]), &bomb),
-            (&format!("{}/small_profile.png", classes[1]), &ok),
-        ],
-    );
+    let placed: Vec<(String, &[u8])> = cases
+        .iter()
+        .zip(&classes)
+        .map(|((name, bytes, _), class)| (format!("{class}/{name}"), *bytes))
+        .collect();
+    let files: Vec<(&str, &[u8])> = placed.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+    let folder = folder_with(tmp.path(), &files);
     let out = tmp.path().join("out");
     let text = run_ok(&["shard", "--input", p(&folder), "--out", p(&out)]);
     assert!(
@@ -217,59 +201,15 @@ fn a_png_profile_inflating_to_3_gib_is_refused_by_shard_and_predict() {
         "{text}"
     );
     let reasons = skip_reasons(&out.join("train"));
+    let (bad, _, _) = cases.iter().find(|c| !c.2).expect("one failing case");
     assert!(
         reasons
             .iter()
-            .any(|r| r.contains("bomb.png")
-                && r.contains("PNG iCCP chunk inflates past 1048576 bytes")),
+            .any(|r| r.contains(bad) && r.contains(reason)),
         "{reasons:?}"
     );
     // predict: the same policy, the file named.
-    let f = tmp.path().join("bomb.png");
-    std::fs::write(&f, &bomb).unwrap();
-    let o = predict(tmp.path(), &f);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("bomb.png") && stderr.contains("PNG iCCP chunk inflates past 1048576"),
-        "{stderr}"
-    );
-    let f = tmp.path().join("small_profile.png");
-    std::fs::write(&f, &ok).unwrap();
-    let o = predict(tmp.path(), &f);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-#[test]
-fn progressive_jpegs_over_the_scan_limit_are_refused_by_shard_and_predict() {
-    let tmp = tempfile::tempdir().unwrap();
-    let within = progressive_jpeg(49); // 99 scans
-    let over = progressive_jpeg(63); // 127 scans
-    let classes = synth_class_names();
-    let folder = folder_with(
-        tmp.path(),
-        &[
-            (&format!("{}/scans99.jpg", classes[0]), &within),
-            (&format!("{}/scans127.jpg", classes[1]), &over),
-        ],
-    );
-    let out = tmp.path().join("out");
-    let text = run_ok(&["shard", "--input", p(&folder), "--out", p(&out)]);
-    assert!(
-        text.contains("train: 5 records") && text.contains("1 skipped"),
-        "{text}"
-    );
-    let reasons = skip_reasons(&out.join("train"));
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("scans127.jpg") && r.contains("more than 100 scans")),
-        "{reasons:?}"
-    );
-    for (name, bytes, ok) in [
-        ("scans99.jpg", &within, true),
-        ("scans127.jpg", &over, false),
-    ] {
+    for (name, bytes, ok) in cases {
         let f = tmp.path().join(name);
         std::fs::write(&f, bytes).unwrap();
         let o = predict(tmp.path(), &f);
@@ -278,12 +218,33 @@ fn progressive_jpegs_over_the_scan_limit_are_refused_by_shard_and_predict() {
             assert!(o.status.success(), "{name}: {stderr}");
         } else {
             assert_eq!(o.status.code(), Some(1), "{stderr}");
-            assert!(
-                stderr.contains(name) && stderr.contains("more than 100 scans"),
-                "{stderr}"
-            );
+            assert!(stderr.contains(name) && stderr.contains(reason), "{stderr}");
         }
     }
+}
+
+#[test]
+fn a_png_profile_inflating_to_3_gib_is_refused_by_shard_and_predict() {
+    let bomb = png_with_profile(3 << 10);
+    assert!(bomb.len() < 8 << 20, "{}", bomb.len()); // a few MB on disk
+    let ok = png_with_profile(1);
+    refused_by_shard_and_predict(
+        [("bomb.png", &bomb, false), ("small_profile.png", &ok, true)],
+        "PNG iCCP chunk inflates past 1048576 bytes",
+    );
+}
+
+#[test]
+fn progressive_jpegs_over_the_scan_limit_are_refused_by_shard_and_predict() {
+    let within = progressive_jpeg(49); // 99 scans
+    let over = progressive_jpeg(63); // 127 scans
+    refused_by_shard_and_predict(
+        [
+            ("scans99.jpg", &within, true),
+            ("scans127.jpg", &over, false),
+        ],
+        "more than 100 scans",
+    );
 }
 
 /// The class folder names `synth` writes for two classes.

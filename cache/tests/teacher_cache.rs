@@ -16,7 +16,7 @@ use pipeline::view::{build_slot_view, ViewBuilder};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use trainer::models::{ForwardCtx, ModelSpec};
+use trainer::models::{Classifier, ForwardCtx, ModelSpec};
 use trainer::train::checkpoint::MODEL_FILE;
 use trainer::train::config::{DistillationType, ModelConfig, TrainConfig};
 use trainer::train::{train, TrainJob};
@@ -67,6 +67,19 @@ fn teacher_spec() -> ModelSpec {
         .with_num_classes(4)
         .with_img_size(32)
         .expect("img size")
+}
+
+/// The teacher a job runs, loaded from its weights file.
+fn job_teacher(j: &CacheJob) -> Box<dyn Classifier> {
+    let (_, teacher, _) = build_model(
+        &teacher_spec(),
+        Some(&j.teacher_weights),
+        &LoadOptions::default(),
+        &Device::Cpu,
+        0,
+    )
+    .expect("teacher");
+    teacher
 }
 
 fn config(seed: u64) -> TrainConfig {
@@ -133,14 +146,7 @@ fn rows_are_the_teachers_answers_on_the_pipelines_views() {
     cache.require_epochs(0..2).expect("epochs 0 and 1 complete");
     assert!(cache.require_epochs(0..3).is_err());
     let builder = ViewBuilder::new(&j.config.augment).expect("builder");
-    let (_, teacher, _) = build_model(
-        &teacher_spec(),
-        Some(&j.teacher_weights),
-        &LoadOptions::default(),
-        &Device::Cpu,
-        0,
-    )
-    .expect("teacher");
+    let teacher = job_teacher(&j);
     let (mut mixed, mut spread) = (0, 0);
     for epoch in 0..2u32 {
         let plan = EpochPlan::new(7, u64::from(epoch), src.len(), &j.config.plan).expect("plan");
@@ -195,14 +201,7 @@ fn overlapped_rows_equal_the_sequential_order() {
     assert_eq!((r.written, r.rows), (vec![0, 1, 2], 60));
     let src = open_data(&j.data).expect("data");
     let builder = ViewBuilder::new(&j.config.augment).expect("builder");
-    let (_, teacher, _) = build_model(
-        &teacher_spec(),
-        Some(&j.teacher_weights),
-        &LoadOptions::default(),
-        &Device::Cpu,
-        0,
-    )
-    .expect("teacher");
+    let teacher = job_teacher(&j);
     for epoch in 0..3u32 {
         let plan = EpochPlan::new(7, u64::from(epoch), src.len(), &j.config.plan).expect("plan");
         let pairs: Vec<usize> = (0..plan.num_pairs()).collect();

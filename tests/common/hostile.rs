@@ -91,3 +91,22 @@ pub fn run_err_with_stdout(args: &[&str]) -> (String, String) {
 pub fn run_err(args: &[&str]) -> String {
     run_err_with_stdout(args).1
 }
+
+/// `synth` of a small two-class ImageFolder into `dir`: `train_per_class` train images
+/// and one val image per class, from `seed`.
+pub fn synth_two_classes(dir: &Path, train_per_class: u32, seed: u64) {
+    let (train, seed) = (train_per_class.to_string(), seed.to_string());
+    run_ok(&[
+        "synth",
+        "--out",
+        p(dir),
+        "--classes",
+        "2",
+        "--train-per-class",
+        &train,
+        "--val-per-class",
+        "1",
+        "--seed",
+        &seed,
+    ]);
+}
