@@ -69,6 +69,10 @@ fn main() {
     let cli = Cli::parse();
     progress::init(cli.quiet);
     init_logging();
+    if let Err(msg) = kernels::isa::env_cap() {
+        eprintln!("error: {msg}");
+        std::process::exit(2);
+    }
     let result: anyhow::Result<()> = boundary::catch(|| match cli.command {
         Command::Synth(args) => cmd::synth::run(args),
         Command::Quickstart(args) => cmd::quickstart::run(args),

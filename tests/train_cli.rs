@@ -137,6 +137,57 @@ fn cuda_without_the_feature_is_a_clear_error() {
 }
 
 #[test]
+fn the_kernels_isa_is_recorded_and_a_bad_cap_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shards(tmp.path());
+    // Capped at the scalar level (every host has it): config.toml names the host and
+    // the cap, every metrics record the level the kernels ran at.
+    let run = tmp.path().join("scalar");
+    run_ok(
+        train_cmd(&data, &run)
+            .env("DEIT_PIPE_ISA", "scalar")
+            .args(["--set", "schedule.epochs=1"]),
+    );
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let host = cfg
+        .lines()
+        .find(|l| l.starts_with("# written on host: "))
+        .unwrap_or_else(|| panic!("no host line in config.toml:\n{cfg}"));
+    assert!(host.contains("isa scalar"), "{host}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(records.len() >= 2, "{metrics}");
+    for r in &records {
+        assert_eq!(r["isa"], "scalar", "{r}");
+    }
+    // The config still reads back (the host line is a comment).
+    run_ok(
+        bin()
+            .arg("eval")
+            .arg("--weights")
+            .arg(&run)
+            .arg("--data")
+            .arg(&data)
+            .arg("--json"),
+    );
+    // A cap that names no level is refused before anything runs, naming the variable.
+    let out = bin()
+        .env("DEIT_PIPE_ISA", "avx1024")
+        .args(["--quiet", "bench", "model", "--model", "deit_tiny"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DEIT_PIPE_ISA") && err.contains("avx1024") && err.contains("avx2"),
+        "{err}"
+    );
+}
+
+#[test]
 fn precision_flag_is_recorded_and_refused_for_convnets() {
     let tmp = tempfile::tempdir().unwrap();
     let data = shards(tmp.path());

@@ -10,6 +10,12 @@ PyPI pulls about 6 GB of CUDA libraries, only the CPU is used here). On a GPU ma
         --depth 12 --heads 3 --batch 64
     python tools/bench_timm_model.py --model resnet_tiny --img 32 --batch 32 --num-classes 10
     python tools/bench_timm_model.py --device cuda --model deit_tiny --img 224 --batch 128 --amp
+    python tools/bench_timm_model.py --model deit_tiny --img 224 --batch 8 --amp
+
+The CPU header line names torch's CPU capability (the widest ISA its kernels took) and
+the host (CPU model and ISA flags, as `deit-pipe bench` prints them), so figures from
+different hosts are not compared blindly. --amp on the CPU is torch's CPU autocast
+(bfloat16), the peer of `deit-pipe bench model --precision bf16`.
 
 Forward: eval mode under torch.no_grad (the mean of both heads). Train step: train mode,
 drop path 0.1, both heads (set_distilled_training), loss 0.5 * (CE(cls) + CE(dist)),
@@ -24,6 +30,7 @@ weights and optimizer), or float16 with a GradScaler (as the official DeiT main.
 TF32 stays off (torch's default for matmul), so fp32 is true fp32 as in candle.
 """
 import argparse
+import platform
 import resource
 import time
 
@@ -32,6 +39,25 @@ import torch.nn.functional as F
 import timm
 
 PINNED = torch.__version__.startswith("2.15") and timm.__version__ == "1.0.31"
+
+
+def host_line():
+    """CPU model and the SIMD flags that pick kernels, from /proc/cpuinfo (Linux)."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+    return f"{model} [{' '.join(f for f in wanted if f in flags)}]"
 
 
 def build(args):
@@ -81,7 +107,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--amp", action="store_true",
-                    help="torch.autocast mixed precision (cuda only)")
+                    help="torch.autocast mixed precision (CUDA, or the CPU with bfloat16)")
     ap.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default="bfloat16",
                     help="autocast dtype; float16 adds a GradScaler")
     args = ap.parse_args()
@@ -90,8 +116,8 @@ def main():
     elif not PINNED:
         print(f"warning: torch {torch.__version__}, timm {timm.__version__} "
               "(pinned: 2.15.x, 1.0.31)")
-    if args.amp and args.device != "cuda":
-        ap.error("--amp needs --device cuda")
+    if args.amp and args.device == "cpu" and args.amp_dtype != "bfloat16":
+        ap.error("--amp on the CPU takes --amp-dtype bfloat16 (CPU autocast's dtype)")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device")
     cuda = args.device == "cuda"
@@ -108,7 +134,7 @@ def main():
             torch.cuda.synchronize()
 
     def autocast():
-        return torch.autocast("cuda", dtype=amp_dtype, enabled=args.amp)
+        return torch.autocast(args.device, dtype=amp_dtype, enabled=args.amp)
 
     m.eval()
     with torch.no_grad():
@@ -160,7 +186,11 @@ def main():
         print(f"timm {args.model} img {args.img} batch {args.batch} device cuda "
               f"({torch.cuda.get_device_name()}){amp}, {params} params")
     else:
-        print(f"timm {args.model} img {args.img} batch {args.batch} threads {args.threads}, {params} params")
+        amp = f", amp {args.amp_dtype}" if args.amp else ", fp32"
+        print(f"timm {args.model} img {args.img} batch {args.batch} threads {args.threads}"
+              f"{amp}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
+              f"{params} params")
+        print(f"host: {host_line()}")
     print(f"forward (eval):             {fwd:8.1f} img/s")
     print(f"train step (fwd+bwd+AdamW): {train:8.1f} img/s")
     if cuda:

@@ -57,6 +57,8 @@ pub struct Args {
 
 /// Runs one benchmark of the group.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Every bench names the host first: figures from other CPUs are not comparable.
+    println!("host: {}", kernels::isa::host().line());
     match args.which {
         Which::Loader(a) => {
             let augment = match &a.augment {

@@ -62,7 +62,8 @@ pub struct Args {
     #[arg(long)]
     pub forward_only: bool,
     /// Compute precision (f32, or bf16 mixed precision for a DeiT; auto = f32 on the
-    /// CPU). bf16 on the CPU is slower than f32 (candle widens bf16 products to f32).
+    /// CPU). bf16 on the CPU rounds the products' operands in the fused kernels (about
+    /// f32's speed); with --no-fused it runs candle's bf16 ops, several times slower.
     #[arg(long, default_value = "f32", value_parser = super::train::parse_precision)]
     pub precision: PrecisionMode,
     /// cpu, cuda or cuda:N (cuda needs a build with --features cuda; see tools/build-cuda.sh).
@@ -190,6 +191,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             format!(", device {}", args.device)
         }
     );
+    if device.is_cpu() {
+        println!(
+            "kernels: {}{}",
+            kernels::chosen(),
+            if fused_on {
+                ""
+            } else {
+                " (fused kernels off: candle's ops)"
+            }
+        );
+    }
     println!("forward (eval):            {fwd:8.1} img/s");
     if let Some(tr) = train {
         println!("train step (fwd+bwd+AdamW): {tr:8.1} img/s");

@@ -151,9 +151,11 @@ fn main() {
     attention(&mut cases, "vit32 b64 attn", 64 * 3, 66, 64);
 
     assert!(sgemm::available(), "this bench needs AVX2 and FMA");
+    println!("host: {}", kernels::isa::host().line());
     println!(
-        "candle {} matmul and ours (sgemm), {} rayon threads: median of 9 rounds",
+        "candle {} matmul and ours (sgemm {}), {} rayon threads: median of 9 rounds",
         env!("CARGO_PKG_VERSION"),
+        sgemm::kernel().map_or("none", |k| k.describe()),
         rayon::current_num_threads()
     );
     println!("{:<52} {:>22} {:>22}", "", "candle", "ours");

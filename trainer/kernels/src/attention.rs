@@ -16,6 +16,11 @@
 //! and a backward that finds nothing kept (a second backward through the same graph)
 //! recomputes them.
 //!
+//! bf16 ([`ProductPrecision::Bf16`]): the four products of the backward and the two of the
+//! forward take bf16-rounded operands (qkv, the attention matrix, the output gradient
+//! and the scores' gradient), summed in f32; the softmax and its backward stay f32 on
+//! the unrounded matrix.
+//!
 //! Determinism: each output element is computed by one task, in an order that does not
 //! depend on scheduling, so results are the same for any thread count.
 
@@ -24,12 +29,24 @@ use rayon::prelude::*;
 
 use super::conv_gemm::gemm_raw;
 use super::fused::{slice_f32, softmax_bwd_row, softmax_row, Stash};
+use super::precision::{operand, round_for, ProductPrecision};
 
 /// Attention over `qkv` `(B, N, 3D)` with `heads` heads (`D` divisible by it) and scale
 /// `scale` (timm: `head_dim^-0.5`); returns `(B, N, D)`, heads concatenated. Differentiable
 /// in `qkv`. CPU, f32 only (the caller checks, see [`super::fused::enabled`]). `train`:
 /// a backward will follow, so keep the attention matrices for it.
 pub fn attention(qkv: &Tensor, heads: usize, scale: f64, train: bool) -> Result<Tensor> {
+    attention_in(qkv, heads, scale, train, ProductPrecision::F32)
+}
+
+/// [`attention`] with its products (forward and backward) in `precision`.
+pub fn attention_in(
+    qkv: &Tensor,
+    heads: usize,
+    scale: f64,
+    train: bool,
+    precision: ProductPrecision,
+) -> Result<Tensor> {
     let (_, _, c3) = qkv.dims3()?;
     if heads == 0 || c3 % (3 * heads) != 0 {
         candle_core::bail!("attention: qkv width {c3} is not 3 x heads ({heads}) x head dim");
@@ -39,6 +56,7 @@ pub fn attention(qkv: &Tensor, heads: usize, scale: f64, train: bool) -> Result<
         scale: scale as f32,
         keep: train && qkv.track_op(),
         kept: Stash::default(),
+        precision,
     })
 }
 
@@ -49,6 +67,8 @@ struct AttentionOp {
     keep: bool,
     /// The forward's attention matrices, pair after pair, taken by the backward.
     kept: Stash,
+    /// The products' precision.
+    precision: ProductPrecision,
 }
 
 /// The sizes of one call and where each (image, head) pair's operands start.
@@ -108,7 +128,8 @@ impl SharedOut {
     }
 }
 
-/// `p = softmax(scale · q·kᵀ)` of pair `t` into `p` (`n x n`, row-major).
+/// `p = softmax(scale · q·kᵀ)` of pair `t` into `p` (`n x n`, row-major); `qkv` as the
+/// product reads it (rounded for bf16).
 fn probabilities(qkv: &[f32], g: &Geometry, t: usize, scale: f32, p: &mut [f32]) {
     let (n, hd, ld) = (g.n, g.hd, 3 * g.d);
     let q = g.q_at(t);
@@ -135,7 +156,8 @@ impl CustomOp1 for AttentionOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv = slice_f32(s, l, "attention qkv")?;
+        let qkv = operand(slice_f32(s, l, "attention qkv")?, self.precision);
+        let qkv = &qkv[..];
         let g = Geometry::new(l, self.heads)?;
         let len = g.b * g.n * g.d;
         let mut out: Vec<f32> = Vec::with_capacity(len);
@@ -144,6 +166,7 @@ impl CustomOp1 for AttentionOp {
         // Pair t: its attention matrix into `p`, then `p · v` into its block of `out`.
         let pair = |t: usize, p: &mut [f32]| {
             probabilities(qkv, &g, t, self.scale, p);
+            let p = operand(p, self.precision);
             // SAFETY: pair t writes rows [b·n, (b+1)·n) x columns [h·hd, (h+1)·hd) of the
             // (B·N, D) output, which no other pair writes; `out` has capacity for all of
             // them.
@@ -151,7 +174,7 @@ impl CustomOp1 for AttentionOp {
                 gemm_raw(
                     (dst.at(g.o_at(t)), g.d),
                     (g.n, g.hd, g.n),
-                    (p, g.n, false),
+                    (&p, g.n, false),
                     (&qkv[g.q_at(t) + 2 * g.d..], 3 * g.d, false),
                     1.0,
                     false,
@@ -184,6 +207,7 @@ impl CustomOp1 for AttentionOp {
                 heads: self.heads,
                 scale: self.scale,
                 kept,
+                precision: self.precision,
             },
         )?))
     }
@@ -195,6 +219,8 @@ struct AttentionBwd {
     scale: f32,
     /// The forward's attention matrices, if it kept them (else recomputed per pair).
     kept: Option<Vec<f32>>,
+    /// The products' precision.
+    precision: ProductPrecision,
 }
 
 impl CustomOp2 for AttentionBwd {
@@ -212,6 +238,9 @@ impl CustomOp2 for AttentionBwd {
         let qkv = slice_f32(s1, l1, "attention_bwd qkv")?;
         let dout = slice_f32(s2, l2, "attention_bwd grad")?;
         let g = Geometry::new(l1, self.heads)?;
+        // The operands as the products read them (rounded once for bf16).
+        let (qkv, dout) = (operand(qkv, self.precision), operand(dout, self.precision));
+        let (qkv, dout) = (&qkv[..], &dout[..]);
         if l2.shape().dims() != [g.b, g.n, g.d] {
             candle_core::bail!(
                 "attention_bwd: grad {:?} does not match qkv {:?}",
@@ -241,6 +270,7 @@ impl CustomOp2 for AttentionBwd {
                         scratch
                     }
                 };
+                let p_operand = operand(p, self.precision);
                 // SAFETY (the four products): pair t writes rows [b·n, (b+1)·n) x columns
                 // [h·hd, (h+1)·hd) of each of the three D-wide blocks of the (B·N, 3D)
                 // gradient (dq, dk, dv), which no other pair writes; `out` has capacity for
@@ -250,7 +280,7 @@ impl CustomOp2 for AttentionBwd {
                     gemm_raw(
                         (dst.at(q + 2 * d), 3 * d),
                         (n, hd, n),
-                        (p, n, true),
+                        (&p_operand, n, true),
                         (&dout[o..], d, false),
                         1.0,
                         false,
@@ -269,6 +299,7 @@ impl CustomOp2 for AttentionBwd {
                 for (drow, prow) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
                     softmax_bwd_row(prow, drow);
                 }
+                round_for(ds, self.precision);
                 // SAFETY: as above.
                 unsafe {
                     // dq = scale · ds · k
@@ -317,6 +348,49 @@ mod tests {
         let v = qkv.get(2)?.contiguous()?;
         let a = candle_nn::ops::softmax(&q.matmul(&k.t()?)?, D::Minus1)?;
         a.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))
+    }
+
+    #[test]
+    fn bf16_products_round_their_operands_and_stay_near_f32() -> Result<()> {
+        use crate::precision::rounded_tensor;
+        let (b, n, heads, hd) = (2, 9, 3, 8);
+        let dev = Device::Cpu;
+        let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.5, (b, n, 3 * heads * hd), &dev)?)?;
+        let w = Tensor::randn(0f32, 1.0, (b, n, heads * hd), &dev)?;
+        let scale = (hd as f64).powf(-0.5);
+        let bf16 = attention_in(qkv.as_tensor(), heads, scale, true, ProductPrecision::Bf16)?;
+        // Forward: scale · q·kᵀ on rounded q, k; softmax in f32; the matrix rounded, times
+        // the rounded v.
+        let r = rounded_tensor(qkv.as_tensor())?.reshape((b, n, 3, heads, hd))?;
+        let r = r.permute((2, 0, 3, 1, 4))?;
+        let (q, k, v) = (
+            r.get(0)?.contiguous()?,
+            r.get(1)?.contiguous()?,
+            r.get(2)?.contiguous()?,
+        );
+        let a = candle_nn::ops::softmax(&(q.matmul(&k.t()?)? * scale)?, D::Minus1)?;
+        let want = rounded_tensor(&a)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, n, heads * hd))?;
+        let fwd = max_abs_diff(&bf16, &want);
+        assert!(fwd < 1e-5, "forward differs by {fwd}");
+        // Backward: within bf16's rounding of the f32 gradient, and not equal to it.
+        let f32_out = attention(qkv.as_tensor(), heads, scale, true)?;
+        let g32 = (f32_out * &w)?.sum_all()?.backward()?;
+        let g16 = (bf16 * &w)?.sum_all()?.backward()?;
+        let (a, e) = (g16.get(&qkv).expect("bf16"), g32.get(&qkv).expect("f32"));
+        let peak = e.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = max_abs_diff(a, e);
+        assert!(
+            diff < 0.02 * peak,
+            "bf16 gradient off by {diff} (peak {peak})"
+        );
+        assert!(
+            diff > 0.0,
+            "bf16 gradient equals f32's: nothing was rounded"
+        );
+        Ok(())
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! convolution as im2col + GEMM ([`conv_gemm`]), the linear layer as one product
 //! ([`linear_op`]), DeiT's attention ([`attention`]), and fused element-wise, norm and
 //! softmax ops ([`fused`], [`fused_bn`]), each a candle `CustomOp` with a hand-written
-//! backward. CPU and f32 only; [`fused::enabled`] tells a caller when to use them,
+//! backward. [`isa`] picks each kernel's instruction set at run time (AVX-512, AVX2 or
+//! none; `DEIT_PIPE_ISA` caps it). CPU and f32 tensors only, the products optionally on
+//! bf16-rounded operands ([`precision`]); [`fused::enabled`] tells a caller when to use them,
 //! [`fused::set_enabled`] switches them off so tests and benchmarks can compare them
 //! with candle's composite ops.
 //!
@@ -14,5 +16,17 @@ pub mod attention;
 pub mod conv_gemm;
 pub mod fused;
 pub mod fused_bn;
+pub mod isa;
 pub mod linear_op;
+pub mod precision;
 pub mod sgemm;
+
+/// The kernels this process runs, for reports: `gemm avx512 12x32, element-wise avx512`
+/// (`gemm crate` where [`sgemm`] has no kernel).
+pub fn chosen() -> String {
+    let gemm = match sgemm::kernel() {
+        Some(k) => k.describe().to_string(),
+        None => "gemm crate".to_string(),
+    };
+    format!("gemm {gemm}, element-wise {}", isa::active())
+}

@@ -8,17 +8,32 @@
 //! an activation-sized tensor (a DeiT block has four linear layers). Here there is one node;
 //! its backward is two products on the operands as they lie (`dx = dy·W`,
 //! `dW = dyᵀ·x`, through `gemm` with strides, no copies) and a column sum for `db`.
+//!
+//! Every product can take bf16 operands ([`ProductPrecision::Bf16`], autocast's contract,
+//! see [`super::precision`]): forward `x` and `W` rounded, backward `dy` with `W` and
+//! `dy` with `x` rounded, all summed in f32.
 
 use super::conv_gemm::gemm_raw;
 use super::fused::{
     add_to_rows, gelu_values, gelu_values_in_place, slice_f32, ColumnSum, GeluBwd, Stash,
 };
+use super::precision::{operand, ProductPrecision};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `x·Wᵀ + b` for `x` `(..., in)`, `w` `(out, in)` and an optional `b` `(out)`; the
 /// output is `(..., out)`. Differentiable in all three. CPU, f32 only (the caller checks,
 /// see [`super::fused::enabled`]).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_in(x, w, b, ProductPrecision::F32)
+}
+
+/// [`linear`] with its products (forward and backward) in `precision`.
+pub fn linear_in(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    precision: ProductPrecision,
+) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     if x.dims().last() != Some(&inp) {
         candle_core::bail!("linear: input {:?} does not end in {inp}", x.dims());
@@ -29,13 +44,16 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         }
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let op = LinearOp { precision };
     match b {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearOp),
-        None => x.apply_op2(&w, LinearOp),
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
     }
 }
 
-struct LinearOp;
+struct LinearOp {
+    precision: ProductPrecision,
+}
 
 /// `(rows, in, out)` of a call and the output shape.
 fn sizes(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize, Shape)> {
@@ -49,12 +67,15 @@ fn sizes(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize, Shape)> {
 }
 
 /// `lhs x rhs` (`m x k` by `k x n`, operands as [`gemm_raw`] takes them) into a new
-/// row-major `m x n` buffer, split over rayon's threads.
+/// row-major `m x n` buffer, split over rayon's threads, the operands read in `precision`.
 fn product(
     (m, n, k): (usize, usize, usize),
-    lhs: (&[f32], usize, bool),
-    rhs: (&[f32], usize, bool),
+    (lhs, lhs_ld, lhs_t): (&[f32], usize, bool),
+    (rhs, rhs_ld, rhs_t): (&[f32], usize, bool),
+    precision: ProductPrecision,
 ) -> Vec<f32> {
+    let (lhs, rhs) = (operand(lhs, precision), operand(rhs, precision));
+    let (lhs, rhs) = ((&lhs[..], lhs_ld, lhs_t), (&rhs[..], rhs_ld, rhs_t));
     let len = m * n;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     // SAFETY: the product writes all `m x n` elements of the spare capacity (row stride
@@ -78,24 +99,37 @@ fn forward(
     (sx, lx): (&CpuStorage, &Layout),
     (sw, lw): (&CpuStorage, &Layout),
     b: Option<(&CpuStorage, &Layout)>,
+    precision: ProductPrecision,
 ) -> Result<(CpuStorage, Shape)> {
     let (rows, inp, out, shape) = sizes(lx, lw)?;
     let (x, w) = (
         slice_f32(sx, lx, "linear x")?,
         slice_f32(sw, lw, "linear w")?,
     );
-    let mut y = product((rows, out, inp), (x, inp, false), (w, inp, true));
+    let mut y = product((rows, out, inp), (x, inp, false), (w, inp, true), precision);
     if let Some((sb, lb)) = b {
         add_to_rows(&mut y, slice_f32(sb, lb, "linear bias")?);
     }
     Ok((CpuStorage::F32(y), shape))
 }
 
-/// `(dx, dW)` from the output gradient (both trait impls).
-fn input_and_weight_grads(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+/// `(dx, dW)` from the output gradient (both trait impls), products in `precision`.
+fn input_and_weight_grads(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    precision: ProductPrecision,
+) -> Result<(Tensor, Tensor)> {
     Ok((
-        g.apply_op2_no_bwd(w, &InputGrad)?.reshape(x.shape())?,
-        g.apply_op2_no_bwd(x, &WeightGrad { inp: w.dim(1)? })?,
+        g.apply_op2_no_bwd(w, &InputGrad { precision })?
+            .reshape(x.shape())?,
+        g.apply_op2_no_bwd(
+            x,
+            &WeightGrad {
+                inp: w.dim(1)?,
+                precision,
+            },
+        )?,
     ))
 }
 
@@ -111,7 +145,7 @@ impl CustomOp2 for LinearOp {
         sw: &CpuStorage,
         lw: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        forward((sx, lx), (sw, lw), None)
+        forward((sx, lx), (sw, lw), None, self.precision)
     }
 
     fn bwd(
@@ -121,7 +155,7 @@ impl CustomOp2 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = input_and_weight_grads(x, w, &grad.contiguous()?)?;
+        let (dx, dw) = input_and_weight_grads(x, w, &grad.contiguous()?, self.precision)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -140,7 +174,7 @@ impl CustomOp3 for LinearOp {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        forward((sx, lx), (sw, lw), Some((sb, lb)))
+        forward((sx, lx), (sw, lw), Some((sb, lb)), self.precision)
     }
 
     fn bwd(
@@ -152,7 +186,7 @@ impl CustomOp3 for LinearOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
-        let (dx, dw) = input_and_weight_grads(x, w, &g)?;
+        let (dx, dw) = input_and_weight_grads(x, w, &g, self.precision)?;
         let db = g.apply_op1_no_bwd(&ColumnSum { d: w.dim(0)? })?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
@@ -167,6 +201,17 @@ impl CustomOp3 for LinearOp {
 /// one more graph node: another output buffer forward, and backward a zeroed gradient
 /// buffer and an add for the product's output.
 pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor, train: bool) -> Result<Tensor> {
+    linear_gelu_in(x, w, b, train, ProductPrecision::F32)
+}
+
+/// [`linear_gelu`] with its products (forward and backward) in `precision`.
+pub fn linear_gelu_in(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    train: bool,
+    precision: ProductPrecision,
+) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     if x.dims().last() != Some(&inp) || b.dims() != [out] {
         candle_core::bail!(
@@ -184,6 +229,7 @@ pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor, train: bool) -> Result<Te
         LinearGeluOp {
             keep,
             kept: Stash::default(),
+            precision,
         },
     )
 }
@@ -193,6 +239,8 @@ struct LinearGeluOp {
     keep: bool,
     /// The forward's pre-activation, taken by the backward.
     kept: Stash,
+    /// The products' precision.
+    precision: ProductPrecision,
 }
 
 impl CustomOp3 for LinearGeluOp {
@@ -209,7 +257,7 @@ impl CustomOp3 for LinearGeluOp {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (pre, shape) = forward((sx, lx), (sw, lw), Some((sb, lb)))?;
+        let (pre, shape) = forward((sx, lx), (sw, lw), Some((sb, lb)), self.precision)?;
         let CpuStorage::F32(mut y) = pre else {
             candle_core::bail!("linear_gelu: f32 only");
         };
@@ -233,17 +281,19 @@ impl CustomOp3 for LinearGeluOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let pre = match self.kept.take() {
             Some(pre) => Tensor::from_vec(pre, res.shape(), res.device())?,
-            None => linear(&x.detach(), &w.detach(), Some(&b.detach()))?,
+            None => linear_in(&x.detach(), &w.detach(), Some(&b.detach()), self.precision)?,
         };
         let dpre = pre.apply_op2_no_bwd(&grad.contiguous()?, &GeluBwd)?;
-        let (dx, dw) = input_and_weight_grads(x, w, &dpre)?;
+        let (dx, dw) = input_and_weight_grads(x, w, &dpre, self.precision)?;
         let db = dpre.apply_op1_no_bwd(&ColumnSum { d: w.dim(0)? })?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
 /// `dx = dy·W`: `(rows, out) x (out, in)`, returned as `(rows, in)` (the caller reshapes).
-struct InputGrad;
+struct InputGrad {
+    precision: ProductPrecision,
+}
 
 impl CustomOp2 for InputGrad {
     fn name(&self) -> &'static str {
@@ -263,7 +313,12 @@ impl CustomOp2 for InputGrad {
             slice_f32(sw, lw, "linear w")?,
         );
         let rows = g.len() / out.max(1);
-        let dx = product((rows, inp, out), (g, out, false), (w, inp, false));
+        let dx = product(
+            (rows, inp, out),
+            (g, out, false),
+            (w, inp, false),
+            self.precision,
+        );
         Ok((CpuStorage::F32(dx), Shape::from((rows, inp))))
     }
 }
@@ -271,6 +326,7 @@ impl CustomOp2 for InputGrad {
 /// `dW = dyᵀ·x`: `(out, rows) x (rows, in)`.
 struct WeightGrad {
     inp: usize,
+    precision: ProductPrecision,
 }
 
 impl CustomOp2 for WeightGrad {
@@ -292,7 +348,12 @@ impl CustomOp2 for WeightGrad {
         );
         let rows = x.len() / inp.max(1);
         let out = g.len() / rows.max(1);
-        let dw = product((out, inp, rows), (g, out, true), (x, inp, false));
+        let dw = product(
+            (out, inp, rows),
+            (g, out, true),
+            (x, inp, false),
+            self.precision,
+        );
         Ok((CpuStorage::F32(dw), Shape::from((out, inp))))
     }
 }
@@ -301,6 +362,7 @@ impl CustomOp2 for WeightGrad {
 mod tests {
     use super::*;
     use crate::fused::max_abs_diff;
+    use crate::precision::rounded_tensor as rounded;
     use candle_core::{Device, Var};
 
     #[test]
@@ -370,6 +432,53 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_products_are_f32_products_of_rounded_operands() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 7, 48), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (40, 48), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 40, &dev)?)?;
+        let probe = Tensor::randn(0f32, 1.0, (2, 7, 40), &dev)?;
+        let (x2, xr, wr) = (
+            x.reshape((14, 48))?,
+            rounded(&x.reshape((14, 48))?)?,
+            rounded(w.as_tensor())?,
+        );
+        let want = xr.matmul(&wr.t()?)?.broadcast_add(b.as_tensor())?;
+        // Gradients: dy rounded, times the rounded other operand; db the f32 column sum.
+        let dy = probe.reshape((14, 40))?;
+        let dyr = rounded(&dy)?;
+        let want_dx = dyr.matmul(&wr)?;
+        let want_dw = dyr.t()?.matmul(&xr)?;
+        let want_db = dy.sum(0)?;
+        let y = linear_in(
+            x.as_tensor(),
+            w.as_tensor(),
+            Some(b.as_tensor()),
+            ProductPrecision::Bf16,
+        )?;
+        assert!(max_abs_diff(&y.reshape((14, 40))?, &want) < 1e-5);
+        // Not the f32 layer: the rounding shows.
+        let f32_y = linear(&x2, w.as_tensor(), Some(b.as_tensor()))?;
+        assert!(max_abs_diff(&f32_y, &want) > 1e-4);
+        let g = (y * &probe)?.sum_all()?.backward()?;
+        let dx = g.get(&x).expect("dx").reshape((14, 48))?;
+        assert!(max_abs_diff(&dx, &want_dx) < 1e-5);
+        assert!(max_abs_diff(g.get(&w).expect("dw"), &want_dw) < 1e-4);
+        assert!(max_abs_diff(g.get(&b).expect("db"), &want_db) < 1e-5);
+        // The fused GELU layer: the same products, then GELU.
+        let h = linear_gelu_in(
+            x.as_tensor(),
+            w.as_tensor(),
+            b.as_tensor(),
+            true,
+            ProductPrecision::Bf16,
+        )?;
+        let want_h = crate::fused::gelu(&want)?;
+        assert!(max_abs_diff(&h.reshape((14, 40))?, &want_h) < 1e-5);
         Ok(())
     }
 

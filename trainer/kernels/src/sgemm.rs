@@ -1,8 +1,10 @@
-//! Single-precision matrix product for x86-64 CPUs with AVX2 and FMA: operands packed
-//! into panels (BLIS's scheme) and a 6x16 register-blocked kernel written with
-//! `std::arch` intrinsics. Every linear layer, attention product and convolution of the
-//! CPU models runs through it ([`super::conv_gemm::gemm_raw`] calls it when the CPU has
-//! AVX2 and FMA, and the `gemm` crate otherwise).
+//! Single-precision matrix product for x86-64 CPUs with AVX2 and FMA or AVX-512:
+//! operands packed into panels (BLIS's scheme) and a register-blocked kernel written with
+//! `std::arch` intrinsics, 6x16 in twelve 256-bit registers (AVX2) or 12x32 in 24 512-bit
+//! registers (AVX-512), chosen at run time by [`super::isa::active`]. Every linear layer,
+//! attention product and convolution of the CPU models runs through it
+//! ([`super::conv_gemm::gemm_raw`] calls it when [`available`], and the `gemm` crate
+//! otherwise).
 //!
 //! Why by hand: the `gemm` crate (candle's CPU matmul) reached 134-136 GFLOP/s over the
 //! products of a DeiT train step on this 2-core machine against PyTorch's 152-153, 1.3-1.5x
@@ -18,7 +20,7 @@
 //! `n`; each block of `B` is copied once into `NR`-column panels (`k`-major, zero-padded);
 //! a transposed `A` is copied `MC x KC` at a time into `MR`-row panels, a non-transposed
 //! one is read in place (only its last partial panel is copied). The kernel multiplies one
-//! `A` panel by one `B` panel with the 6x16 tile of `C` in twelve AVX registers. Packing
+//! `A` panel by one `B` panel with its `MR x NR` tile of `C` in registers. Packing
 //! reads either layout of either operand, so no caller copies. With several threads the
 //! product is cut into one sub-product per thread (a range of rows or of columns of `C`),
 //! each run whole by its thread; every element of `C` is summed in the same order whatever
@@ -27,41 +29,74 @@
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-/// Rows of the register tile.
-const MR: usize = 6;
-/// Columns of the register tile (two AVX registers).
-const NR: usize = 16;
+use super::isa::{self, Isa};
 /// Depth of one packed block. Each block past the first reloads and rewrites the tile of
 /// `C`: on the DeiT products (`k` up to 4224) 256 gave 167-178 GFLOP/s, 512 gave 191 and
 /// 768 gave 191-194, 1024 and more less (`gemm_shapes`, 2 threads, 2026-12-05). A `B`
 /// panel is then 48 KiB, streamed through L1 by the prefetcher.
 const KC: usize = 768;
 /// Rows of one packed `A` block (`MC x KC`, 432 KiB, stays in this CPU's 1 MiB L2; 72 and
-/// 288 measured the same).
+/// 288 measured the same); rounded down to a multiple of the kernel's `MR`.
 const MC: usize = 144;
 /// Columns of one packed `B` block.
 const NC: usize = 3072;
 /// Products below this many multiply-adds run on the calling thread only.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
-/// True when this CPU runs the kernel (x86-64 with AVX2 and FMA) and the environment
-/// does not set `DEIT_PIPE_SGEMM=off` (which sends every product to the `gemm` crate, for
-/// A/B measurements).
+/// One of our register-blocked kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// 6x16 tile, AVX2 and FMA.
+    Avx2,
+    /// 12x32 tile, AVX-512 F with FMA.
+    Avx512,
+}
+
+impl Kernel {
+    /// The kernel for an instruction-set level (none below AVX2).
+    pub fn for_isa(isa: Isa) -> Option<Kernel> {
+        match isa {
+            Isa::Scalar => None,
+            Isa::Avx2 => Some(Kernel::Avx2),
+            Isa::Avx512 => Some(Kernel::Avx512),
+        }
+    }
+
+    /// What it is, for reports: `avx2 6x16`, `avx512 12x32`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kernel::Avx2 => "avx2 6x16",
+            Kernel::Avx512 => "avx512 12x32",
+        }
+    }
+
+    /// Every kernel this CPU can run (for tests that compare them).
+    pub fn supported() -> Vec<Kernel> {
+        [Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&i| i <= isa::detected())
+            .filter_map(Kernel::for_isa)
+            .collect()
+    }
+}
+
+/// The kernel [`sgemm`] runs: the one for [`isa::active`], none at the scalar level or
+/// when the environment sets `DEIT_PIPE_SGEMM=off` (which sends every product to the
+/// `gemm` crate, for A/B measurements).
+pub fn kernel() -> Option<Kernel> {
+    use std::sync::OnceLock;
+    static KERNEL: OnceLock<Option<Kernel>> = OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        if std::env::var("DEIT_PIPE_SGEMM").as_deref() == Ok("off") {
+            return None;
+        }
+        Kernel::for_isa(isa::active())
+    })
+}
+
+/// True when [`sgemm`] has a kernel to run (see [`kernel`]).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static AVAILABLE: OnceLock<bool> = OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            std::env::var("DEIT_PIPE_SGEMM").as_deref() != Ok("off")
-                && std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    kernel().is_some()
 }
 
 /// One operand: the buffer, its leading dimension (distance between rows), and whether it
@@ -134,32 +169,33 @@ unsafe fn zero_rows(dst: Dst, rows: std::ops::Range<usize>, n: usize) {
     }
 }
 
-/// A 32-byte aligned group of 8 floats, so packed panels start on AVX boundaries.
+/// A 64-byte aligned group of 16 floats, so packed panels start on cache lines.
 #[derive(Clone, Copy)]
-#[repr(C, align(32))]
-struct Lane8([f32; 8]);
+#[repr(C, align(64))]
+struct Lane16([f32; 16]);
 
-/// A reusable, 32-byte aligned scratch buffer of at least `len` floats.
-fn scratch(buf: &mut Vec<Lane8>, len: usize) -> &mut [f32] {
-    let lanes = len.div_ceil(8);
+/// A reusable, 64-byte aligned scratch buffer of at least `len` floats.
+fn scratch(buf: &mut Vec<Lane16>, len: usize) -> &mut [f32] {
+    let lanes = len.div_ceil(16);
     if buf.len() < lanes {
-        buf.resize(lanes, Lane8([0.0; 8]));
+        buf.resize(lanes, Lane16([0.0; 16]));
     }
-    // SAFETY: `Lane8` is `repr(C)` around `[f32; 8]`, so `lanes` of them are `8 * lanes`
-    // contiguous, initialized floats, borrowed mutably from `buf` for the result's life.
+    // SAFETY: `Lane16` is `repr(C)` around `[f32; 16]`, so `lanes` of them are
+    // `16 * lanes` contiguous, initialized floats, borrowed mutably from `buf` for the
+    // result's life.
     unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<f32>(), len) }
 }
 
 thread_local! {
     /// Packed `A` blocks of the calling thread (kept between products).
-    static PACK_A: RefCell<Vec<Lane8>> = const { RefCell::new(Vec::new()) };
+    static PACK_A: RefCell<Vec<Lane16>> = const { RefCell::new(Vec::new()) };
     /// Packed `B` blocks of the calling thread (kept between products).
-    static PACK_B: RefCell<Vec<Lane8>> = const { RefCell::new(Vec::new()) };
+    static PACK_B: RefCell<Vec<Lane16>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `dst = scale * (lhs x rhs)` (`m x k` by `k x n`), every element of the `m x n`
-/// destination written, none read; `parallel` splits it over rayon's threads. Callers
-/// check [`available`] first.
+/// destination written, none read; `parallel` splits it over rayon's threads. Runs
+/// [`kernel`]; callers check [`available`] first.
 ///
 /// With several threads the product is cut into one sub-product per thread, along the
 /// rows of `dst` or along its columns, whichever makes each thread re-pack the smaller
@@ -174,6 +210,115 @@ thread_local! {
 /// product reads (`m x k` and `k x n` at their leading dimensions), and [`available`]
 /// must be true.
 pub unsafe fn sgemm(
+    dst: (*mut f32, usize),
+    dims: (usize, usize, usize),
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    scale: f32,
+    parallel: bool,
+) {
+    let kernel = kernel().expect("sgemm called without a kernel (check `available`)");
+    // SAFETY: the caller's guarantees; the kernel is one this CPU runs.
+    unsafe { sgemm_on(kernel, dst, dims, lhs, rhs, scale, parallel) }
+}
+
+/// [`sgemm`] on a given kernel (tests and benchmarks compare them).
+///
+/// # Safety
+/// As for [`sgemm`], and the CPU runs `kernel` (it is in [`Kernel::supported`]).
+pub unsafe fn sgemm_on(
+    kernel: Kernel,
+    dst: (*mut f32, usize),
+    dims: (usize, usize, usize),
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    scale: f32,
+    parallel: bool,
+) {
+    assert!(
+        Kernel::supported().contains(&kernel),
+        "sgemm: this CPU cannot run the {} kernel",
+        kernel.describe()
+    );
+    // SAFETY: the caller's guarantees; the CPU runs the kernel (asserted).
+    unsafe {
+        match kernel {
+            Kernel::Avx2 => split::<Avx2Tile>(dst, dims, lhs, rhs, scale, parallel),
+            Kernel::Avx512 => split::<Avx512Tile>(dst, dims, lhs, rhs, scale, parallel),
+        }
+    }
+}
+
+/// A register-blocked kernel: its tile and the function that computes one.
+trait Micro {
+    /// Rows of the register tile.
+    const MR: usize;
+    /// Columns of the register tile (a multiple of 8).
+    const NR: usize;
+
+    /// `tile (+)= scale * a·b` for one `MR`-row panel of `A` and one `NR`-column panel of
+    /// `B`, `kc` deep. `a = (ptr, ld)`: with `IN_PLACE`, row `r` of the panel is `kc`
+    /// contiguous floats at `ptr + r * ld`; without, a packed panel, step `p`'s `MR`
+    /// values at `ptr + p * MR`.
+    ///
+    /// # Safety
+    /// `a` holds the panel's `kc` steps as described and `b` `kc * NR` floats; the tile's
+    /// `rows x cols` elements are valid for reads and writes; the CPU runs the kernel.
+    unsafe fn tile<const IN_PLACE: bool>(
+        kc: usize,
+        a: (*const f32, usize),
+        b: &[f32],
+        tile: Tile,
+        scale: f32,
+        accumulate: bool,
+    );
+}
+
+/// The AVX2 kernel, 6x16.
+struct Avx2Tile;
+
+impl Micro for Avx2Tile {
+    const MR: usize = 6;
+    const NR: usize = 16;
+
+    unsafe fn tile<const IN_PLACE: bool>(
+        kc: usize,
+        a: (*const f32, usize),
+        b: &[f32],
+        tile: Tile,
+        scale: f32,
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller's guarantees.
+        unsafe { kernel_6x16::<IN_PLACE>(kc, a, b, tile, scale, accumulate) }
+    }
+}
+
+/// The AVX-512 kernel, 12x32.
+struct Avx512Tile;
+
+impl Micro for Avx512Tile {
+    const MR: usize = 12;
+    const NR: usize = 32;
+
+    unsafe fn tile<const IN_PLACE: bool>(
+        kc: usize,
+        a: (*const f32, usize),
+        b: &[f32],
+        tile: Tile,
+        scale: f32,
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller's guarantees.
+        unsafe { kernel_12x32::<IN_PLACE>(kc, a, b, tile, scale, accumulate) }
+    }
+}
+
+/// [`sgemm`] on kernel `K`: the split over threads.
+///
+/// # Safety
+/// As for [`sgemm_on`].
+unsafe fn split<K: Micro>(
     (dst, dst_ld): (*mut f32, usize),
     (m, n, k): (usize, usize, usize),
     lhs: Operand<'_>,
@@ -197,7 +342,7 @@ pub unsafe fn sgemm(
     // (Splitting the columns whenever `A` is read in place measured the same: 211 against
     // 208 GFLOP/s over the bench's products.)
     let by_rows = n <= m;
-    let (len, tile) = if by_rows { (m, MR) } else { (n, NR) };
+    let (len, tile) = if by_rows { (m, K::MR) } else { (n, K::NR) };
     let per = len.div_ceil(tile).div_ceil(threads).max(1) * tile;
     let parts: Vec<(usize, usize)> = (0..len)
         .step_by(per)
@@ -213,7 +358,7 @@ pub unsafe fn sgemm(
         let sub = unsafe { dst.offset(i0, j0) };
         // SAFETY: each part writes its own rows or columns of the destination, which the
         // caller handed over exclusively; the sub-operands hold what the part reads.
-        unsafe { serial(sub, (mm, nn, k), lhs.from(i0, 0), rhs.from(0, j0), scale) };
+        unsafe { serial::<K>(sub, (mm, nn, k), lhs.from(i0, 0), rhs.from(0, j0), scale) };
     };
     if parts.len() > 1 {
         parts.par_iter().for_each(part);
@@ -226,7 +371,7 @@ pub unsafe fn sgemm(
 ///
 /// # Safety
 /// As for [`sgemm`].
-unsafe fn serial(
+unsafe fn serial<K: Micro>(
     dst: Dst,
     (m, n, k): (usize, usize, usize),
     lhs: Operand<'_>,
@@ -246,20 +391,22 @@ unsafe fn serial(
                 let nc = NC.min(n - jc);
                 for pc in (0..k).step_by(KC) {
                     let kc = KC.min(k - pc);
-                    let packed_b = scratch(pb, kc * nc.div_ceil(NR) * NR);
-                    pack_b(packed_b, rhs, pc, jc, kc, nc);
-                    for ic in (0..m).step_by(MC) {
-                        let mc = MC.min(m - ic);
+                    let packed_b = scratch(pb, kc * nc.div_ceil(K::NR) * K::NR);
+                    pack_b::<K>(packed_b, rhs, pc, jc, kc, nc);
+                    // A whole number of the kernel's row panels.
+                    let mc_max = MC / K::MR * K::MR;
+                    for ic in (0..m).step_by(mc_max) {
+                        let mc = mc_max.min(m - ic);
                         let a = if lhs.trans {
-                            let packed = scratch(pa, kc * mc.div_ceil(MR) * MR);
-                            pack_a(packed, lhs, ic, pc, mc, kc);
+                            let packed = scratch(pa, kc * mc.div_ceil(K::MR) * K::MR);
+                            pack_a::<K>(packed, lhs, ic, pc, mc, kc);
                             APanels::Packed(packed)
                         } else {
                             // Whole panels straight from `lhs`'s rows; the last rows packed.
-                            let full = mc / MR * MR;
-                            let tail = scratch(pa, kc * MR);
+                            let full = mc / K::MR * K::MR;
+                            let tail = scratch(pa, kc * K::MR);
                             if full < mc {
-                                pack_a(tail, lhs, ic + full, pc, mc - full, kc);
+                                pack_a::<K>(tail, lhs, ic + full, pc, mc - full, kc);
                             }
                             APanels::Direct {
                                 rows: &lhs.data[lhs.at(ic, pc).min(lhs.data.len())..],
@@ -268,9 +415,17 @@ unsafe fn serial(
                             }
                         };
                         // SAFETY: the block is inside the destination (the caller's
-                        // guarantee); AVX2 and FMA are available.
+                        // guarantee); the CPU runs the kernel.
                         unsafe {
-                            macro_block(dst, (ic, jc), (mc, nc, kc), a, packed_b, scale, pc > 0)
+                            macro_block::<K>(
+                                dst,
+                                (ic, jc),
+                                (mc, nc, kc),
+                                a,
+                                packed_b,
+                                scale,
+                                pc > 0,
+                            )
                         };
                     }
                 }
@@ -280,35 +435,39 @@ unsafe fn serial(
 }
 
 /// Copies the `kc x nc` block of `rhs` at `(pc, jc)` into `NR`-column panels: panel `q`
-/// holds, for each `p`, the 16 elements `(pc + p, jc + q*NR ..)`, zero past `nc`.
-fn pack_b(out: &mut [f32], rhs: Operand<'_>, pc: usize, jc: usize, kc: usize, nc: usize) {
+/// holds, for each `p`, the `NR` elements `(pc + p, jc + q*NR ..)`, zero past `nc`.
+fn pack_b<K: Micro>(out: &mut [f32], rhs: Operand<'_>, pc: usize, jc: usize, kc: usize, nc: usize) {
+    let nr = K::NR;
     if !rhs.trans {
         // Row by row of the block, each row's 16-wide pieces to their panels: the source
         // is read in order (panel by panel, each step of a panel was another cache line,
         // 768 floats apart for a weight gradient's activations).
-        let full = nc / NR;
+        let full = nc / nr;
         for p in 0..kc {
             let src = &rhs.data[rhs.at(pc + p, jc)..][..nc];
             for q in 0..full {
                 // Constant lengths: inlined moves, not calls to `memcpy`.
-                out[(q * kc + p) * NR..][..NR].copy_from_slice(&src[q * NR..][..NR]);
+                out[(q * kc + p) * nr..][..nr].copy_from_slice(&src[q * nr..][..nr]);
             }
-            if full * NR < nc {
-                let dst = &mut out[(full * kc + p) * NR..][..NR];
-                let cols = nc - full * NR;
-                dst[..cols].copy_from_slice(&src[full * NR..]);
+            if full * nr < nc {
+                let dst = &mut out[(full * kc + p) * nr..][..nr];
+                let cols = nc - full * nr;
+                dst[..cols].copy_from_slice(&src[full * nr..]);
                 dst[cols..].fill(0.0);
             }
         }
         return;
     }
-    for (q, panel) in out.chunks_exact_mut(kc * NR).enumerate() {
-        let j0 = jc + q * NR;
-        let cols = NR.min(jc + nc - j0);
-        if cols == NR {
-            // SAFETY: AVX2 is available ([`sgemm`]'s contract); the 16 rows of `kc` floats
-            // are inside `rhs` (slicing checks them).
-            unsafe { pack_b_rows_16(panel, rhs, pc, j0, kc) };
+    for (q, panel) in out.chunks_exact_mut(kc * nr).enumerate() {
+        let j0 = jc + q * nr;
+        let cols = nr.min(jc + nc - j0);
+        if cols == nr {
+            for half in 0..nr / 16 {
+                // SAFETY: AVX2 is available (every kernel needs it, [`sgemm_on`]'s
+                // contract); the 16 rows of `kc` floats are inside `rhs` (slicing checks
+                // them), and the panel holds `kc * nr` floats.
+                unsafe { pack_b_rows_16(panel, nr, half * 16, rhs, pc, j0 + half * 16, kc) };
+            }
         } else {
             // Column `j` of the logical block is row `j` of the stored matrix: read rows,
             // `P` steps at a time so the panel rows written (`P x NR`, 2 KiB) stay in L1
@@ -319,36 +478,47 @@ fn pack_b(out: &mut [f32], rhs: Operand<'_>, pc: usize, jc: usize, kc: usize, nc
                 for c in 0..cols {
                     let src = &rhs.data[rhs.at(pc + p0, j0 + c)..][..steps];
                     for (p, &v) in src.iter().enumerate() {
-                        panel[(p0 + p) * NR + c] = v;
+                        panel[(p0 + p) * nr + c] = v;
                     }
                 }
                 for p in p0..p0 + steps {
-                    panel[p * NR + cols..(p + 1) * NR].fill(0.0);
+                    panel[p * nr + cols..(p + 1) * nr].fill(0.0);
                 }
             }
         }
     }
 }
 
-/// One whole panel of a transposed `rhs`: 16 stored rows (`j0..j0 + 16`, `kc` floats
-/// from column `pc`) transposed into the panel, 8x8 blocks at a time in AVX registers.
-/// (Scalar, this was 4.7% of a DeiT-Ti forward, which packs every weight matrix this
-/// way.)
+/// 16 columns of one whole panel (`nr` wide) of a transposed `rhs`: 16 stored rows
+/// (`j0..j0 + 16`, `kc` floats from column `pc`) transposed into the panel's columns
+/// `col..col + 16`, 8x8 blocks at a time in AVX registers. (Scalar, this was 4.7% of a
+/// DeiT-Ti forward, which packs every weight matrix this way.)
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn pack_b_rows_16(panel: &mut [f32], rhs: Operand<'_>, pc: usize, j0: usize, kc: usize) {
+unsafe fn pack_b_rows_16(
+    panel: &mut [f32],
+    nr: usize,
+    col: usize,
+    rhs: Operand<'_>,
+    pc: usize,
+    j0: usize,
+    kc: usize,
+) {
     use std::arch::x86_64::*;
-    let rows: [&[f32]; NR] = std::array::from_fn(|c| &rhs.data[rhs.at(pc, j0 + c)..][..kc]);
-    let panel = &mut panel[..kc * NR];
+    const ROWS: usize = 16;
+    let rows: [&[f32]; ROWS] = std::array::from_fn(|c| &rhs.data[rhs.at(pc, j0 + c)..][..kc]);
+    let panel = &mut panel[..kc * nr];
+    assert!(col + ROWS <= nr);
     let whole = kc / 8 * 8;
     for p0 in (0..whole).step_by(8) {
         for half in 0..2 {
             let r = &rows[half * 8..][..8];
             // SAFETY: `p0 + 8 <= kc`, so each row holds the 8 floats loaded, and the
-            // panel the 8 stores of 8 floats at `(p0 + i) * NR + half * 8`.
+            // panel the 8 stores of 8 floats at `(p0 + i) * nr + col + half * 8`
+            // (`col + 16 <= nr`, asserted).
             unsafe {
                 let v: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(r[i][p0..].as_ptr()));
                 // 8x8 transpose: pairs, then quads, then 128-bit halves.
@@ -379,37 +549,47 @@ unsafe fn pack_b_rows_16(panel: &mut [f32], rhs: Operand<'_>, pc: usize, j0: usi
                     _mm256_permute2f128_ps::<0x31>(u3, u7),
                 ];
                 for (i, o) in out.iter().enumerate() {
-                    _mm256_storeu_ps(panel[(p0 + i) * NR + half * 8..][..8].as_mut_ptr(), *o);
+                    let at = (p0 + i) * nr + col + half * 8;
+                    _mm256_storeu_ps(panel[at..][..8].as_mut_ptr(), *o);
                 }
             }
         }
     }
     for p in whole..kc {
         for (c, row) in rows.iter().enumerate() {
-            panel[p * NR + c] = row[p];
+            panel[p * nr + col + c] = row[p];
         }
     }
 }
 
 /// Never called: [`available`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn pack_b_rows_16(_: &mut [f32], _: Operand<'_>, _: usize, _: usize, _: usize) {
+unsafe fn pack_b_rows_16(
+    _: &mut [f32],
+    _: usize,
+    _: usize,
+    _: Operand<'_>,
+    _: usize,
+    _: usize,
+    _: usize,
+) {
     unreachable!("sgemm packing called without AVX2")
 }
 
 /// Copies the `mc x kc` block of `lhs` at `(ic, pc)` into `MR`-row panels: panel `q`
-/// holds, for each `p`, the 6 elements `(ic + q*MR .., pc + p)`, zero past `mc`.
-fn pack_a(out: &mut [f32], lhs: Operand<'_>, ic: usize, pc: usize, mc: usize, kc: usize) {
-    for (q, panel) in out.chunks_exact_mut(kc * MR).enumerate() {
-        let i0 = ic + q * MR;
-        let rows = MR.min(ic + mc - i0);
+/// holds, for each `p`, the `MR` elements `(ic + q*MR .., pc + p)`, zero past `mc`.
+fn pack_a<K: Micro>(out: &mut [f32], lhs: Operand<'_>, ic: usize, pc: usize, mc: usize, kc: usize) {
+    let mr = K::MR;
+    for (q, panel) in out.chunks_exact_mut(kc * mr).enumerate() {
+        let i0 = ic + q * mr;
+        let rows = mr.min(ic + mc - i0);
         if lhs.trans {
             // Row `i` of the logical block is column `i` of the stored matrix: for each
             // `p`, the panel's rows are contiguous.
-            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+            for (p, dst) in panel.chunks_exact_mut(mr).enumerate() {
                 let src = &lhs.data[lhs.at(i0, pc + p)..];
-                if rows == MR {
-                    dst[..MR].copy_from_slice(&src[..MR]);
+                if rows == mr {
+                    dst[..mr].copy_from_slice(&src[..mr]);
                 } else {
                     dst[..rows].copy_from_slice(&src[..rows]);
                     dst[rows..].fill(0.0);
@@ -419,12 +599,12 @@ fn pack_a(out: &mut [f32], lhs: Operand<'_>, ic: usize, pc: usize, mc: usize, kc
             for r in 0..rows {
                 let src = &lhs.data[lhs.at(i0 + r, pc)..][..kc];
                 for (p, &v) in src.iter().enumerate() {
-                    panel[p * MR + r] = v;
+                    panel[p * mr + r] = v;
                 }
             }
-            for r in rows..MR {
+            for r in rows..mr {
                 for p in 0..kc {
-                    panel[p * MR + r] = 0.0;
+                    panel[p * mr + r] = 0.0;
                 }
             }
         }
@@ -451,7 +631,7 @@ enum APanels<'a> {
 /// # Safety
 /// The `mc x nc` destination region at `(ic, jc)` is valid and exclusively ours;
 /// [`available`] is true.
-unsafe fn macro_block(
+unsafe fn macro_block<K: Micro>(
     dst: Dst,
     (ic, jc): (usize, usize),
     (mc, nc, kc): (usize, usize, usize),
@@ -460,8 +640,9 @@ unsafe fn macro_block(
     scale: f32,
     accumulate: bool,
 ) {
+    let (mr, nr) = (K::MR, K::NR);
     if let APanels::Direct { rows, ld, .. } = a {
-        let full = mc / MR * MR;
+        let full = mc / mr * mr;
         if full > 0 {
             assert!(
                 rows.len() >= (full - 1) * ld + kc,
@@ -469,42 +650,35 @@ unsafe fn macro_block(
             );
         }
     }
-    for jr in (0..nc).step_by(NR) {
-        let b = &packed_b[(jr / NR) * kc * NR..][..kc * NR];
-        for ir in (0..mc).step_by(MR) {
+    for jr in (0..nc).step_by(nr) {
+        let b = &packed_b[(jr / nr) * kc * nr..][..kc * nr];
+        for ir in (0..mc).step_by(mr) {
             let tile = Tile {
                 // SAFETY: `(ic + ir, jc + jr)` is inside the destination region.
                 ptr: unsafe { dst.ptr.add((ic + ir) * dst.ld + jc + jr) },
                 ld: dst.ld,
-                rows: MR.min(mc - ir),
-                cols: NR.min(nc - jr),
+                rows: mr.min(mc - ir),
+                cols: nr.min(nc - jr),
             };
             // SAFETY (all three calls): the `A` panel holds `kc` steps (a packed panel
             // `kc * MR` floats; in place, rows `ir..ir + MR` of `kc` floats, asserted
             // above), `b` holds `kc * NR`; the tile is inside the destination region (the
-            // caller's guarantee); AVX2 and FMA are available.
+            // caller's guarantee); the CPU runs the kernel.
             match a {
                 APanels::Packed(p) => {
-                    let panel = &p[(ir / MR) * kc * MR..][..kc * MR];
+                    let panel = &p[(ir / mr) * kc * mr..][..kc * mr];
                     unsafe {
-                        kernel_6x16::<false>(kc, (panel.as_ptr(), 0), b, tile, scale, accumulate)
+                        K::tile::<false>(kc, (panel.as_ptr(), 0), b, tile, scale, accumulate)
                     };
                 }
                 APanels::Direct { rows, ld, tail } => {
-                    if tile.rows == MR {
+                    if tile.rows == mr {
                         let panel = rows[ir * ld..].as_ptr();
-                        unsafe { kernel_6x16::<true>(kc, (panel, ld), b, tile, scale, accumulate) };
+                        unsafe { K::tile::<true>(kc, (panel, ld), b, tile, scale, accumulate) };
                     } else {
-                        let panel = &tail[..kc * MR];
+                        let panel = &tail[..kc * mr];
                         unsafe {
-                            kernel_6x16::<false>(
-                                kc,
-                                (panel.as_ptr(), 0),
-                                b,
-                                tile,
-                                scale,
-                                accumulate,
-                            )
+                            K::tile::<false>(kc, (panel.as_ptr(), 0), b, tile, scale, accumulate)
                         };
                     }
                 }
@@ -513,7 +687,7 @@ unsafe fn macro_block(
     }
 }
 
-/// The destination of one kernel call: `rows x cols` (at most 6 x 16) at `ptr`.
+/// The destination of one kernel call: `rows x cols` (at most `MR x NR`) at `ptr`.
 struct Tile {
     ptr: *mut f32,
     ld: usize,
@@ -540,6 +714,8 @@ unsafe fn kernel_6x16<const IN_PLACE: bool>(
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
+    const MR: usize = Avx2Tile::MR;
+    const NR: usize = Avx2Tile::NR;
     assert!(b.len() >= kc * NR);
     let bp = b.as_ptr();
     // Element `(r, p)` of the panel.
@@ -631,6 +807,91 @@ unsafe fn kernel_6x16<const IN_PLACE: bool>(
     unreachable!("sgemm kernel called without AVX2")
 }
 
+/// The AVX-512 kernel: `tile (+)= scale * a·b` with the 12x32 sums in 24 512-bit
+/// registers (two per row), the panel's step `p` one pair of `B` loads and twelve
+/// broadcasts of `A` for 24 FMAs. Partial tiles store through masks. Contract as
+/// [`Micro::tile`] (with `MR = 12`, `NR = 32`).
+///
+/// Why 12x32: 24 accumulators hide the FMA latency on CPUs with two 512-bit FMA units
+/// (Intel Xeon since Skylake-SP), and leave registers for the two `B` rows and a
+/// broadcast; every row of the tile reuses each `B` load. 14x32 (28 accumulators) ran
+/// the bench's products at 146 GFLOP/s against 12x32's 201 (`gemm_shapes`, this 2-core
+/// Xeon, 2026-12-06).
+///
+/// # Safety
+/// As for [`Micro::tile`]; the CPU has AVX-512 F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+unsafe fn kernel_12x32<const IN_PLACE: bool>(
+    kc: usize,
+    (a, lda): (*const f32, usize),
+    b: &[f32],
+    tile: Tile,
+    scale: f32,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = Avx512Tile::MR;
+    const NR: usize = Avx512Tile::NR;
+    assert!(b.len() >= kc * NR);
+    let bp = b.as_ptr();
+    // Element `(r, p)` of the panel.
+    let at = |r: usize, p: usize| if IN_PLACE { r * lda + p } else { p * MR + r };
+    let mut c = [[_mm512_setzero_ps(); 2]; MR];
+    for p in 0..kc {
+        // SAFETY: `p < kc`: inside both panels (the caller's guarantee on `a`, asserted
+        // for `b`).
+        unsafe {
+            let b0 = _mm512_loadu_ps(bp.add(p * NR));
+            let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
+            for (r, row) in c.iter_mut().enumerate() {
+                let ar = _mm512_set1_ps(*a.add(at(r, p)));
+                row[0] = _mm512_fmadd_ps(ar, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ar, b1, row[1]);
+            }
+        }
+    }
+    let s = _mm512_set1_ps(scale);
+    // Column masks of the two halves (all ones for a full tile).
+    let lanes = |cols: usize| -> __mmask16 {
+        if cols >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << cols) - 1) as __mmask16
+        }
+    };
+    let (m0, m1) = (lanes(tile.cols), lanes(tile.cols.saturating_sub(16)));
+    for (r, [lo, hi]) in c.iter().enumerate().take(tile.rows) {
+        // SAFETY: row `r < tile.rows`; the masks touch only its first `tile.cols`
+        // elements, valid for reads and writes (the caller's guarantee).
+        unsafe {
+            let p = tile.ptr.add(r * tile.ld);
+            let (mut lo, mut hi) = (_mm512_mul_ps(*lo, s), _mm512_mul_ps(*hi, s));
+            if accumulate {
+                lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m0, p));
+                hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m1, p.add(16)));
+            }
+            _mm512_mask_storeu_ps(p, m0, lo);
+            if m1 != 0 {
+                _mm512_mask_storeu_ps(p.add(16), m1, hi);
+            }
+        }
+    }
+}
+
+/// Never called: [`available`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_12x32<const IN_PLACE: bool>(
+    _: usize,
+    _: (*const f32, usize),
+    _: &[f32],
+    _: Tile,
+    _: f32,
+    _: bool,
+) {
+    unreachable!("sgemm kernel called without AVX-512")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,10 +936,16 @@ mod tests {
 
     #[test]
     fn equals_the_f64_product_for_every_layout_and_edge() {
-        if !available() {
+        let kernels = Kernel::supported();
+        if kernels.is_empty() {
             eprintln!("no AVX2/FMA on this CPU: sgemm not tested");
-            return;
         }
+        for kernel in kernels {
+            equals_the_f64_product_on(kernel);
+        }
+    }
+
+    fn equals_the_f64_product_on(kernel: Kernel) {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let shapes = [
             (1, 1, 1),
@@ -690,6 +957,8 @@ mod tests {
             (200, 70, 530),
             (12, 3100, 9),
             (9, 20, 1600),
+            (25, 65, 31),
+            (147, 200, 64),
         ];
         for &(m, n, k) in &shapes {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -709,7 +978,17 @@ mod tests {
                     let ld = n + 2;
                     let mut out = vec![f32::NAN; m * ld];
                     // SAFETY: `out` holds `m` rows at stride `ld >= n`; AVX2 checked.
-                    unsafe { sgemm((out.as_mut_ptr(), ld), (m, n, k), a, b, 0.5, parallel) };
+                    unsafe {
+                        sgemm_on(
+                            kernel,
+                            (out.as_mut_ptr(), ld),
+                            (m, n, k),
+                            a,
+                            b,
+                            0.5,
+                            parallel,
+                        )
+                    };
                     let want = reference(m, n, k, a, b, 0.5);
                     for i in 0..m {
                         for j in 0..n {
@@ -717,7 +996,7 @@ mod tests {
                             let tol = 1e-5 * (k as f64).sqrt().max(1.0);
                             assert!(
                                 (got - w).abs() <= tol,
-                                "{m}x{n}x{k} ta={ta} tb={tb}: ({i},{j}) {got} vs {w}"
+                                "{kernel:?} {m}x{n}x{k} ta={ta} tb={tb}: ({i},{j}) {got} vs {w}"
                             );
                         }
                         for j in n..ld {
@@ -731,9 +1010,12 @@ mod tests {
 
     #[test]
     fn result_does_not_depend_on_the_thread_split() {
-        if !available() {
-            return;
+        for kernel in Kernel::supported() {
+            same_for_any_split_on(kernel);
         }
+    }
+
+    fn same_for_any_split_on(kernel: Kernel) {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let (m, n, k) = (301, 75, 600);
         let (ad, ald) = operand(&mut rng, m, k, false, 0);
@@ -750,8 +1032,18 @@ mod tests {
         };
         let run = |parallel: bool| {
             let mut out = vec![0f32; m * n];
-            // SAFETY: `out` holds `m x n`; AVX2 checked.
-            unsafe { sgemm((out.as_mut_ptr(), n), (m, n, k), a, b, 1.0, parallel) };
+            // SAFETY: `out` holds `m x n`; the kernel is supported.
+            unsafe {
+                sgemm_on(
+                    kernel,
+                    (out.as_mut_ptr(), n),
+                    (m, n, k),
+                    a,
+                    b,
+                    1.0,
+                    parallel,
+                )
+            };
             out
         };
         let serial = run(false);
@@ -765,17 +1057,32 @@ mod tests {
 
     #[test]
     fn zero_depth_writes_zeros() {
-        if !available() {
-            return;
+        for kernel in Kernel::supported() {
+            let mut out = vec![f32::NAN; 4 * 5];
+            let a = Operand {
+                data: &[],
+                ld: 0,
+                trans: false,
+            };
+            // SAFETY: `out` holds 4 x 5; nothing is read from the empty operands.
+            unsafe { sgemm_on(kernel, (out.as_mut_ptr(), 5), (4, 5, 0), a, a, 1.0, true) };
+            assert!(out.iter().all(|&v| v == 0.0));
         }
-        let mut out = vec![f32::NAN; 4 * 5];
-        let a = Operand {
-            data: &[],
-            ld: 0,
-            trans: false,
-        };
-        // SAFETY: `out` holds 4 x 5; nothing is read from the empty operands.
-        unsafe { sgemm((out.as_mut_ptr(), 5), (4, 5, 0), a, a, 1.0, true) };
-        assert!(out.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn the_kernel_follows_the_active_level() {
+        let want = Kernel::for_isa(isa::active());
+        if std::env::var("DEIT_PIPE_SGEMM").as_deref() != Ok("off") {
+            assert_eq!(kernel(), want);
+        }
+        assert_eq!(
+            Kernel::supported().len(),
+            match isa::detected() {
+                Isa::Scalar => 0,
+                Isa::Avx2 => 1,
+                Isa::Avx512 => 2,
+            }
+        );
     }
 }

@@ -10,15 +10,18 @@
 //! logits, GELU, the biases and the logits: every product's output is cast back to f32
 //! (but `attn v`, which goes straight on as proj's bf16 operand), so bf16 tensors live only
 //! as operands of products. With f32 every cast is a no-op and the graph is the plain f32
-//! model, op for op.
+//! model, op for op. On the CPU's fused kernels no bf16 tensor exists at all: the
+//! kernels round each product's operands to bf16 themselves and sum in f32
+//! ([`kernels::precision`]), so the products' outputs are f32 (autocast rounds them).
 
 use super::layers::{
-    matmul_bias_in, residual_drop_path, softmax_last_dim, DropPathRng, LayerNorm, Linear,
+    fused_products, matmul_bias_in, residual_drop_path, softmax_last_dim, DropPathRng, LayerNorm,
+    Linear,
 };
 use super::{DeitConfig, ForwardCtx, ModelOutput, ModelSpec};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use kernels::{attention, fused};
+use kernels::attention;
 
 const LN_EPS: f64 = 1e-6;
 
@@ -46,7 +49,12 @@ impl PatchEmbed {
     /// `(B, 3, H, W)` -> `(B, N, D)` f32, patches in row-major order; the product in
     /// `compute` (the image is cast before the patches are gathered).
     fn forward(&self, x: &Tensor, compute: DType) -> Result<Tensor> {
-        let x = x.to_dtype(compute)?;
+        // The fused kernels round the patches themselves (the same values: rounding is
+        // per element).
+        let x = match fused_products(x, &self.weight, compute) {
+            Some(_) => x.clone(),
+            None => x.to_dtype(compute)?,
+        };
         let (b, c, h, w) = x.dims4()?;
         let p = self.patch;
         let (gh, gw) = (h / p, w / p);
@@ -82,10 +90,11 @@ impl Attention {
     /// `x` f32 `(B, N, D)` -> f32; products in `compute`, softmax in f32. `train`: a
     /// backward follows (the fused op keeps its attention matrices for it).
     fn forward(&self, x: &Tensor, compute: DType, train: bool) -> Result<Tensor> {
-        if compute == DType::F32 && fused::enabled(x) {
-            // One op from the qkv projection's output to the proj input (CPU, f32).
+        if let Some(p) = fused_products(x, self.proj.weight(), compute) {
+            // One op from the qkv projection's output to the proj input (CPU, f32
+            // tensors; bf16 products round their operands inside).
             let qkv = self.qkv.forward_in(x, compute)?;
-            let o = attention::attention(&qkv, self.heads, self.scale, train)?;
+            let o = attention::attention_in(&qkv, self.heads, self.scale, train, p)?;
             return self.proj.forward_in(&o, compute);
         }
         let (b, n, c) = x.dims3()?;

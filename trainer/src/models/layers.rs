@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Module, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
+use kernels::precision::ProductPrecision;
 use kernels::{conv_gemm, fused, fused_bn, linear_op};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -31,6 +32,11 @@ impl Linear {
 }
 
 impl Linear {
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// `x W^T + b` with the product computed in `compute` (F32 or BF16) and the result
     /// in the parameters' dtype (f32). With `compute` = F32 and an f32 `x` this is exactly
     /// the f32 layer. With BF16, `x` and the weight are cast to bf16 (the cast is
@@ -38,11 +44,13 @@ impl Linear {
     /// product accumulates in f32 (cuBLAS `COMPUTE_32F`; candle's CPU backend widens bf16
     /// products to f32) and is rounded to bf16, then cast up and the f32 bias added: the
     /// bias gradient is summed over all rows in f32 (candle's CPU sum over rows would
-    /// accumulate in bf16).
+    /// accumulate in bf16). On the CPU's fused kernels ([`fused_products`]) the tensors
+    /// stay f32 and the kernel rounds the operands of each product (forward and backward)
+    /// to bf16, summing in f32; the product's output is not rounded.
     pub fn forward_in(&self, x: &Tensor, compute: DType) -> Result<Tensor> {
-        if compute == DType::F32 && self.weight.dtype() == DType::F32 && fused::enabled(x) {
-            // One graph node, no reshapes (CPU, f32).
-            return linear_op::linear(x, &self.weight, self.bias.as_ref());
+        if let Some(p) = fused_products(x, &self.weight, compute) {
+            // One graph node, no reshapes (CPU, f32 tensors).
+            return linear_op::linear_in(x, &self.weight, self.bias.as_ref(), p);
         }
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap_or(&0);
@@ -61,13 +69,8 @@ impl Linear {
     /// CPU in f32 (see [`linear_op::linear_gelu`]; `train` lets it keep the pre-activation
     /// for the backward), else the layer then [`gelu`].
     pub fn forward_gelu_in(&self, x: &Tensor, compute: DType, train: bool) -> Result<Tensor> {
-        if let (DType::F32, DType::F32, true, Some(b)) = (
-            compute,
-            self.weight.dtype(),
-            fused::enabled(x),
-            self.bias.as_ref(),
-        ) {
-            return linear_op::linear_gelu(x, &self.weight, b, train);
+        if let (Some(p), Some(b)) = (fused_products(x, &self.weight, compute), self.bias.as_ref()) {
+            return linear_op::linear_gelu_in(x, &self.weight, b, train, p);
         }
         gelu(&self.forward_in(x, compute)?)
     }
@@ -88,9 +91,9 @@ pub fn matmul_bias_in(
     b: Option<&Tensor>,
     compute: DType,
 ) -> Result<Tensor> {
-    if compute == DType::F32 && w.dtype() == DType::F32 && fused::enabled(x) {
-        // One graph node on our GEMM (CPU, f32), as in `Linear::forward_in`.
-        return linear_op::linear(x, w, b);
+    if let Some(p) = fused_products(x, w, compute) {
+        // One graph node on our GEMM (CPU, f32 tensors), as in `Linear::forward_in`.
+        return linear_op::linear_in(x, w, b, p);
     }
     let y = x
         .to_dtype(compute)?
@@ -99,6 +102,20 @@ pub fn matmul_bias_in(
     match b {
         Some(b) => add_bias(&y, b),
         None => Ok(y),
+    }
+}
+
+/// The precision the fused CPU kernels compute a product of `x` and the f32 parameter
+/// `w` in, for products in `compute` (F32 or BF16); `None` when they cannot (another
+/// device or dtype, the kernels switched off, or f16).
+pub fn fused_products(x: &Tensor, w: &Tensor, compute: DType) -> Option<ProductPrecision> {
+    if w.dtype() != DType::F32 || !fused::enabled(x) {
+        return None;
+    }
+    match compute {
+        DType::F32 => Some(ProductPrecision::F32),
+        DType::BF16 => Some(ProductPrecision::Bf16),
+        _ => None,
     }
 }
 

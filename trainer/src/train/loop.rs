@@ -311,6 +311,12 @@ pub fn train_with(
         cfg.run.device,
         cfg.run.precision
     );
+    // The CPU kernels' instruction set, in every metrics record and in config.toml.
+    let host = kernels::isa::host();
+    let kernels_isa = device.is_cpu().then(|| host.active.name().to_string());
+    if device.is_cpu() {
+        tracing::info!("host: {}; kernels: {}", host.line(), kernels::chosen());
+    }
 
     // Run directory, config, checkpoints: rank 0 alone reads and writes them; the other
     // ranks learn from it which checkpoint the job continues from (`dist_start`), so
@@ -333,7 +339,9 @@ pub fn train_with(
         &fingerprint,
     )?;
     if resume_from.is_none() && primary {
-        write_atomic(&config_path, cfg.to_toml()?.as_bytes())?;
+        // The host as a comment: the config (and its hash) stay what the user asked for.
+        let text = format!("{}\n# written on host: {}\n", cfg.to_toml()?, host.line());
+        write_atomic(&config_path, text.as_bytes())?;
     }
     let classes_path = job.run_dir.join(super::CLASSES_FILE);
     if primary && !classes_path.is_file() {
@@ -706,8 +714,10 @@ pub fn train_with(
                 state.global_step += 1;
                 state.batch_in_epoch = b + 1;
                 if state.global_step.is_multiple_of(cfg.run.log_every as u64) || last_of_epoch {
-                    let rec =
-                        window.record(epoch, state.global_step, lr, grad_norm, state.images_seen);
+                    let rec = StepRecord {
+                        isa: kernels_isa.clone(),
+                        ..window.record(epoch, state.global_step, lr, grad_norm, state.images_seen)
+                    };
                     if let Some(b) = board.as_mut() {
                         b.step(&rec)?;
                     }
@@ -823,6 +833,7 @@ pub fn train_with(
             seconds,
             val: val.clone(),
             val_ema,
+            isa: kernels_isa.clone(),
         };
         if let Some(m) = metrics.as_mut() {
             m.write(&MetricRecord::Epoch(record.clone()))?;
@@ -1104,6 +1115,7 @@ impl Window {
             grad_norm,
             img_per_s: self.images as f64 / secs,
             images,
+            isa: None,
         };
         *self = Window::new();
         rec

@@ -38,6 +38,11 @@ pub struct StepRecord {
     pub img_per_s: f64,
     /// Images seen since the start of the run.
     pub images: u64,
+    /// The instruction-set level of the CPU kernels that ran the step (`avx512`, `avx2`,
+    /// `scalar`; see `kernels::isa`), absent on a GPU: throughput from hosts with other
+    /// kernels is not comparable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isa: Option<String>,
 }
 
 /// The end of one epoch: training means and the evaluation on the val split.
@@ -61,6 +66,9 @@ pub struct EpochRecord {
     /// Evaluation of the EMA weights, when EMA is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_ema: Option<EvalSummary>,
+    /// The CPU kernels' instruction-set level, as in [`StepRecord::isa`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isa: Option<String>,
 }
 
 /// A line of `metrics.jsonl`.
@@ -181,6 +189,7 @@ mod tests {
             grad_norm: None,
             img_per_s: 10.0,
             images: step * 8,
+            isa: None,
         })
     }
 

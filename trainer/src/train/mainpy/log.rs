@@ -116,6 +116,7 @@ mod tests {
             seconds: 1.0,
             val,
             val_ema: None,
+            isa: None,
         }
     }
 
