@@ -48,11 +48,13 @@ fn ours(c: &Case, out: &mut [f32]) {
             data: &c.ours_a.0[i * sa..][..sa],
             ld: c.ours_a.1,
             trans: c.ours_a.2,
+            bf16: false,
         };
         let b = Operand {
             data: &c.ours_b.0[i * sb..][..sb],
             ld: c.ours_b.1,
             trans: c.ours_b.2,
+            bf16: false,
         };
         // SAFETY: `out` holds `m x n` floats; the operands hold the matrices; AVX2 and FMA
         // are checked before any case runs.

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 
 use super::conv_gemm::gemm_raw;
 use super::fused::{slice_f32, softmax_bwd_row, softmax_row, Stash};
-use super::precision::{operand, round_for, ProductPrecision};
+use super::precision::ProductPrecision;
 
 /// Attention over `qkv` `(B, N, 3D)` with `heads` heads (`D` divisible by it) and scale
 /// `scale` (timm: `head_dim^-0.5`); returns `(B, N, D)`, heads concatenated. Differentiable
@@ -128,9 +128,15 @@ impl SharedOut {
     }
 }
 
-/// `p = softmax(scale · q·kᵀ)` of pair `t` into `p` (`n x n`, row-major); `qkv` as the
-/// product reads it (rounded for bf16).
-fn probabilities(qkv: &[f32], g: &Geometry, t: usize, scale: f32, p: &mut [f32]) {
+/// `p = softmax(scale · q·kᵀ)` of pair `t` into `p` (`n x n`, row-major), the product in
+/// `precision`.
+fn probabilities(
+    qkv: &[f32],
+    g: &Geometry,
+    t: usize,
+    (scale, precision): (f32, ProductPrecision),
+    p: &mut [f32],
+) {
     let (n, hd, ld) = (g.n, g.hd, 3 * g.d);
     let q = g.q_at(t);
     // SAFETY: `p` holds the n x n elements written (row stride n), and is borrowed
@@ -143,6 +149,7 @@ fn probabilities(qkv: &[f32], g: &Geometry, t: usize, scale: f32, p: &mut [f32])
             (&qkv[q + g.d..], ld, true),
             scale,
             false,
+            precision,
         )
     };
     for row in p.chunks_exact_mut(n) {
@@ -156,8 +163,7 @@ impl CustomOp1 for AttentionOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv = operand(slice_f32(s, l, "attention qkv")?, self.precision);
-        let qkv = &qkv[..];
+        let qkv = slice_f32(s, l, "attention qkv")?;
         let g = Geometry::new(l, self.heads)?;
         let len = g.b * g.n * g.d;
         let mut out: Vec<f32> = Vec::with_capacity(len);
@@ -165,8 +171,7 @@ impl CustomOp1 for AttentionOp {
         let nn = g.n * g.n;
         // Pair t: its attention matrix into `p`, then `p · v` into its block of `out`.
         let pair = |t: usize, p: &mut [f32]| {
-            probabilities(qkv, &g, t, self.scale, p);
-            let p = operand(p, self.precision);
+            probabilities(qkv, &g, t, (self.scale, self.precision), p);
             // SAFETY: pair t writes rows [b·n, (b+1)·n) x columns [h·hd, (h+1)·hd) of the
             // (B·N, D) output, which no other pair writes; `out` has capacity for all of
             // them.
@@ -174,10 +179,11 @@ impl CustomOp1 for AttentionOp {
                 gemm_raw(
                     (dst.at(g.o_at(t)), g.d),
                     (g.n, g.hd, g.n),
-                    (&p, g.n, false),
+                    (p, g.n, false),
                     (&qkv[g.q_at(t) + 2 * g.d..], 3 * g.d, false),
                     1.0,
                     false,
+                    self.precision,
                 )
             };
         };
@@ -238,9 +244,6 @@ impl CustomOp2 for AttentionBwd {
         let qkv = slice_f32(s1, l1, "attention_bwd qkv")?;
         let dout = slice_f32(s2, l2, "attention_bwd grad")?;
         let g = Geometry::new(l1, self.heads)?;
-        // The operands as the products read them (rounded once for bf16).
-        let (qkv, dout) = (operand(qkv, self.precision), operand(dout, self.precision));
-        let (qkv, dout) = (&qkv[..], &dout[..]);
         if l2.shape().dims() != [g.b, g.n, g.d] {
             candle_core::bail!(
                 "attention_bwd: grad {:?} does not match qkv {:?}",
@@ -266,11 +269,10 @@ impl CustomOp2 for AttentionBwd {
                 let p: &[f32] = match kept {
                     Some(k) => &k[t * n * n..][..n * n],
                     None => {
-                        probabilities(qkv, &g, t, self.scale, scratch);
+                        probabilities(qkv, &g, t, (self.scale, self.precision), scratch);
                         scratch
                     }
                 };
-                let p_operand = operand(p, self.precision);
                 // SAFETY (the four products): pair t writes rows [b·n, (b+1)·n) x columns
                 // [h·hd, (h+1)·hd) of each of the three D-wide blocks of the (B·N, 3D)
                 // gradient (dq, dk, dv), which no other pair writes; `out` has capacity for
@@ -280,10 +282,11 @@ impl CustomOp2 for AttentionBwd {
                     gemm_raw(
                         (dst.at(q + 2 * d), 3 * d),
                         (n, hd, n),
-                        (&p_operand, n, true),
+                        (p, n, true),
                         (&dout[o..], d, false),
                         1.0,
                         false,
+                        self.precision,
                     );
                     // dp = dout · vᵀ
                     gemm_raw(
@@ -293,13 +296,13 @@ impl CustomOp2 for AttentionBwd {
                         (&qkv[q + 2 * d..], 3 * d, true),
                         1.0,
                         false,
+                        self.precision,
                     );
                 }
                 // ds = softmax backward of dp (the scores' gradient, before the scale).
                 for (drow, prow) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
                     softmax_bwd_row(prow, drow);
                 }
-                round_for(ds, self.precision);
                 // SAFETY: as above.
                 unsafe {
                     // dq = scale · ds · k
@@ -310,6 +313,7 @@ impl CustomOp2 for AttentionBwd {
                         (&qkv[q + d..], 3 * d, false),
                         self.scale,
                         false,
+                        self.precision,
                     );
                     // dk = scale · dsᵀ · q
                     gemm_raw(
@@ -319,6 +323,7 @@ impl CustomOp2 for AttentionBwd {
                         (&qkv[q..], 3 * d, false),
                         self.scale,
                         false,
+                        self.precision,
                     );
                 }
             },

@@ -29,6 +29,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use super::fused::slice_f32;
+use super::precision::ProductPrecision;
 
 /// Geometry of one convolution (square kernel, equal stride and padding on both axes).
 #[derive(Clone, Copy, Debug)]
@@ -211,6 +212,8 @@ pub fn conv2d(
 /// operand transposed: element `(i, j)` at `j * ld + i` instead of `i * ld + j`.
 /// `parallel`: split the product over rayon's threads (`gemm` splits the output, so the
 /// result does not depend on scheduling), else compute it on the calling thread.
+/// `precision`: bf16 reads both operands rounded to bf16 (our GEMM rounds as it packs; the
+/// `gemm` crate gets rounded copies of the elements it reads).
 ///
 /// # Safety
 /// `dst` must be valid for writes of the `m` rows of `n` `f32`s at stride `dst_ld >= n`,
@@ -222,6 +225,7 @@ pub(super) unsafe fn gemm_raw(
     (rhs, rhs_ld, rhs_t): (&[f32], usize, bool),
     scale: f32,
     parallel: bool,
+    precision: ProductPrecision,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -245,8 +249,14 @@ pub(super) unsafe fn gemm_raw(
     // The bounds gemm will read, checked once (it does no checks of its own).
     assert!(lhs.len() > last(m, k, lhs_ld, lhs_t), "gemm: lhs too small");
     assert!(rhs.len() > last(k, n, rhs_ld, rhs_t), "gemm: rhs too small");
+    let bf16 = precision == ProductPrecision::Bf16;
     if super::sgemm::available() {
-        let operand = |data, ld, trans| super::sgemm::Operand { data, ld, trans };
+        let operand = |data, ld, trans| super::sgemm::Operand {
+            data,
+            ld,
+            trans,
+            bf16,
+        };
         // SAFETY: the operands hold every element read (asserted above), the destination
         // is the caller's guarantee, and the CPU has AVX2 and FMA (checked).
         unsafe {
@@ -269,6 +279,9 @@ pub(super) unsafe fn gemm_raw(
             (1, ld as isize)
         }
     };
+    // bf16 on the `gemm` crate: rounded copies of exactly the elements it reads.
+    let lhs = super::precision::operand(&lhs[..=last(m, k, lhs_ld, lhs_t)], precision);
+    let rhs = super::precision::operand(&rhs[..=last(k, n, rhs_ld, rhs_t)], precision);
     let (lhs_cs, lhs_rs) = strides(lhs_ld, lhs_t);
     let (rhs_cs, rhs_rs) = strides(rhs_ld, rhs_t);
     let threads = rayon::current_num_threads();
@@ -336,6 +349,7 @@ fn gemm_groups(
                 (rhs, rhs_ld, rhs_t),
                 1.0,
                 true,
+                ProductPrecision::F32,
             )
         };
     } else {
@@ -352,6 +366,7 @@ fn gemm_groups(
                         (&rhs[g * rhs_block..], rhs_ld, rhs_t),
                         1.0,
                         false,
+                        ProductPrecision::F32,
                     )
                 }
             });

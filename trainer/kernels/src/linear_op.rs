@@ -17,7 +17,7 @@ use super::conv_gemm::gemm_raw;
 use super::fused::{
     add_to_rows, gelu_values, gelu_values_in_place, slice_f32, ColumnSum, GeluBwd, Stash,
 };
-use super::precision::{operand, ProductPrecision};
+use super::precision::ProductPrecision;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `x·Wᵀ + b` for `x` `(..., in)`, `w` `(out, in)` and an optional `b` `(out)`; the
@@ -70,12 +70,10 @@ fn sizes(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize, Shape)> {
 /// row-major `m x n` buffer, split over rayon's threads, the operands read in `precision`.
 fn product(
     (m, n, k): (usize, usize, usize),
-    (lhs, lhs_ld, lhs_t): (&[f32], usize, bool),
-    (rhs, rhs_ld, rhs_t): (&[f32], usize, bool),
+    lhs: (&[f32], usize, bool),
+    rhs: (&[f32], usize, bool),
     precision: ProductPrecision,
 ) -> Vec<f32> {
-    let (lhs, rhs) = (operand(lhs, precision), operand(rhs, precision));
-    let (lhs, rhs) = ((&lhs[..], lhs_ld, lhs_t), (&rhs[..], rhs_ld, rhs_t));
     let len = m * n;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     // SAFETY: the product writes all `m x n` elements of the spare capacity (row stride
@@ -88,6 +86,7 @@ fn product(
             rhs,
             1.0,
             true,
+            precision,
         );
         out.set_len(len);
     }

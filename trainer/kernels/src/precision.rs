@@ -10,10 +10,10 @@
 //! stay f32 (autocast rounds them to bf16 for storage); everything else (normalizations,
 //! softmax, GELU, residuals, biases) is f32 either way.
 //!
-//! On this path bf16 runs as fast as f32 less one rounding pass over each operand; a
-//! kernel that reads bf16 operands at half the bytes (AVX512-BF16, AMX) would make it
-//! faster than f32, and can take the rounded buffers as they are (their low halves are
-//! zero).
+//! The GEMM rounds as it packs ([`super::sgemm::Operand::bf16`]): the packed panels are
+//! rounded in cache, no operand is copied, and bf16 runs at about f32's speed. A kernel
+//! that reads bf16 operands at half the bytes (AVX512-BF16, AMX) would make it faster than
+//! f32; the packed, rounded panels are what it would take (their low halves are zero).
 
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -45,14 +45,19 @@ pub fn round_bf16(x: f32) -> f32 {
 /// Elements per parallel task of [`round_slice`] (below it one thread does all).
 const CHUNK: usize = 1 << 16;
 
-/// Rounds every element of `v` to bf16 in place (see [`round_bf16`]).
+/// Rounds every element of `v` to bf16 in place (see [`round_bf16`]), large slices split
+/// over rayon's threads.
 pub fn round_slice(v: &mut [f32]) {
-    let round = |c: &mut [f32]| c.iter_mut().for_each(|x| *x = round_bf16(*x));
     if v.len() > CHUNK {
-        v.par_chunks_mut(CHUNK).for_each(round);
+        v.par_chunks_mut(CHUNK).for_each(round_slice_serial);
     } else {
-        round(v);
+        round_slice_serial(v);
     }
+}
+
+/// [`round_slice`] on the calling thread only (the GEMM rounds its packed panels with it).
+pub fn round_slice_serial(v: &mut [f32]) {
+    v.iter_mut().for_each(|x| *x = round_bf16(*x));
 }
 
 /// `v` as a product reads it in `precision`: itself for f32, a rounded copy for bf16.
@@ -64,13 +69,6 @@ pub fn operand(v: &[f32], precision: ProductPrecision) -> Cow<'_, [f32]> {
             round_slice(&mut copy);
             Cow::Owned(copy)
         }
-    }
-}
-
-/// Rounds `v` in place when `precision` is bf16 (a buffer that only feeds products).
-pub fn round_for(v: &mut [f32], precision: ProductPrecision) {
-    if precision == ProductPrecision::Bf16 {
-        round_slice(v);
     }
 }
 
@@ -136,9 +134,10 @@ mod tests {
         assert!(r.iter().zip(&v).all(|(a, b)| *a == round_bf16(*b)));
         assert!(r.iter().all(|a| a.to_bits() & 0xFFFF == 0));
         let mut w = v.clone();
-        round_for(&mut w, ProductPrecision::F32);
-        assert_eq!(w, v);
-        round_for(&mut w, ProductPrecision::Bf16);
+        round_slice(&mut w);
+        assert_eq!(&w[..], &r[..]);
+        let mut w = v.clone();
+        round_slice_serial(&mut w);
         assert_eq!(&w[..], &r[..]);
     }
 }

@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 use super::isa::{self, Isa};
+use super::precision::round_slice_serial;
 /// Depth of one packed block. Each block past the first reloads and rewrites the tile of
 /// `C`: on the DeiT products (`k` up to 4224) 256 gave 167-178 GFLOP/s, 512 gave 191 and
 /// 768 gave 191-194, 1024 and more less (`gemm_shapes`, 2 threads, 2026-12-05). A `B`
@@ -99,8 +100,10 @@ pub fn available() -> bool {
     kernel().is_some()
 }
 
-/// One operand: the buffer, its leading dimension (distance between rows), and whether it
-/// is read transposed (element `(i, j)` at `j * ld + i` instead of `i * ld + j`).
+/// One operand: the buffer, its leading dimension (distance between rows), whether it is
+/// read transposed (element `(i, j)` at `j * ld + i` instead of `i * ld + j`), and whether
+/// its elements are rounded to bf16 as they are packed (bf16 mixed precision, see
+/// [`super::precision`]: the buffer itself is left as it is).
 #[derive(Clone, Copy)]
 pub struct Operand<'a> {
     /// The elements.
@@ -109,6 +112,8 @@ pub struct Operand<'a> {
     pub ld: usize,
     /// Read the stored matrix transposed.
     pub trans: bool,
+    /// Read every element rounded to bf16 (to nearest even).
+    pub bf16: bool,
 }
 
 impl<'a> Operand<'a> {
@@ -393,13 +398,22 @@ unsafe fn serial<K: Micro>(
                     let kc = KC.min(k - pc);
                     let packed_b = scratch(pb, kc * nc.div_ceil(K::NR) * K::NR);
                     pack_b::<K>(packed_b, rhs, pc, jc, kc, nc);
+                    if rhs.bf16 {
+                        // On the packed copy (in cache), on this thread: `serial` must not
+                        // wait on others while it holds the buffers.
+                        round_slice_serial(packed_b);
+                    }
                     // A whole number of the kernel's row panels.
                     let mc_max = MC / K::MR * K::MR;
                     for ic in (0..m).step_by(mc_max) {
                         let mc = mc_max.min(m - ic);
-                        let a = if lhs.trans {
+                        // A bf16 operand is always packed: the rounding is on the copy.
+                        let a = if lhs.trans || lhs.bf16 {
                             let packed = scratch(pa, kc * mc.div_ceil(K::MR) * K::MR);
                             pack_a::<K>(packed, lhs, ic, pc, mc, kc);
+                            if lhs.bf16 {
+                                round_slice_serial(packed);
+                            }
                             APanels::Packed(packed)
                         } else {
                             // Whole panels straight from `lhs`'s rows; the last rows packed.
@@ -923,10 +937,19 @@ mod tests {
         scale: f32,
     ) -> Vec<f64> {
         let mut out = vec![0f64; m * n];
+        // An operand read as bf16 is the f64 of its rounded elements.
+        let value = |o: &Operand<'_>, at: usize| {
+            let v = o.data[at];
+            f64::from(if o.bf16 {
+                crate::precision::round_bf16(v)
+            } else {
+                v
+            })
+        };
         for i in 0..m {
             for j in 0..n {
                 let s: f64 = (0..k)
-                    .map(|p| a.data[a.at(i, p)] as f64 * b.data[b.at(p, j)] as f64)
+                    .map(|p| value(&a, a.at(i, p)) * value(&b, b.at(p, j)))
                     .sum();
                 out[i * n + j] = s * scale as f64;
             }
@@ -962,18 +985,21 @@ mod tests {
         ];
         for &(m, n, k) in &shapes {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                for parallel in [false, true] {
+                // bf16 operands (rounded as packed) for every layout, one split each.
+                for (parallel, bf16) in [(false, false), (true, false), (ta, true)] {
                     let (ad, ald) = operand(&mut rng, m, k, ta, 3);
                     let (bd, bld) = operand(&mut rng, k, n, tb, 1);
                     let a = Operand {
                         data: &ad,
                         ld: ald,
                         trans: ta,
+                        bf16,
                     };
                     let b = Operand {
                         data: &bd,
                         ld: bld,
                         trans: tb,
+                        bf16,
                     };
                     let ld = n + 2;
                     let mut out = vec![f32::NAN; m * ld];
@@ -996,7 +1022,8 @@ mod tests {
                             let tol = 1e-5 * (k as f64).sqrt().max(1.0);
                             assert!(
                                 (got - w).abs() <= tol,
-                                "{kernel:?} {m}x{n}x{k} ta={ta} tb={tb}: ({i},{j}) {got} vs {w}"
+                                "{kernel:?} {m}x{n}x{k} ta={ta} tb={tb} bf16={bf16}: ({i},{j}) \
+                                 {got} vs {w}"
                             );
                         }
                         for j in n..ld {
@@ -1024,11 +1051,13 @@ mod tests {
             data: &ad,
             ld: ald,
             trans: false,
+            bf16: false,
         };
         let b = Operand {
             data: &bd,
             ld: bld,
             trans: true,
+            bf16: false,
         };
         let run = |parallel: bool| {
             let mut out = vec![0f32; m * n];
@@ -1063,6 +1092,7 @@ mod tests {
                 data: &[],
                 ld: 0,
                 trans: false,
+                bf16: false,
             };
             // SAFETY: `out` holds 4 x 5; nothing is read from the empty operands.
             unsafe { sgemm_on(kernel, (out.as_mut_ptr(), 5), (4, 5, 0), a, a, 1.0, true) };
