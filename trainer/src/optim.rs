@@ -500,20 +500,14 @@ fn adamw_update_cpu(
         .enumerate()
         .for_each(|(c, ((po, mo), vo))| {
             let at = c * CHUNK;
-            for j in 0..po.len() {
-                let i = at + j;
-                let gi = g[i];
-                let pd = match k.decay {
-                    Some(d) => p[i] * d + 0.0,
-                    None => p[i],
-                };
-                let mi = m[i] + ((gi - m[i]) * k.one_minus_b1 + 0.0);
-                let vi = (v[i] * k.b2 + 0.0) + ((gi * k.one_minus_b2 + 0.0) * gi);
-                let den = (vi.sqrt() / k.bc2_sqrt) * 1.0 + k.eps;
-                po[j] = pd + ((mi * k.neg_step_size + 0.0) / den);
-                mo[j] = mi;
-                vo[j] = vi;
-            }
+            let len = po.len();
+            let inputs = [
+                &p[at..][..len],
+                &g[at..][..len],
+                &m[at..][..len],
+                &v[at..][..len],
+            ];
+            adamw_chunk(&k, inputs, [po, mo, vo]);
         });
     drop(guards);
     let shape = param.shape();
@@ -523,6 +517,40 @@ fn adamw_update_cpu(
         exp_avg: Tensor::from_vec(m1, shape, dev)?,
         exp_avg_sq: Tensor::from_vec(v1, shape, dev)?,
     })
+}
+
+kernels::simd_variant!(
+    /// One chunk of [`adamw_update_cpu`], compiled for the host's SIMD level (the same bits
+    /// at every level: the same IEEE operations per element).
+    fn adamw_chunk(k: &StepScalars, inputs: [&[f32]; 4], outputs: [&mut [f32]; 3])
+        => adamw_chunk_body
+);
+
+/// The body of [`adamw_chunk`]: `(p, g, m, v)` in, `(p', m', v')` out, all one length.
+#[inline(always)]
+fn adamw_chunk_body(k: &StepScalars, [p, g, m, v]: [&[f32]; 4], [po, mo, vo]: [&mut [f32]; 3]) {
+    let n = po.len();
+    let (p, g, m, v, mo, vo) = (
+        &p[..n],
+        &g[..n],
+        &m[..n],
+        &v[..n],
+        &mut mo[..n],
+        &mut vo[..n],
+    );
+    for i in 0..n {
+        let gi = g[i];
+        let pd = match k.decay {
+            Some(d) => p[i] * d + 0.0,
+            None => p[i],
+        };
+        let mi = m[i] + ((gi - m[i]) * k.one_minus_b1 + 0.0);
+        let vi = (v[i] * k.b2 + 0.0) + ((gi * k.one_minus_b2 + 0.0) * gi);
+        let den = (vi.sqrt() / k.bc2_sqrt) * 1.0 + k.eps;
+        po[i] = pd + ((mi * k.neg_step_size + 0.0) / den);
+        mo[i] = mi;
+        vo[i] = vi;
+    }
 }
 
 /// One AdamW step as candle tensor ops (any device and dtype path).

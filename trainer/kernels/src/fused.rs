@@ -18,42 +18,6 @@ use rayon::prelude::*;
 use std::cell::Cell;
 use std::mem::MaybeUninit;
 
-/// Defines `fn $name(args)` that runs `$body(args)` compiled for AVX-512 or AVX2 when
-/// [`crate::isa::active`] says so (the build targets baseline x86-64, so these kernels'
-/// vectorized loops would otherwise be 4 floats wide), else as built. `$body` must be
-/// `#[inline(always)]`, so each variant gets its own copy. The results are the same bits
-/// at every level: Rust never contracts `a * b + c` into an FMA, the reductions have a
-/// fixed order ([`lanes8`]), and the element-wise maths is the same IEEE operations at any
-/// vector width.
-macro_rules! simd_variant {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:ident) => {
-        $(#[$m])*
-        $vis fn $name($($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                use $crate::isa::{active, Isa};
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2")]
-                unsafe fn variant512($($a: $t),*) {
-                    $body($($a),*)
-                }
-                #[target_feature(enable = "avx2")]
-                unsafe fn variant($($a: $t),*) {
-                    $body($($a),*)
-                }
-                match active() {
-                    // SAFETY: the CPU supports AVX-512 F/BW/VL/DQ (`active` never exceeds
-                    // what it detected).
-                    Isa::Avx512 => return unsafe { variant512($($a),*) },
-                    // SAFETY: the CPU supports AVX2, as above.
-                    Isa::Avx2 => return unsafe { variant($($a),*) },
-                    Isa::Scalar => {}
-                }
-            }
-            $body($($a),*)
-        }
-    };
-}
-
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
 }
@@ -126,7 +90,7 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
     )
 }
 
-simd_variant!(
+crate::simd_variant!(
     /// One row of LayerNorm: `out = (x - mean) * rstd * w + b`, every element of `out`
     /// written (it may start uninitialized).
     fn layer_norm_row(
@@ -179,7 +143,7 @@ fn lanes8_sq_dev(v: &[f32], mean: f32) -> f32 {
     acc.into_iter().fold(0.0, |s, v| s + v)
 }
 
-simd_variant!(
+crate::simd_variant!(
     /// One row of LayerNorm's backward: `dx` for the row, and the row's terms added into
     /// `dw` and `db`; `xhat` is scratch of the row's length.
     fn layer_norm_bwd_row(
@@ -368,7 +332,7 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
-simd_variant!(
+crate::simd_variant!(
     /// Softmax of one row, in place: `exp(x - max) / sum`.
     pub(super) fn softmax_row(row: &mut [f32]) => softmax_row_body
 );
@@ -538,15 +502,15 @@ fn erf(x: f32) -> f32 {
     x * p / q
 }
 
-simd_variant!(
+crate::simd_variant!(
     /// GELU of a block of `x` into `o`.
     fn gelu_block(o: &mut [f32], x: &[f32]) => gelu_block_body
 );
-simd_variant!(
+crate::simd_variant!(
     /// GELU of a block in place (the same values as [`gelu_block`]).
     fn gelu_in_place(v: &mut [f32]) => gelu_in_place_body
 );
-simd_variant!(
+crate::simd_variant!(
     /// GELU's backward of a block: `o = g * (Phi(x) + x * phi(x))`.
     fn gelu_bwd_block(o: &mut [f32], x: &[f32], g: &[f32]) => gelu_bwd_block_body
 );

@@ -23,6 +23,44 @@
 
 use std::sync::OnceLock;
 
+/// Defines `fn $name(args)` that runs `$body(args)` compiled for AVX-512 or AVX2 when
+/// [`crate::isa::active`] says so (the build targets baseline x86-64, so these kernels'
+/// vectorized loops would otherwise be 4 floats wide), else as built. `$body` must be
+/// `#[inline(always)]`, so each variant gets its own copy. The results are the same bits
+/// at every level: Rust never contracts `a * b + c` into an FMA, the reductions have a
+/// fixed order (the fused kernels' `lanes8`), and the element-wise maths is the same IEEE
+/// operations at any vector width. Exported for the other crates' element-wise loops (the
+/// trainer's AdamW step).
+#[macro_export]
+macro_rules! simd_variant {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:ident) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use $crate::isa::{active, Isa};
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2")]
+                unsafe fn variant512($($a: $t),*) {
+                    $body($($a),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn variant($($a: $t),*) {
+                    $body($($a),*)
+                }
+                match active() {
+                    // SAFETY: the CPU supports AVX-512 F/BW/VL/DQ (`active` never exceeds
+                    // what it detected).
+                    Isa::Avx512 => return unsafe { variant512($($a),*) },
+                    // SAFETY: the CPU supports AVX2, as above.
+                    Isa::Avx2 => return unsafe { variant($($a),*) },
+                    Isa::Scalar => {}
+                }
+            }
+            $body($($a),*)
+        }
+    };
+}
+
 /// The environment variable that caps the instruction-set level.
 pub const ISA_ENV: &str = "DEIT_PIPE_ISA";
 
