@@ -55,8 +55,15 @@ pub fn round_slice(v: &mut [f32]) {
     }
 }
 
-/// [`round_slice`] on the calling thread only (the GEMM rounds its packed panels with it).
-pub fn round_slice_serial(v: &mut [f32]) {
+crate::simd_variant!(
+    /// [`round_slice`] on the calling thread only (the GEMM rounds its packed panels with
+    /// it), compiled for the host's SIMD level.
+    pub fn round_slice_serial(v: &mut [f32]) => round_slice_body
+);
+
+/// The body of [`round_slice_serial`].
+#[inline(always)]
+fn round_slice_body(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x = round_bf16(*x));
 }
 

@@ -14,7 +14,10 @@
 //! BENCHMARKS.md). With the matrix products at two thirds of a train step, that gap was
 //! most of what separated our step from PyTorch's. No maintained crate we can take offers
 //! a faster f32 GEMM without a system BLAS. This one runs the same products at 206-212
-//! GFLOP/s (torch 187 on the same machine, 2026-12-05; BENCHMARKS.md).
+//! GFLOP/s (torch 187 on the same machine, 2026-12-05; BENCHMARKS.md). On a 2-core Xeon
+//! with two 512-bit FMA units the AVX-512 kernel runs them at 201 GFLOP/s against the
+//! AVX2 kernel's 104 (2026-12-06); on Zen 4, which splits 512-bit FMAs in two, both
+//! kernels reach the same peak.
 //!
 //! The scheme: `C = scale * A·B` is cut into blocks of `KC` along `k` and `NC` along
 //! `n`; each block of `B` is copied once into `NR`-column panels (`k`-major, zero-padded);
@@ -535,33 +538,7 @@ unsafe fn pack_b_rows_16(
             // (`col + 16 <= nr`, asserted).
             unsafe {
                 let v: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(r[i][p0..].as_ptr()));
-                // 8x8 transpose: pairs, then quads, then 128-bit halves.
-                let t0 = _mm256_unpacklo_ps(v[0], v[1]);
-                let t1 = _mm256_unpackhi_ps(v[0], v[1]);
-                let t2 = _mm256_unpacklo_ps(v[2], v[3]);
-                let t3 = _mm256_unpackhi_ps(v[2], v[3]);
-                let t4 = _mm256_unpacklo_ps(v[4], v[5]);
-                let t5 = _mm256_unpackhi_ps(v[4], v[5]);
-                let t6 = _mm256_unpacklo_ps(v[6], v[7]);
-                let t7 = _mm256_unpackhi_ps(v[6], v[7]);
-                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-                let out = [
-                    _mm256_permute2f128_ps::<0x20>(u0, u4),
-                    _mm256_permute2f128_ps::<0x20>(u1, u5),
-                    _mm256_permute2f128_ps::<0x20>(u2, u6),
-                    _mm256_permute2f128_ps::<0x20>(u3, u7),
-                    _mm256_permute2f128_ps::<0x31>(u0, u4),
-                    _mm256_permute2f128_ps::<0x31>(u1, u5),
-                    _mm256_permute2f128_ps::<0x31>(u2, u6),
-                    _mm256_permute2f128_ps::<0x31>(u3, u7),
-                ];
+                let out = transpose_8x8(v);
                 for (i, o) in out.iter().enumerate() {
                     let at = (p0 + i) * nr + col + half * 8;
                     _mm256_storeu_ps(panel[at..][..8].as_mut_ptr(), *o);
@@ -609,6 +586,17 @@ fn pack_a<K: Micro>(out: &mut [f32], lhs: Operand<'_>, ic: usize, pc: usize, mc:
                     dst[rows..].fill(0.0);
                 }
             }
+        } else if mr == 12 && rows == mr {
+            // A whole 12-row panel in 8x8 register transposes (rows 0-7, then rows 4-11
+            // of which the upper four lanes are kept). Element by element, this was 13% of
+            // a bf16 DeiT-Ti train step, which packs every `A` (`perf`, 2026-12-06).
+            let row = |r: usize| &lhs.data[lhs.at(i0 + r, pc)..][..kc];
+            for (first, lanes) in [(0, 0..8), (4, 4..8)] {
+                let rows8: [&[f32]; 8] = std::array::from_fn(|r| row(first + r));
+                // SAFETY: every kernel needs AVX2 ([`sgemm_on`]'s contract); the 8 rows
+                // hold `kc` floats (sliced above) and the panel `kc * 12`.
+                unsafe { pack_rows_8(panel, (mr, first), rows8, kc, lanes) };
+            }
         } else {
             for r in 0..rows {
                 let src = &lhs.data[lhs.at(i0 + r, pc)..][..kc];
@@ -623,6 +611,100 @@ fn pack_a<K: Micro>(out: &mut [f32], lhs: Operand<'_>, ic: usize, pc: usize, mc:
             }
         }
     }
+}
+
+/// 8 rows of `kc` floats transposed into a panel of `stride`-wide steps: lane `l` of
+/// `lanes` (a subrange of `0..8`) of step `p` is `rows[l][p]`, stored at
+/// `panel[p * stride + col + l]`. 8x8 blocks in AVX registers, the last `kc % 8` steps one
+/// by one.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_rows_8(
+    panel: &mut [f32],
+    (stride, col): (usize, usize),
+    rows: [&[f32]; 8],
+    kc: usize,
+    lanes: std::ops::Range<usize>,
+) {
+    use std::arch::x86_64::*;
+    assert!(lanes.end <= 8 && col + lanes.end <= stride);
+    assert!(rows.iter().all(|r| r.len() >= kc) && panel.len() >= kc * stride);
+    let whole = kc / 8 * 8;
+    for p0 in (0..whole).step_by(8) {
+        // SAFETY: `p0 + 8 <= kc`: each row holds the 8 floats loaded (asserted), and the
+        // panel every step `p0 + i` written (`(p0 + i) * stride + col + 8 <= kc * stride`).
+        unsafe {
+            let v: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(rows[i][p0..].as_ptr()));
+            let t = transpose_8x8(v);
+            for (i, o) in t.iter().enumerate() {
+                let at = panel.as_mut_ptr().add((p0 + i) * stride + col);
+                if lanes.start == 0 {
+                    _mm256_storeu_ps(at, *o);
+                } else {
+                    // Lanes 4-7 only (the one partial range used).
+                    debug_assert_eq!(lanes.start, 4);
+                    _mm_storeu_ps(at.add(4), _mm256_extractf128_ps::<1>(*o));
+                }
+            }
+        }
+    }
+    for p in whole..kc {
+        for l in lanes.clone() {
+            panel[p * stride + col + l] = rows[l][p];
+        }
+    }
+}
+
+/// Never called: [`available`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_rows_8(
+    _: &mut [f32],
+    _: (usize, usize),
+    _: [&[f32]; 8],
+    _: usize,
+    _: std::ops::Range<usize>,
+) {
+    unreachable!("sgemm packing called without AVX2")
+}
+
+/// The 8x8 transpose of eight rows of 8 floats: pairs, then quads, then 128-bit halves.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn transpose_8x8(v: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+    let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+    let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+    let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+    let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+    let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+    let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+    let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
 }
 
 /// Where a block's `MR`-row panels of `A` come from.
