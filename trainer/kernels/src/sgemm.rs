@@ -74,12 +74,24 @@ impl Kernel {
         }
     }
 
+    /// The level the kernel needs.
+    fn isa(self) -> Isa {
+        match self {
+            Kernel::Avx2 => Isa::Avx2,
+            Kernel::Avx512 => Isa::Avx512,
+        }
+    }
+
+    /// Whether this CPU runs the kernel.
+    pub fn runs_here(self) -> bool {
+        self.isa() <= isa::detected()
+    }
+
     /// Every kernel this CPU can run (for tests that compare them).
     pub fn supported() -> Vec<Kernel> {
-        [Isa::Avx2, Isa::Avx512]
+        [Kernel::Avx2, Kernel::Avx512]
             .into_iter()
-            .filter(|&i| i <= isa::detected())
-            .filter_map(Kernel::for_isa)
+            .filter(|k| k.runs_here())
             .collect()
     }
 }
@@ -233,7 +245,7 @@ pub unsafe fn sgemm(
 /// [`sgemm`] on a given kernel (tests and benchmarks compare them).
 ///
 /// # Safety
-/// As for [`sgemm`], and the CPU runs `kernel` (it is in [`Kernel::supported`]).
+/// As for [`sgemm`], and the CPU runs `kernel` ([`Kernel::runs_here`]).
 pub unsafe fn sgemm_on(
     kernel: Kernel,
     dst: (*mut f32, usize),
@@ -244,7 +256,7 @@ pub unsafe fn sgemm_on(
     parallel: bool,
 ) {
     assert!(
-        Kernel::supported().contains(&kernel),
+        kernel.runs_here(),
         "sgemm: this CPU cannot run the {} kernel",
         kernel.describe()
     );
