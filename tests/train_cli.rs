@@ -23,6 +23,28 @@ fn shards(root: &Path) -> PathBuf {
     )
 }
 
+/// [`train_cmd`] for one epoch.
+fn one_epoch(data: &Path, out: &Path) -> Command {
+    let mut c = train_cmd(data, out);
+    c.args(["--set", "schedule.epochs=1"]);
+    c
+}
+
+/// `deit-pipe eval --weights RUN --data DATA --json EXTRA...`, run to success, its JSON.
+fn eval_json(run: &Path, data: &Path, extra: &[&str]) -> serde_json::Value {
+    let ev = run_ok(
+        bin()
+            .arg("eval")
+            .arg("--weights")
+            .arg(run)
+            .arg("--data")
+            .arg(data)
+            .arg("--json")
+            .args(extra),
+    );
+    serde_json::from_slice(&ev.stdout).unwrap()
+}
+
 fn train_cmd(data: &Path, out: &Path) -> Command {
     let mut c = bin();
     c.arg("train")
@@ -103,16 +125,7 @@ fn kill_and_resume_equals_straight_run_and_report_eval_read_it() {
     assert!(text.contains("top1_cls"), "{text}");
     assert!(killed.join("report.png").is_file());
 
-    let ev = run_ok(
-        bin()
-            .arg("eval")
-            .arg("--weights")
-            .arg(&killed)
-            .arg("--data")
-            .arg(&data)
-            .arg("--json"),
-    );
-    let v: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    let v = eval_json(&killed, &data, &[]);
     assert_eq!(v["images"], 16);
     assert!(v["top1_dist"].is_number());
 }
@@ -143,11 +156,7 @@ fn the_kernels_isa_is_recorded_and_a_bad_cap_refused() {
     // Capped at the scalar level (every host has it): config.toml names the host and
     // the cap, every metrics record the level the kernels ran at.
     let run = tmp.path().join("scalar");
-    run_ok(
-        train_cmd(&data, &run)
-            .env("DEIT_PIPE_ISA", "scalar")
-            .args(["--set", "schedule.epochs=1"]),
-    );
+    run_ok(one_epoch(&data, &run).env("DEIT_PIPE_ISA", "scalar"));
     let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
     let host = cfg
         .lines()
@@ -164,15 +173,7 @@ fn the_kernels_isa_is_recorded_and_a_bad_cap_refused() {
         assert_eq!(r["isa"], "scalar", "{r}");
     }
     // The config still reads back (the host line is a comment).
-    run_ok(
-        bin()
-            .arg("eval")
-            .arg("--weights")
-            .arg(&run)
-            .arg("--data")
-            .arg(&data)
-            .arg("--json"),
-    );
+    assert_eq!(eval_json(&run, &data, &[])["images"], 16);
     // A cap that names no level is refused before anything runs, naming the variable.
     let out = bin()
         .env("DEIT_PIPE_ISA", "avx1024")
@@ -193,23 +194,10 @@ fn precision_flag_is_recorded_and_refused_for_convnets() {
     let data = shards(tmp.path());
     // bf16 mixed precision for the DeiT student (on the CPU here), recorded in config.toml.
     let run = tmp.path().join("bf16");
-    run_ok(
-        train_cmd(&data, &run)
-            .args(["--precision", "bf16"])
-            .args(["--set", "schedule.epochs=1"]),
-    );
+    run_ok(one_epoch(&data, &run).args(["--precision", "bf16"]));
     let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(cfg.contains("precision = \"bf16\""), "{cfg}");
-    let ev = run_ok(
-        bin()
-            .arg("eval")
-            .arg("--weights")
-            .arg(&run)
-            .arg("--data")
-            .arg(&data)
-            .args(["--precision", "f32", "--json"]),
-    );
-    let v: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    let v = eval_json(&run, &data, &["--precision", "f32"]);
     assert_eq!(v["images"], 16);
     assert!(v["loss"].as_f64().unwrap().is_finite());
 

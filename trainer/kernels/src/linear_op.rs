@@ -407,13 +407,21 @@ mod tests {
         Ok(())
     }
 
+    /// A layer's variables `x (lead, inp)`, `w (out, inp)`, `b (out)` and a probe
+    /// `(lead, out)` to take gradients through.
+    fn layer(lead: (usize, usize), inp: usize, out: usize) -> Result<(Var, Var, Var, Tensor)> {
+        let dev = Device::Cpu;
+        Ok((
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (lead.0, lead.1, inp), &dev)?)?,
+            Var::from_tensor(&Tensor::randn(0f32, 0.3, (out, inp), &dev)?)?,
+            Var::from_tensor(&Tensor::randn(0f32, 0.3, out, &dev)?)?,
+            Tensor::randn(0f32, 1.0, (lead.0, lead.1, out), &dev)?,
+        ))
+    }
+
     #[test]
     fn linear_gelu_equals_linear_then_gelu() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 24), &dev)?)?;
-        let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (40, 24), &dev)?)?;
-        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 40, &dev)?)?;
-        let probe = Tensor::randn(0f32, 1.0, (3, 5, 40), &dev)?;
+        let (x, w, b, probe) = layer((3, 5), 24, 40)?;
         let reference =
             super::super::fused::gelu(&linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))?)?;
         let gr = (&reference * &probe)?.sum_all()?.backward()?;
@@ -436,11 +444,7 @@ mod tests {
 
     #[test]
     fn bf16_products_are_f32_products_of_rounded_operands() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 7, 48), &dev)?)?;
-        let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (40, 48), &dev)?)?;
-        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 40, &dev)?)?;
-        let probe = Tensor::randn(0f32, 1.0, (2, 7, 40), &dev)?;
+        let (x, w, b, probe) = layer((2, 7), 48, 40)?;
         let (x2, xr, wr) = (
             x.reshape((14, 48))?,
             rounded(&x.reshape((14, 48))?)?,
