@@ -2,7 +2,11 @@
 """PyTorch's CPU matmul on the matrix products of a DeiT train step: the counterpart of
 `cargo bench -p kernels --bench gemm_shapes` (same shapes, layouts and order).
 
-    python tools/bench_torch_gemm.py --threads 2
+    python tools/bench_torch_gemm.py --threads 2 [--bf16]
+
+--bf16 runs the products on bfloat16 tensors (what CPU autocast runs a linear layer's
+products on; oneDNN's bf16 kernels where the CPU has AVX512-BF16 or AMX), the
+counterpart of `GEMM_SHAPES_BF16=1`.
 
 Pinned: torch 2.15.0 (reference env /work/pyref). Each linear layer y = x·Wᵀ appears as
 forward, dx = dy·W and dW = dyᵀ·x (transposed views, as autograd passes them);
@@ -32,6 +36,7 @@ def attention(cases, label, bh, t, d):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 operands")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cases = []
@@ -46,7 +51,13 @@ def main():
     linear(cases, "vit32 b64 fc1 ", m, 192, 768)
     linear(cases, "vit32 b64 fc2 ", m, 768, 192)
     attention(cases, "vit32 b64 attn", 64 * 3, 66, 64)
-    print(f"torch {torch.__version__} matmul, {torch.get_num_threads()} threads: median of 9 rounds")
+    if args.bf16:
+        cases = [(name, f, a.bfloat16(), b.bfloat16()) for name, f, a, b in cases]
+    print(
+        f"torch {torch.__version__} matmul ({'bf16' if args.bf16 else 'f32'}), "
+        f"{torch.get_num_threads()} threads, cpu capability "
+        f"{torch.backends.cpu.get_cpu_capability()}: median of 9 rounds"
+    )
     total_s = total_f = 0.0
     with torch.no_grad():
         for name, f, a, b in cases:

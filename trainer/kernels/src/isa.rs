@@ -10,16 +10,19 @@
 //! | `scalar` | any CPU | the `gemm` crate (its own dispatch) | built for baseline x86-64 |
 //! | `avx2` | AVX2 + FMA | ours, 6x16 tile, 256-bit | compiled for AVX2 |
 //! | `avx512` | AVX-512 F/BW/VL/DQ + FMA | ours, 12x32 tile, 512-bit | compiled for AVX-512 |
+//! | `avx512bf16` | `avx512` + AVX512-BF16 | as `avx512`; bf16 products on `vdpbf16ps` | as `avx512` |
 //!
-//! `DEIT_PIPE_ISA=scalar|avx2|avx512` caps the level (a lower path is forced; a level the
+//! `DEIT_PIPE_ISA=scalar|avx2|avx512|avx512bf16` caps the level (a lower path is forced; a level the
 //! CPU lacks is never taken), so CI and a user can run and compare every path the machine
 //! has. [`host`] names the CPU and its SIMD flags, for benchmark lines, a run's
 //! `config.toml` and its metrics, so figures from different hosts are not compared
 //! blindly.
 //!
-//! AVX512-BF16 and AMX are reported by [`host`] but no kernel takes them yet: bf16 mixed
-//! precision runs its products on bf16-rounded operands through the f32 kernels (see
-//! [`crate::precision`]), which is exact for the products and as fast as f32.
+//! At `avx512bf16` the products of bf16 mixed precision run on a kernel that packs the
+//! operands as bf16 pairs and multiplies them with `vdpbf16ps` (twice the multiply-adds
+//! of an f32 FMA per instruction, half the bytes); below it they run on bf16-rounded
+//! operands through the f32 kernels (see [`crate::precision`]), exact for the products
+//! and as fast as f32. AMX is reported by [`host`] but no kernel takes it yet.
 
 use std::sync::OnceLock;
 
@@ -50,7 +53,7 @@ macro_rules! simd_variant {
                 match active() {
                     // SAFETY: the CPU supports AVX-512 F/BW/VL/DQ (`active` never exceeds
                     // what it detected).
-                    Isa::Avx512 => return unsafe { variant512($($a),*) },
+                    Isa::Avx512 | Isa::Avx512Bf16 => return unsafe { variant512($($a),*) },
                     // SAFETY: the CPU supports AVX2, as above.
                     Isa::Avx2 => return unsafe { variant($($a),*) },
                     Isa::Scalar => {}
@@ -74,11 +77,14 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F, BW, VL, DQ with FMA (x86-64-v4).
     Avx512,
+    /// [`Isa::Avx512`] plus AVX512-BF16 (`vdpbf16ps`: Intel since Cooper Lake, AMD since
+    /// Zen 4).
+    Avx512Bf16,
 }
 
 impl Isa {
     /// Every level, lowest first.
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
 
     /// The name used by [`ISA_ENV`] and in reports.
     pub fn name(self) -> &'static str {
@@ -86,6 +92,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -110,6 +117,9 @@ pub fn detected() -> Isa {
             use std::arch::is_x86_feature_detected as has;
             let avx2 = has!("avx2") && has!("fma");
             if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") {
+                if has!("avx512bf16") {
+                    return Isa::Avx512Bf16;
+                }
                 return Isa::Avx512;
             }
             if avx2 {
@@ -140,7 +150,7 @@ pub fn env_cap() -> Result<Option<Isa>, String> {
 pub fn active() -> Isa {
     static ACTIVE: OnceLock<Isa> = OnceLock::new();
     *ACTIVE.get_or_init(|| {
-        let cap = env_cap().ok().flatten().unwrap_or(Isa::Avx512);
+        let cap = env_cap().ok().flatten().unwrap_or(Isa::Avx512Bf16);
         detected().min(cap)
     })
 }
@@ -253,8 +263,8 @@ mod tests {
             assert_eq!(Isa::parse(isa.name()), Some(isa));
         }
         assert_eq!(Isa::parse(" avx2 "), Some(Isa::Avx2));
-        assert_eq!(Isa::parse("avx512bf16"), None);
-        assert!(Isa::Scalar < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
+        assert_eq!(Isa::parse("avx1024"), None);
+        assert!(Isa::ALL.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
@@ -271,8 +281,11 @@ mod tests {
         if detected() >= Isa::Avx2 {
             assert!(h.flags.contains(&"avx2") && h.flags.contains(&"fma"));
         }
-        if detected() == Isa::Avx512 {
+        if detected() >= Isa::Avx512 {
             assert!(h.flags.contains(&"avx512f"));
+        }
+        if detected() == Isa::Avx512Bf16 {
+            assert!(h.flags.contains(&"avx512bf16"));
         }
     }
 }

@@ -10,10 +10,11 @@
 //! stay f32 (autocast rounds them to bf16 for storage); everything else (normalizations,
 //! softmax, GELU, residuals, biases) is f32 either way.
 //!
-//! The GEMM rounds as it packs ([`super::sgemm::Operand::bf16`]): the packed panels are
-//! rounded in cache, no operand is copied, and bf16 runs at about f32's speed. A kernel
-//! that reads bf16 operands at half the bytes (AVX512-BF16, AMX) would make it faster than
-//! f32; the packed, rounded panels are what it would take (their low halves are zero).
+//! The GEMM rounds as it packs ([`super::sgemm::Operand::bf16`]): no operand is copied.
+//! On a CPU with AVX512-BF16 ([`super::isa::Isa::Avx512Bf16`]) the packed panels hold
+//! bf16 pairs and `vdpbf16ps` multiplies them, two multiply-adds per lane and instruction;
+//! elsewhere the panels hold rounded f32s for the f32 kernels, and bf16 runs at about
+//! f32's speed.
 
 use rayon::prelude::*;
 use std::borrow::Cow;

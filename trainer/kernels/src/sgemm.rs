@@ -17,7 +17,9 @@
 //! GFLOP/s (torch 187 on the same machine, 2026-12-05; BENCHMARKS.md). On a 2-core Xeon
 //! with two 512-bit FMA units the AVX-512 kernel runs them at 201 GFLOP/s against the
 //! AVX2 kernel's 104 (2026-12-06); on Zen 4, which splits 512-bit FMAs in two, both
-//! kernels reach the same peak.
+//! kernels reach the same peak. Where the CPU has AVX512-BF16, a product of two bf16
+//! operands (mixed precision) is packed as bf16 pairs and runs on a `vdpbf16ps` kernel
+//! instead (the `bf16` module).
 //!
 //! The scheme: `C = scale * A·B` is cut into blocks of `KC` along `k` and `NC` along
 //! `n`; each block of `B` is copied once into `NR`-column panels (`k`-major, zero-padded);
@@ -34,6 +36,9 @@ use std::cell::RefCell;
 
 use super::isa::{self, Isa};
 use super::precision::round_slice_serial;
+
+mod bf16;
+
 /// Depth of one packed block. Each block past the first reloads and rewrites the tile of
 /// `C`: on the DeiT products (`k` up to 4224) 256 gave 167-178 GFLOP/s, 512 gave 191 and
 /// 768 gave 191-194, 1024 and more less (`gemm_shapes`, 2 threads, 2026-12-05). A `B`
@@ -54,6 +59,9 @@ pub enum Kernel {
     Avx2,
     /// 12x32 tile, AVX-512 F with FMA.
     Avx512,
+    /// [`Kernel::Avx512`] for f32 operands; a product of two bf16 operands packed as bf16
+    /// pairs and multiplied by `vdpbf16ps`, 12x32 (AVX512-BF16; `bf16` module).
+    Avx512Bf16,
 }
 
 impl Kernel {
@@ -63,6 +71,7 @@ impl Kernel {
             Isa::Scalar => None,
             Isa::Avx2 => Some(Kernel::Avx2),
             Isa::Avx512 => Some(Kernel::Avx512),
+            Isa::Avx512Bf16 => Some(Kernel::Avx512Bf16),
         }
     }
 
@@ -71,6 +80,7 @@ impl Kernel {
         match self {
             Kernel::Avx2 => "avx2 6x16",
             Kernel::Avx512 => "avx512 12x32",
+            Kernel::Avx512Bf16 => "avx512 12x32, bf16 products avx512bf16 12x32",
         }
     }
 
@@ -79,6 +89,7 @@ impl Kernel {
         match self {
             Kernel::Avx2 => Isa::Avx2,
             Kernel::Avx512 => Isa::Avx512,
+            Kernel::Avx512Bf16 => Isa::Avx512Bf16,
         }
     }
 
@@ -89,7 +100,7 @@ impl Kernel {
 
     /// Every kernel this CPU can run (for tests that compare them).
     pub fn supported() -> Vec<Kernel> {
-        [Kernel::Avx2, Kernel::Avx512]
+        [Kernel::Avx2, Kernel::Avx512, Kernel::Avx512Bf16]
             .into_iter()
             .filter(|k| k.runs_here())
             .collect()
@@ -260,14 +271,19 @@ pub unsafe fn sgemm_on(
         "sgemm: this CPU cannot run the {} kernel",
         kernel.describe()
     );
-    // SAFETY: the caller's guarantees; the CPU runs the kernel (asserted).
-    unsafe {
-        match kernel {
-            Kernel::Avx2 => split::<Avx2Tile>(dst, dims, lhs, rhs, scale, parallel),
-            Kernel::Avx512 => split::<Avx512Tile>(dst, dims, lhs, rhs, scale, parallel),
+    let (tile, run): ((usize, usize), Serial) = match kernel {
+        Kernel::Avx2 => ((Avx2Tile::MR, Avx2Tile::NR), serial::<Avx2Tile>),
+        Kernel::Avx512Bf16 if lhs.bf16 && rhs.bf16 => ((bf16::MR, bf16::NR), bf16::serial),
+        Kernel::Avx512 | Kernel::Avx512Bf16 => {
+            ((Avx512Tile::MR, Avx512Tile::NR), serial::<Avx512Tile>)
         }
-    }
+    };
+    // SAFETY: the caller's guarantees; the CPU runs the kernel (asserted).
+    unsafe { split(dst, dims, lhs, rhs, scale, parallel, tile, run) }
 }
+
+/// A product on the calling thread with one kernel: [`serial`] or `bf16::serial`.
+type Serial = unsafe fn(Dst, (usize, usize, usize), Operand<'_>, Operand<'_>, f32);
 
 /// A register-blocked kernel: its tile and the function that computes one.
 trait Micro {
@@ -334,17 +350,21 @@ impl Micro for Avx512Tile {
     }
 }
 
-/// [`sgemm`] on kernel `K`: the split over threads.
+/// [`sgemm`] split over threads, each part run by `run`, whose register tile is
+/// `(mr, nr)`.
 ///
 /// # Safety
-/// As for [`sgemm_on`].
-unsafe fn split<K: Micro>(
+/// As for [`sgemm_on`], for the kernel `run` runs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn split(
     (dst, dst_ld): (*mut f32, usize),
     (m, n, k): (usize, usize, usize),
     lhs: Operand<'_>,
     rhs: Operand<'_>,
     scale: f32,
     parallel: bool,
+    (mr, nr): (usize, usize),
+    run: Serial,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -362,7 +382,7 @@ unsafe fn split<K: Micro>(
     // (Splitting the columns whenever `A` is read in place measured the same: 211 against
     // 208 GFLOP/s over the bench's products.)
     let by_rows = n <= m;
-    let (len, tile) = if by_rows { (m, K::MR) } else { (n, K::NR) };
+    let (len, tile) = if by_rows { (m, mr) } else { (n, nr) };
     let per = len.div_ceil(tile).div_ceil(threads).max(1) * tile;
     let parts: Vec<(usize, usize)> = (0..len)
         .step_by(per)
@@ -378,7 +398,7 @@ unsafe fn split<K: Micro>(
         let sub = unsafe { dst.offset(i0, j0) };
         // SAFETY: each part writes its own rows or columns of the destination, which the
         // caller handed over exclusively; the sub-operands hold what the part reads.
-        unsafe { serial::<K>(sub, (mm, nn, k), lhs.from(i0, 0), rhs.from(0, j0), scale) };
+        unsafe { run(sub, (mm, nn, k), lhs.from(i0, 0), rhs.from(0, j0), scale) };
     };
     if parts.len() > 1 {
         parts.par_iter().for_each(part);
@@ -959,6 +979,26 @@ unsafe fn kernel_12x32<const IN_PLACE: bool>(
             }
         }
     }
+    // SAFETY: the caller's guarantee on the tile; the CPU has AVX-512 F.
+    unsafe { store_12x32(&c, tile, scale, accumulate) };
+}
+
+/// Stores (or with `accumulate` adds) `scale` times the 12x32 sums `c` (two registers a
+/// row) to the tile, its partial rows and columns through masks.
+///
+/// # Safety
+/// The tile's `rows x cols` elements are valid for reads and writes; the CPU has
+/// AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+#[inline]
+unsafe fn store_12x32(
+    c: &[[std::arch::x86_64::__m512; 2]; 12],
+    tile: Tile,
+    scale: f32,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
     let s = _mm512_set1_ps(scale);
     // Column masks of the two halves (all ones for a full tile).
     let lanes = |cols: usize| -> __mmask16 {
@@ -1179,6 +1219,46 @@ mod tests {
     }
 
     #[test]
+    fn bf16_products_take_the_dot_product_kernel_where_the_cpu_has_it() {
+        // `vdpbf16ps` reads bf16 subnormals as zero; the f32 kernels on rounded operands
+        // keep them. 1e-39 is a bf16 subnormal (it rounds to one, 0x000B).
+        let product = |kernel: Kernel, bf16: bool| {
+            let (a, b) = ([1e-39f32, 0.0, 0.0, 0.0], [1.0f32; 4]);
+            let op = |data, trans| Operand {
+                data,
+                ld: 4,
+                trans,
+                bf16,
+            };
+            let mut out = [f32::NAN];
+            // SAFETY: `out` holds 1 x 1; the operands 1 x 4 and 4 x 1 (`b` transposed).
+            unsafe {
+                sgemm_on(
+                    kernel,
+                    (out.as_mut_ptr(), 1),
+                    (1, 1, 4),
+                    op(&a, false),
+                    op(&b, true),
+                    1.0,
+                    false,
+                )
+            };
+            out[0]
+        };
+        let rounded = crate::precision::round_bf16(1e-39);
+        assert!(rounded != 0.0 && !rounded.is_normal());
+        for kernel in Kernel::supported() {
+            let want_bf16 = if kernel == Kernel::Avx512Bf16 {
+                0.0
+            } else {
+                rounded
+            };
+            assert_eq!(product(kernel, true), want_bf16, "{kernel:?}");
+            assert_eq!(product(kernel, false), 1e-39, "{kernel:?} f32");
+        }
+    }
+
+    #[test]
     fn zero_depth_writes_zeros() {
         for kernel in Kernel::supported() {
             let mut out = vec![f32::NAN; 4 * 5];
@@ -1206,6 +1286,7 @@ mod tests {
                 Isa::Scalar => 0,
                 Isa::Avx2 => 1,
                 Isa::Avx512 => 2,
+                Isa::Avx512Bf16 => 3,
             }
         );
     }
