@@ -381,8 +381,7 @@ unsafe fn kernel_12x32_bf16(
             }
         }
     }
-    // SAFETY: the caller's guarantee on the tile; the CPU has AVX-512 F.
-    unsafe { super::store_12x32(&c, tile, scale, accumulate) };
+    super::store_12x32!(c, tile, scale, accumulate);
 }
 
 /// Never called: the kernel is only chosen on x86-64 CPUs with AVX512-BF16.
