@@ -2,8 +2,8 @@
 //! convolution as im2col + GEMM ([`conv_gemm`]), the linear layer as one product
 //! ([`linear_op`]), DeiT's attention ([`attention`]), and fused element-wise, norm and
 //! softmax ops ([`fused`], [`fused_bn`]), each a candle `CustomOp` with a hand-written
-//! backward. [`isa`] picks each kernel's instruction set at run time (AVX-512, AVX2 or
-//! none; `DEIT_PIPE_ISA` caps it). CPU and f32 tensors only, the products optionally on
+//! backward. [`isa`] picks each kernel's instruction set at run time (AVX512-BF16, AVX-512,
+//! AVX2 or none; `DEIT_PIPE_ISA` caps it). CPU and f32 tensors only, the products optionally on
 //! bf16-rounded operands ([`precision`]); [`fused::enabled`] tells a caller when to use them,
 //! [`fused::set_enabled`] switches them off so tests and benchmarks can compare them
 //! with candle's composite ops.
@@ -28,5 +28,7 @@ pub fn chosen() -> String {
         Some(k) => k.describe().to_string(),
         None => "gemm crate".to_string(),
     };
-    format!("gemm {gemm}, element-wise {}", isa::active())
+    // The element-wise kernels have no bf16 instructions: AVX-512 at both AVX-512 levels.
+    let elementwise = isa::active().min(isa::Isa::Avx512);
+    format!("gemm {gemm}, element-wise {elementwise}")
 }
