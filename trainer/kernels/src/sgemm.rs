@@ -200,28 +200,28 @@ unsafe fn zero_rows(dst: Dst, rows: std::ops::Range<usize>, n: usize) {
     }
 }
 
-/// A 64-byte aligned group of 16 floats, so packed panels start on cache lines.
+/// A 64-byte aligned group of 16 four-byte elements (floats, or the `bf16` module's
+/// pairs), so packed panels start on cache lines.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Lane16([f32; 16]);
+struct Lane16<T>([T; 16]);
 
-/// A reusable, 64-byte aligned scratch buffer of at least `len` floats.
-fn scratch(buf: &mut Vec<Lane16>, len: usize) -> &mut [f32] {
+/// A reusable, 64-byte aligned scratch buffer of at least `len` elements.
+fn scratch<T: Copy + Default>(buf: &mut Vec<Lane16<T>>, len: usize) -> &mut [T] {
     let lanes = len.div_ceil(16);
     if buf.len() < lanes {
-        buf.resize(lanes, Lane16([0.0; 16]));
+        buf.resize(lanes, Lane16([T::default(); 16]));
     }
-    // SAFETY: `Lane16` is `repr(C)` around `[f32; 16]`, so `lanes` of them are
-    // `16 * lanes` contiguous, initialized floats, borrowed mutably from `buf` for the
-    // result's life.
-    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<f32>(), len) }
+    // SAFETY: `Lane16` is `repr(C)` around `[T; 16]`, so `lanes` of them are `16 * lanes`
+    // contiguous, initialized elements, borrowed mutably from `buf` for the result's life.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<T>(), len) }
 }
 
 thread_local! {
     /// Packed `A` blocks of the calling thread (kept between products).
-    static PACK_A: RefCell<Vec<Lane16>> = const { RefCell::new(Vec::new()) };
+    static PACK_A: RefCell<Vec<Lane16<f32>>> = const { RefCell::new(Vec::new()) };
     /// Packed `B` blocks of the calling thread (kept between products).
-    static PACK_B: RefCell<Vec<Lane16>> = const { RefCell::new(Vec::new()) };
+    static PACK_B: RefCell<Vec<Lane16<f32>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `dst = scale * (lhs x rhs)` (`m x k` by `k x n`), every element of the `m x n`
@@ -373,6 +373,11 @@ unsafe fn split(
         ptr: dst,
         ld: dst_ld,
     };
+    if k == 0 {
+        // SAFETY: the caller's guarantee on `dst`; zero bytes are 0.0.
+        unsafe { zero_rows(dst, 0..m, n) };
+        return;
+    }
     let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS {
         rayon::current_num_threads()
     } else {
@@ -407,6 +412,16 @@ unsafe fn split(
     }
 }
 
+/// The blocks of a product, in the order they are run: `(jc, nc)`, columns of `NC`, then
+/// within each `(pc, kc)`, depths of `KC`.
+fn blocks(n: usize, k: usize) -> impl Iterator<Item = ((usize, usize), (usize, usize))> {
+    (0..n).step_by(NC).flat_map(move |jc| {
+        (0..k)
+            .step_by(KC)
+            .map(move |pc| ((jc, NC.min(n - jc)), (pc, KC.min(k - pc))))
+    })
+}
+
 /// [`sgemm`] on the calling thread.
 ///
 /// # Safety
@@ -418,65 +433,49 @@ unsafe fn serial<K: Micro>(
     rhs: Operand<'_>,
     scale: f32,
 ) {
-    if k == 0 {
-        // SAFETY: the caller's guarantee on `dst`; zero bytes are 0.0.
-        unsafe { zero_rows(dst, 0..m, n) };
-        return;
-    }
+    debug_assert!(k > 0, "`split` writes the zeros of an empty product");
     // `serial` never waits on other threads, so no other product can start on this thread
     // while the buffers are borrowed.
     PACK_B.with_borrow_mut(|pb| {
         PACK_A.with_borrow_mut(|pa| {
-            for jc in (0..n).step_by(NC) {
-                let nc = NC.min(n - jc);
-                for pc in (0..k).step_by(KC) {
-                    let kc = KC.min(k - pc);
-                    let packed_b = scratch(pb, kc * nc.div_ceil(K::NR) * K::NR);
-                    pack_b::<K>(packed_b, rhs, pc, jc, kc, nc);
-                    if rhs.bf16 {
-                        // On the packed copy (in cache), on this thread: `serial` must not
-                        // wait on others while it holds the buffers.
-                        round_slice_serial(packed_b);
-                    }
-                    // A whole number of the kernel's row panels.
-                    let mc_max = MC / K::MR * K::MR;
-                    for ic in (0..m).step_by(mc_max) {
-                        let mc = mc_max.min(m - ic);
-                        // A bf16 operand is always packed: the rounding is on the copy.
-                        let a = if lhs.trans || lhs.bf16 {
-                            let packed = scratch(pa, kc * mc.div_ceil(K::MR) * K::MR);
-                            pack_a::<K>(packed, lhs, ic, pc, mc, kc);
-                            if lhs.bf16 {
-                                round_slice_serial(packed);
-                            }
-                            APanels::Packed(packed)
-                        } else {
-                            // Whole panels straight from `lhs`'s rows; the last rows packed.
-                            let full = mc / K::MR * K::MR;
-                            let tail = scratch(pa, kc * K::MR);
-                            if full < mc {
-                                pack_a::<K>(tail, lhs, ic + full, pc, mc - full, kc);
-                            }
-                            APanels::Direct {
-                                rows: &lhs.data[lhs.at(ic, pc).min(lhs.data.len())..],
-                                ld: lhs.ld,
-                                tail,
-                            }
-                        };
-                        // SAFETY: the block is inside the destination (the caller's
-                        // guarantee); the CPU runs the kernel.
-                        unsafe {
-                            macro_block::<K>(
-                                dst,
-                                (ic, jc),
-                                (mc, nc, kc),
-                                a,
-                                packed_b,
-                                scale,
-                                pc > 0,
-                            )
-                        };
-                    }
+            for ((jc, nc), (pc, kc)) in blocks(n, k) {
+                let packed_b = scratch(pb, kc * nc.div_ceil(K::NR) * K::NR);
+                pack_b::<K>(packed_b, rhs, pc, jc, kc, nc);
+                if rhs.bf16 {
+                    // On the packed copy (in cache), on this thread: `serial` must not
+                    // wait on others while it holds the buffers.
+                    round_slice_serial(packed_b);
+                }
+                // A whole number of the kernel's row panels.
+                let mc_max = MC / K::MR * K::MR;
+                for ic in (0..m).step_by(mc_max) {
+                    let mc = mc_max.min(m - ic);
+                    // A bf16 operand is always packed: the rounding is on the copy.
+                    let a = if lhs.trans || lhs.bf16 {
+                        let packed = scratch(pa, kc * mc.div_ceil(K::MR) * K::MR);
+                        pack_a::<K>(packed, lhs, ic, pc, mc, kc);
+                        if lhs.bf16 {
+                            round_slice_serial(packed);
+                        }
+                        APanels::Packed(packed)
+                    } else {
+                        // Whole panels straight from `lhs`'s rows; the last rows packed.
+                        let full = mc / K::MR * K::MR;
+                        let tail = scratch(pa, kc * K::MR);
+                        if full < mc {
+                            pack_a::<K>(tail, lhs, ic + full, pc, mc - full, kc);
+                        }
+                        APanels::Direct {
+                            rows: &lhs.data[lhs.at(ic, pc).min(lhs.data.len())..],
+                            ld: lhs.ld,
+                            tail,
+                        }
+                    };
+                    // SAFETY: the block is inside the destination (the caller's
+                    // guarantee); the CPU runs the kernel.
+                    unsafe {
+                        macro_block::<K>(dst, (ic, jc), (mc, nc, kc), a, packed_b, scale, pc > 0)
+                    };
                 }
             }
         })

@@ -17,7 +17,7 @@
 
 use std::cell::RefCell;
 
-use super::{zero_rows, Dst, Operand, Tile, KC, MC, NC};
+use super::{blocks, scratch, Dst, Lane16, Operand, Tile, MC};
 use crate::precision::round_bf16;
 
 /// Rows of the register tile.
@@ -25,28 +25,11 @@ pub(super) const MR: usize = 12;
 /// Columns of the register tile.
 pub(super) const NR: usize = 32;
 
-/// A 64-byte aligned group of 16 packed pairs.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Pairs16([u32; 16]);
-
-/// A reusable, 64-byte aligned scratch buffer of at least `len` pairs.
-fn scratch(buf: &mut Vec<Pairs16>, len: usize) -> &mut [u32] {
-    let groups = len.div_ceil(16);
-    if buf.len() < groups {
-        buf.resize(groups, Pairs16([0; 16]));
-    }
-    // SAFETY: `Pairs16` is `repr(C)` around `[u32; 16]`, so `groups` of them are
-    // `16 * groups` contiguous, initialized `u32`s, borrowed mutably from `buf` for the
-    // result's life.
-    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u32>(), len) }
-}
-
 thread_local! {
     /// Packed `A` blocks of the calling thread (kept between products).
-    static PACK_A: RefCell<Vec<Pairs16>> = const { RefCell::new(Vec::new()) };
+    static PACK_A: RefCell<Vec<Lane16<u32>>> = const { RefCell::new(Vec::new()) };
     /// Packed `B` blocks of the calling thread (kept between products).
-    static PACK_B: RefCell<Vec<Pairs16>> = const { RefCell::new(Vec::new()) };
+    static PACK_B: RefCell<Vec<Lane16<u32>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Two values rounded to bf16 as one pair: `lo` (step `2t`) in the low half, `hi` (step
@@ -295,45 +278,37 @@ pub(super) unsafe fn serial(
     rhs: Operand<'_>,
     scale: f32,
 ) {
-    if k == 0 {
-        // SAFETY: the caller's guarantee on `dst`; zero bytes are 0.0.
-        unsafe { zero_rows(dst, 0..m, n) };
-        return;
-    }
+    debug_assert!(k > 0, "`split` writes the zeros of an empty product");
     // As in `super::serial`: no waiting on other threads while the buffers are borrowed.
     PACK_B.with_borrow_mut(|pb| {
         PACK_A.with_borrow_mut(|pa| {
-            for jc in (0..n).step_by(NC) {
-                let nc = NC.min(n - jc);
-                // `KC` is even, so only the last block can end on half a pair.
-                for pc in (0..k).step_by(KC) {
-                    let kc = KC.min(k - pc);
-                    let kp = kc.div_ceil(2);
-                    let packed_b = scratch(pb, kp * nc.div_ceil(NR) * NR);
-                    // SAFETY: the CPU has AVX512-BF16 (the caller's guarantee).
-                    unsafe { pack_pairs(packed_b, Block::of_rhs(rhs, pc, jc), NR, nc, kc) };
-                    let mc_max = MC / MR * MR;
-                    for ic in (0..m).step_by(mc_max) {
-                        let mc = mc_max.min(m - ic);
-                        let packed_a = scratch(pa, kp * mc.div_ceil(MR) * MR);
-                        // SAFETY: as above.
-                        unsafe { pack_pairs(packed_a, Block::of_lhs(lhs, ic, pc), MR, mc, kc) };
-                        for jr in (0..nc).step_by(NR) {
-                            let b = &packed_b[(jr / NR) * kp * NR..][..kp * NR];
-                            for ir in (0..mc).step_by(MR) {
-                                let a = &packed_a[(ir / MR) * kp * MR..][..kp * MR];
-                                let tile = Tile {
-                                    // SAFETY: `(ic + ir, jc + jr)` is inside the destination.
-                                    ptr: unsafe { dst.ptr.add((ic + ir) * dst.ld + jc + jr) },
-                                    ld: dst.ld,
-                                    rows: MR.min(mc - ir),
-                                    cols: NR.min(nc - jr),
-                                };
-                                // SAFETY: the panels hold `kp` pairs of steps (sliced
-                                // above), the tile is inside the destination (the caller's
-                                // guarantee), the CPU has AVX512-BF16 (likewise).
-                                unsafe { kernel_12x32_bf16(kp, a, b, tile, scale, pc > 0) };
-                            }
+            // `super::KC` is even, so only the last block can end on half a pair.
+            for ((jc, nc), (pc, kc)) in blocks(n, k) {
+                let kp = kc.div_ceil(2);
+                let packed_b = scratch(pb, kp * nc.div_ceil(NR) * NR);
+                // SAFETY: the CPU has AVX512-BF16 (the caller's guarantee).
+                unsafe { pack_pairs(packed_b, Block::of_rhs(rhs, pc, jc), NR, nc, kc) };
+                let mc_max = MC / MR * MR;
+                for ic in (0..m).step_by(mc_max) {
+                    let mc = mc_max.min(m - ic);
+                    let packed_a = scratch(pa, kp * mc.div_ceil(MR) * MR);
+                    // SAFETY: as above.
+                    unsafe { pack_pairs(packed_a, Block::of_lhs(lhs, ic, pc), MR, mc, kc) };
+                    for jr in (0..nc).step_by(NR) {
+                        let b = &packed_b[(jr / NR) * kp * NR..][..kp * NR];
+                        for ir in (0..mc).step_by(MR) {
+                            let a = &packed_a[(ir / MR) * kp * MR..][..kp * MR];
+                            let tile = Tile {
+                                // SAFETY: `(ic + ir, jc + jr)` is inside the destination.
+                                ptr: unsafe { dst.ptr.add((ic + ir) * dst.ld + jc + jr) },
+                                ld: dst.ld,
+                                rows: MR.min(mc - ir),
+                                cols: NR.min(nc - jr),
+                            };
+                            // SAFETY: the panels hold `kp` pairs of steps (sliced
+                            // above), the tile is inside the destination (the caller's
+                            // guarantee), the CPU has AVX512-BF16 (likewise).
+                            unsafe { kernel_12x32_bf16(kp, a, b, tile, scale, pc > 0) };
                         }
                     }
                 }
