@@ -45,6 +45,18 @@ fn best_all(flops: f64, f: &(dyn Fn() -> f32 + Sync)) -> f64 {
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// The sum of every lane of the accumulators (a checksum, so the loops are kept).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum(c: [__m512; 24]) -> f32 {
+        _mm512_reduce_add_ps(
+            c.into_iter()
+                .fold(_mm512_setzero_ps(), |s, x| _mm512_add_ps(s, x)),
+        )
+    }
+
     /// `ITERS` rounds of 24 f32 FMAs (16 lanes each) on independent accumulators.
     ///
     /// # Safety
@@ -58,11 +70,7 @@ mod x86 {
                 *x = _mm512_fmadd_ps(*x, a, b);
             }
         }
-        let mut s = _mm512_setzero_ps();
-        for x in c {
-            s = _mm512_add_ps(s, x);
-        }
-        _mm512_reduce_add_ps(s)
+        sum(c)
     }
 
     /// `ITERS` rounds of 24 `vdpbf16ps` (16 lanes of two multiply-adds each).
@@ -81,11 +89,7 @@ mod x86 {
                 *x = _mm512_dpbf16_ps(*x, a, b);
             }
         }
-        let mut s = _mm512_setzero_ps();
-        for x in c {
-            s = _mm512_add_ps(s, x);
-        }
-        _mm512_reduce_add_ps(s)
+        sum(c)
     }
 }
 
