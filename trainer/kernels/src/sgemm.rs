@@ -200,28 +200,47 @@ unsafe fn zero_rows(dst: Dst, rows: std::ops::Range<usize>, n: usize) {
     }
 }
 
-/// A 64-byte aligned group of 16 four-byte elements (floats, or the `bf16` module's
-/// pairs), so packed panels start on cache lines.
+/// A 64-byte aligned group of 16 four-byte words, so packed panels start on cache lines.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Lane16<T>([T; 16]);
+struct Lane16([u32; 16]);
+
+/// An element of packed panels: f32s, or the `bf16` module's pairs.
+///
+/// # Safety
+/// Four bytes, alignment at most four, and every bit pattern a valid value.
+unsafe trait Word: Copy {}
+// SAFETY: four bytes, any bits an f32.
+unsafe impl Word for f32 {}
+// SAFETY: four bytes, any bits a u32.
+unsafe impl Word for u32 {}
 
 /// A reusable, 64-byte aligned scratch buffer of at least `len` elements.
-fn scratch<T: Copy + Default>(buf: &mut Vec<Lane16<T>>, len: usize) -> &mut [T] {
+fn scratch<T: Word>(buf: &mut Vec<Lane16>, len: usize) -> &mut [T] {
+    const { assert!(std::mem::size_of::<T>() == 4 && std::mem::align_of::<T>() <= 4) };
     let lanes = len.div_ceil(16);
     if buf.len() < lanes {
-        buf.resize(lanes, Lane16([T::default(); 16]));
+        buf.resize(lanes, Lane16([0; 16]));
     }
-    // SAFETY: `Lane16` is `repr(C)` around `[T; 16]`, so `lanes` of them are `16 * lanes`
-    // contiguous, initialized elements, borrowed mutably from `buf` for the result's life.
+    // SAFETY: `Lane16` is `repr(C)` around `[u32; 16]`, so `lanes` of them are `16 * lanes`
+    // contiguous, initialized words, each a valid `T` (`Word`: four bytes, any bits),
+    // borrowed mutably from `buf` for the result's life.
     unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<T>(), len) }
 }
 
 thread_local! {
-    /// Packed `A` blocks of the calling thread (kept between products).
-    static PACK_A: RefCell<Vec<Lane16<f32>>> = const { RefCell::new(Vec::new()) };
-    /// Packed `B` blocks of the calling thread (kept between products).
-    static PACK_B: RefCell<Vec<Lane16<f32>>> = const { RefCell::new(Vec::new()) };
+    /// Packed `A` blocks of the calling thread (kept between products, every kernel's).
+    static PACK_A: RefCell<Vec<Lane16>> = const { RefCell::new(Vec::new()) };
+    /// Packed `B` blocks of the calling thread (kept between products, every kernel's).
+    static PACK_B: RefCell<Vec<Lane16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with the calling thread's packing buffers for `A` and `B`, which the f32 and
+/// bf16 paths share (one set per thread, whichever precision runs). `f` must not wait on
+/// other threads, so that no other product can start on this thread while they are
+/// borrowed.
+fn with_pack_buffers<R>(f: impl FnOnce(&mut Vec<Lane16>, &mut Vec<Lane16>) -> R) -> R {
+    PACK_A.with_borrow_mut(|pa| PACK_B.with_borrow_mut(|pb| f(pa, pb)))
 }
 
 /// `dst = scale * (lhs x rhs)` (`m x k` by `k x n`), every element of the `m x n`
@@ -434,51 +453,48 @@ unsafe fn serial<K: Micro>(
     scale: f32,
 ) {
     debug_assert!(k > 0, "`split` writes the zeros of an empty product");
-    // `serial` never waits on other threads, so no other product can start on this thread
-    // while the buffers are borrowed.
-    PACK_B.with_borrow_mut(|pb| {
-        PACK_A.with_borrow_mut(|pa| {
-            for ((jc, nc), (pc, kc)) in blocks(n, k) {
-                let packed_b = scratch(pb, kc * nc.div_ceil(K::NR) * K::NR);
-                pack_b::<K>(packed_b, rhs, pc, jc, kc, nc);
-                if rhs.bf16 {
-                    // On the packed copy (in cache), on this thread: `serial` must not
-                    // wait on others while it holds the buffers.
-                    round_slice_serial(packed_b);
-                }
-                // A whole number of the kernel's row panels.
-                let mc_max = MC / K::MR * K::MR;
-                for ic in (0..m).step_by(mc_max) {
-                    let mc = mc_max.min(m - ic);
-                    // A bf16 operand is always packed: the rounding is on the copy.
-                    let a = if lhs.trans || lhs.bf16 {
-                        let packed = scratch(pa, kc * mc.div_ceil(K::MR) * K::MR);
-                        pack_a::<K>(packed, lhs, ic, pc, mc, kc);
-                        if lhs.bf16 {
-                            round_slice_serial(packed);
-                        }
-                        APanels::Packed(packed)
-                    } else {
-                        // Whole panels straight from `lhs`'s rows; the last rows packed.
-                        let full = mc / K::MR * K::MR;
-                        let tail = scratch(pa, kc * K::MR);
-                        if full < mc {
-                            pack_a::<K>(tail, lhs, ic + full, pc, mc - full, kc);
-                        }
-                        APanels::Direct {
-                            rows: &lhs.data[lhs.at(ic, pc).min(lhs.data.len())..],
-                            ld: lhs.ld,
-                            tail,
-                        }
-                    };
-                    // SAFETY: the block is inside the destination (the caller's
-                    // guarantee); the CPU runs the kernel.
-                    unsafe {
-                        macro_block::<K>(dst, (ic, jc), (mc, nc, kc), a, packed_b, scale, pc > 0)
-                    };
-                }
+    // `serial` never waits on other threads (`with_pack_buffers`' contract).
+    with_pack_buffers(|pa, pb| {
+        for ((jc, nc), (pc, kc)) in blocks(n, k) {
+            let packed_b = scratch(pb, kc * nc.div_ceil(K::NR) * K::NR);
+            pack_b::<K>(packed_b, rhs, pc, jc, kc, nc);
+            if rhs.bf16 {
+                // On the packed copy (in cache), on this thread: `serial` must not
+                // wait on others while it holds the buffers.
+                round_slice_serial(packed_b);
             }
-        })
+            // A whole number of the kernel's row panels.
+            let mc_max = MC / K::MR * K::MR;
+            for ic in (0..m).step_by(mc_max) {
+                let mc = mc_max.min(m - ic);
+                // A bf16 operand is always packed: the rounding is on the copy.
+                let a = if lhs.trans || lhs.bf16 {
+                    let packed = scratch(pa, kc * mc.div_ceil(K::MR) * K::MR);
+                    pack_a::<K>(packed, lhs, ic, pc, mc, kc);
+                    if lhs.bf16 {
+                        round_slice_serial(packed);
+                    }
+                    APanels::Packed(packed)
+                } else {
+                    // Whole panels straight from `lhs`'s rows; the last rows packed.
+                    let full = mc / K::MR * K::MR;
+                    let tail = scratch(pa, kc * K::MR);
+                    if full < mc {
+                        pack_a::<K>(tail, lhs, ic + full, pc, mc - full, kc);
+                    }
+                    APanels::Direct {
+                        rows: &lhs.data[lhs.at(ic, pc).min(lhs.data.len())..],
+                        ld: lhs.ld,
+                        tail,
+                    }
+                };
+                // SAFETY: the block is inside the destination (the caller's
+                // guarantee); the CPU runs the kernel.
+                unsafe {
+                    macro_block::<K>(dst, (ic, jc), (mc, nc, kc), a, packed_b, scale, pc > 0)
+                };
+            }
+        }
     });
 }
 

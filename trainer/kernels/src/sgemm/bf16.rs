@@ -15,22 +15,13 @@
 //! f16/bf16 paths convert to f32), and the scheme is [`super`]'s, only the packing and
 //! the inner step differ.
 
-use std::cell::RefCell;
-
-use super::{blocks, scratch, Dst, Lane16, Operand, Tile, MC};
+use super::{blocks, scratch, with_pack_buffers, Dst, Operand, Tile, MC};
 use crate::precision::round_bf16;
 
 /// Rows of the register tile.
 pub(super) const MR: usize = 12;
 /// Columns of the register tile.
 pub(super) const NR: usize = 32;
-
-thread_local! {
-    /// Packed `A` blocks of the calling thread (kept between products).
-    static PACK_A: RefCell<Vec<Lane16<u32>>> = const { RefCell::new(Vec::new()) };
-    /// Packed `B` blocks of the calling thread (kept between products).
-    static PACK_B: RefCell<Vec<Lane16<u32>>> = const { RefCell::new(Vec::new()) };
-}
 
 /// Two values rounded to bf16 as one pair: `lo` (step `2t`) in the low half, `hi` (step
 /// `2t + 1`) in the high half.
@@ -279,41 +270,39 @@ pub(super) unsafe fn serial(
     scale: f32,
 ) {
     debug_assert!(k > 0, "`split` writes the zeros of an empty product");
-    // As in `super::serial`: no waiting on other threads while the buffers are borrowed.
-    PACK_B.with_borrow_mut(|pb| {
-        PACK_A.with_borrow_mut(|pa| {
-            // `super::KC` is even, so only the last block can end on half a pair.
-            for ((jc, nc), (pc, kc)) in blocks(n, k) {
-                let kp = kc.div_ceil(2);
-                let packed_b = scratch(pb, kp * nc.div_ceil(NR) * NR);
-                // SAFETY: the CPU has AVX512-BF16 (the caller's guarantee).
-                unsafe { pack_pairs(packed_b, Block::of_rhs(rhs, pc, jc), NR, nc, kc) };
-                let mc_max = MC / MR * MR;
-                for ic in (0..m).step_by(mc_max) {
-                    let mc = mc_max.min(m - ic);
-                    let packed_a = scratch(pa, kp * mc.div_ceil(MR) * MR);
-                    // SAFETY: as above.
-                    unsafe { pack_pairs(packed_a, Block::of_lhs(lhs, ic, pc), MR, mc, kc) };
-                    for jr in (0..nc).step_by(NR) {
-                        let b = &packed_b[(jr / NR) * kp * NR..][..kp * NR];
-                        for ir in (0..mc).step_by(MR) {
-                            let a = &packed_a[(ir / MR) * kp * MR..][..kp * MR];
-                            let tile = Tile {
-                                // SAFETY: `(ic + ir, jc + jr)` is inside the destination.
-                                ptr: unsafe { dst.ptr.add((ic + ir) * dst.ld + jc + jr) },
-                                ld: dst.ld,
-                                rows: MR.min(mc - ir),
-                                cols: NR.min(nc - jr),
-                            };
-                            // SAFETY: the panels hold `kp` pairs of steps (sliced
-                            // above), the tile is inside the destination (the caller's
-                            // guarantee), the CPU has AVX512-BF16 (likewise).
-                            unsafe { kernel_12x32_bf16(kp, a, b, tile, scale, pc > 0) };
-                        }
+    // No waiting on other threads (`with_pack_buffers`' contract).
+    with_pack_buffers(|pa, pb| {
+        // `super::KC` is even, so only the last block can end on half a pair.
+        for ((jc, nc), (pc, kc)) in blocks(n, k) {
+            let kp = kc.div_ceil(2);
+            let packed_b = scratch(pb, kp * nc.div_ceil(NR) * NR);
+            // SAFETY: the CPU has AVX512-BF16 (the caller's guarantee).
+            unsafe { pack_pairs(packed_b, Block::of_rhs(rhs, pc, jc), NR, nc, kc) };
+            let mc_max = MC / MR * MR;
+            for ic in (0..m).step_by(mc_max) {
+                let mc = mc_max.min(m - ic);
+                let packed_a = scratch(pa, kp * mc.div_ceil(MR) * MR);
+                // SAFETY: as above.
+                unsafe { pack_pairs(packed_a, Block::of_lhs(lhs, ic, pc), MR, mc, kc) };
+                for jr in (0..nc).step_by(NR) {
+                    let b = &packed_b[(jr / NR) * kp * NR..][..kp * NR];
+                    for ir in (0..mc).step_by(MR) {
+                        let a = &packed_a[(ir / MR) * kp * MR..][..kp * MR];
+                        let tile = Tile {
+                            // SAFETY: `(ic + ir, jc + jr)` is inside the destination.
+                            ptr: unsafe { dst.ptr.add((ic + ir) * dst.ld + jc + jr) },
+                            ld: dst.ld,
+                            rows: MR.min(mc - ir),
+                            cols: NR.min(nc - jr),
+                        };
+                        // SAFETY: the panels hold `kp` pairs of steps (sliced
+                        // above), the tile is inside the destination (the caller's
+                        // guarantee), the CPU has AVX512-BF16 (likewise).
+                        unsafe { kernel_12x32_bf16(kp, a, b, tile, scale, pc > 0) };
                     }
                 }
             }
-        })
+        }
     });
 }
 
